@@ -1,0 +1,112 @@
+"""Face detection with a pretrained or fine-tuned BlazeFace: `detect()` and `load_detector()`."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import CheckpointError, TransferlabError
+from ..io import load_state_dict_file
+from .anchors import generate_anchors
+from .boxes import Detections, decode, weighted_nms
+from .image import letterbox, load_image, to_tensor
+from .model import CONFIGS, BlazeFace, build_model
+from .weights import load_pretrained
+
+DEFAULT_SCORE_THRESHOLD = 0.5
+DEFAULT_IOU_THRESHOLD = 0.3
+# MediaPipe clips logits before the sigmoid; kept so scores match the reference exactly
+_LOGIT_CLIP = 100.0
+
+
+class Detector:
+    """A BlazeFace network plus its anchors and post-processing thresholds."""
+
+    def __init__(self, model: BlazeFace, score_threshold: float = DEFAULT_SCORE_THRESHOLD,
+                 iou_threshold: float = DEFAULT_IOU_THRESHOLD, source: str = ""):
+        self.model = model.eval()
+        self.score_threshold = score_threshold
+        self.iou_threshold = iou_threshold
+        self.source = source or model.config.name
+        self.centres, self.anchor_sizes = generate_anchors(model.config.anchors)
+
+    @property
+    def input_size(self) -> int:
+        return self.model.config.input_size
+
+    def postprocess(self, regressors: torch.Tensor, logits: torch.Tensor,
+                    score_threshold: float | None = None) -> list[Detections]:
+        """Raw outputs for a batch -> per-image detections, normalised to the model input."""
+        threshold = self.score_threshold if score_threshold is None else score_threshold
+        scores = torch.sigmoid(logits.clamp(-_LOGIT_CLIP, _LOGIT_CLIP))
+        boxes, keypoints = decode(regressors, self.centres.to(regressors.device), self.input_size)
+        out = []
+        for b, k, s in zip(boxes, keypoints, scores):
+            keep = s >= threshold
+            out.append(weighted_nms(b[keep], k[keep], s[keep], self.iou_threshold))
+        return out
+
+    @torch.no_grad()
+    def detect_arrays(self, images: list[np.ndarray], score_threshold: float | None = None,
+                      batch_size: int = 32) -> list[Detections]:
+        """HxWx3 uint8 RGB images -> detections in each image's pixel coordinates."""
+        device = next(self.model.parameters()).device
+        results = []
+        for start in range(0, len(images), batch_size):
+            boxed = [letterbox(im, self.input_size) for im in images[start:start + batch_size]]
+            batch = torch.stack([to_tensor(x) for x, _ in boxed]).to(device)
+            for (_, lb), det in zip(boxed, self.postprocess(*self.model(batch), score_threshold)):
+                det = Detections(det.boxes.cpu(), det.keypoints.cpu(), det.scores.cpu())
+                det.boxes = lb.to_image(det.boxes.unflatten(-1, (2, 2)), self.input_size).flatten(-2)
+                det.keypoints = lb.to_image(det.keypoints, self.input_size)
+                results.append(det)
+        return results
+
+
+def load_detector(model: str | Path = "blazeface_front", device: str | torch.device = "cpu") -> Detector:
+    """A pretrained architecture name (blazeface_front, blazeface_back) or a fine-tuned run folder."""
+    if str(model) in CONFIGS:
+        return Detector(load_pretrained(str(model)).to(device))
+    run = Path(model)
+    meta_path = run / "model.json"
+    if not meta_path.is_file():
+        raise TransferlabError(f"{model}: not a detector name ({', '.join(CONFIGS)}) nor a run folder with model.json")
+    try:
+        meta = json.loads(meta_path.read_text())
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{meta_path}: invalid JSON ({e}); re-run training or restore the file") from None
+    if meta.get("kind") != "detector" or meta.get("architecture") not in CONFIGS:
+        raise CheckpointError(f"{meta_path}: not a face-detector run (kind={meta.get('kind')!r})")
+    net = build_model(meta["architecture"])
+    try:
+        net.load_state_dict(load_state_dict_file(run / "model.safetensors"))
+    except RuntimeError as e:
+        raise CheckpointError(f"{run / 'model.safetensors'}: does not fit {meta['architecture']} "
+                              f"({str(e).splitlines()[0]})") from None
+    thresholds = meta.get("thresholds", {})
+    return Detector(net.to(device), thresholds.get("score", DEFAULT_SCORE_THRESHOLD),
+                    thresholds.get("iou", DEFAULT_IOU_THRESHOLD), source=str(run))
+
+
+def _records(name: str, det: Detections) -> list[dict]:
+    return [{"image": name, "score": round(float(s), 4),
+             "box": [round(float(v), 2) for v in b],
+             "keypoints": [[round(float(x), 2), round(float(y), 2)] for x, y in k]}
+            for b, k, s in zip(det.boxes, det.keypoints, det.scores)]
+
+
+def detect(images, model: str | Path | Detector = "blazeface_front",
+           score_threshold: float | None = None) -> list[dict]:
+    """Detect faces; one record per face: image, score, box [xmin, ymin, xmax, ymax] and six keypoints
+    (right eye, left eye, nose, mouth, right ear, left ear) in original image pixels.
+
+    `images`: a path, PIL image, uint8 array, or a list of them.
+    """
+    if not isinstance(images, (list, tuple)):
+        images = [images]
+    detector = model if isinstance(model, Detector) else load_detector(model)
+    names = [str(im) if isinstance(im, (str, Path)) else f"image{i}" for i, im in enumerate(images)]
+    dets = detector.detect_arrays([load_image(im) for im in images], score_threshold)
+    return [r for name, det in zip(names, dets) for r in _records(name, det)]
