@@ -1,0 +1,156 @@
+"""A model ready to label images: the network, its classes and its preprocessing, from a name or a run."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from .device import default_workers, pick_device
+from .errors import ImageReadError, TransferlabError
+from .imagenet import imagenet_classes
+from .images import find_images, open_image
+from .models import BlockNet, create_model
+from .preprocess import Preprocessing
+
+PROGRESS_MIN_IMAGES = 8
+
+
+class ImageFiles(Dataset):
+    """Decodes and transforms one file per item; a broken file yields its error instead of failing the batch."""
+
+    def __init__(self, paths, transform):
+        self.paths = list(paths)
+        self.transform = transform
+
+    def __len__(self):
+        return len(self.paths)
+
+    def __getitem__(self, i):
+        try:
+            return self.transform(open_image(self.paths[i])), i, ""
+        except ImageReadError as e:
+            return None, i, e.reason
+
+
+def collate_skipping_errors(items):
+    """Stack the good images; keep (index, reason) for the bad ones."""
+    good = [(x, i) for x, i, err in items if not err]
+    errors = [(i, err) for _, i, err in items if err]
+    batch = torch.stack([x for x, _ in good]) if good else None
+    return batch, [i for _, i in good], errors
+
+
+@dataclass
+class Classifier:
+    model: BlockNet
+    classes: list[str]
+    preprocessing: Preprocessing
+    name: str = ""
+    meta: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if len(self.classes) != self.model.num_classes:
+            raise TransferlabError(
+                f"{len(self.classes)} labels for a model with {self.model.num_classes} outputs; "
+                "give a labels file with one class name per output, in order"
+            )
+
+    @property
+    def transform(self):
+        return self.preprocessing.eval_transform()
+
+    @torch.inference_mode()
+    def predict(
+        self,
+        images,
+        top: int = 5,
+        batch_size: int = 32,
+        num_workers: int | None = None,
+        device: str | None = None,
+        progress: bool | None = None,
+    ) -> list[dict]:
+        """Top-k labels for image files, folders or globs: one record per image, errors included.
+
+        Records: {"path", "status" ("ok" or the reason it could not be read), "top": [{"label",
+        "index", "prob"}]}.
+        """
+        paths = find_images(images)
+        dev = pick_device(device)
+        model = self.model.to(dev).eval()
+        top = max(1, min(top, len(self.classes)))
+        workers = default_workers(len(paths), batch_size) if num_workers is None else num_workers
+        loader = DataLoader(
+            ImageFiles(paths, self.transform),
+            batch_size=batch_size,
+            num_workers=workers,
+            collate_fn=collate_skipping_errors,
+            pin_memory=dev.type == "cuda",
+            persistent_workers=False,
+        )
+        show = progress if progress is not None else len(paths) > PROGRESS_MIN_IMAGES
+        records: list[dict | None] = [None] * len(paths)
+        with tqdm(total=len(paths), desc="predict", unit="img", disable=not show, leave=False) as bar:
+            for batch, indices, errors in loader:
+                for i, reason in errors:
+                    records[i] = {"path": str(paths[i]), "status": reason, "top": []}
+                if batch is not None:
+                    probs = torch.softmax(model(batch.to(dev, non_blocking=True)).float(), dim=1)
+                    values, idx = probs.topk(top, dim=1)
+                    for row, i in enumerate(indices):
+                        records[i] = {"path": str(paths[i]), "status": "ok", "top": self._top(values[row], idx[row])}
+                bar.update(len(indices) + len(errors))
+        return records
+
+    def _top(self, values, indices) -> list[dict]:
+        return [
+            {"label": self.classes[j], "index": int(j), "prob": float(p)}
+            for p, j in zip(values.tolist(), indices.tolist())
+        ]
+
+    def logits(self, batch: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():
+            return self.model.eval()(batch)
+
+
+def read_labels(path) -> list[str]:
+    """One class name per line (blank lines ignored), or a JSON list."""
+    path = Path(path)
+    if not path.is_file():
+        raise TransferlabError(f"labels file not found: {path}")
+    text = path.read_text(encoding="utf-8", errors="replace")
+    if text.lstrip().startswith("["):
+        try:
+            return [str(x) for x in json.loads(text)]
+        except json.JSONDecodeError as e:
+            raise TransferlabError(f"{path}: invalid JSON labels ({e})") from None
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def is_run_folder(path) -> bool:
+    return Path(path).is_dir() and (Path(path) / "model.json").is_file()
+
+
+def load(model: str = "efficientnet_lite0", weights="default", labels=None) -> Classifier:
+    """A Classifier from a registry name (pretrained ImageNet) or from a run folder."""
+    if is_run_folder(model):
+        from .artifact import load_run
+
+        clf = load_run(model)
+    else:
+        net = create_model(str(model), weights=weights)
+        clf = Classifier(net, list(imagenet_classes()) if net.num_classes == 1000 else
+                         [str(i) for i in range(net.num_classes)], net.preprocessing, name=str(model))
+    if labels is not None:
+        clf = Classifier(clf.model, read_labels(labels), clf.preprocessing, clf.name, clf.meta)
+    return clf
+
+
+def predict(images, model: str | Classifier = "efficientnet_lite0", top: int = 5, labels=None,
+            weights="default", **options) -> list[dict]:
+    """One call: label images with a pretrained model or a trained run. See Classifier.predict."""
+    clf = model if isinstance(model, Classifier) else load(model, weights=weights, labels=labels)
+    return clf.predict(images, top=top, **options)

@@ -1,0 +1,103 @@
+"""Reading images the way users have them: any mode, any orientation, some of them broken."""
+from __future__ import annotations
+
+import glob
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .errors import DatasetError, ImageReadError
+
+IMAGE_EXTENSIONS = frozenset(
+    {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".jfif"}
+)
+
+
+def open_image(path: str | os.PathLike) -> Image.Image:
+    """Decode any image file to RGB, upright (EXIF orientation applied), or raise ImageReadError."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                img.seek(0)  # animated GIF/WebP: the first frame
+                img.load()
+                img = ImageOps.exif_transpose(img) or img
+                return to_rgb(img)
+    except FileNotFoundError:
+        raise ImageReadError(path, "file not found") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise ImageReadError(path, "image too large (over Pillow's decompression-bomb limit)") from None
+    except UnidentifiedImageError:
+        raise ImageReadError(path, "not an image file (unrecognised format)") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as e:
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ImageReadError(path, f"unreadable image ({reason})") from None
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """RGB from any Pillow mode: 16-bit and float rescaled, transparency flattened on white."""
+    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        arr = np.asarray(img, dtype=np.float64)
+        lo, hi = float(arr.min()), float(arr.max())
+        arr = (arr - lo) / (hi - lo) * 255.0 if hi > lo else np.zeros_like(arr)
+        img = Image.fromarray(arr.astype(np.uint8), mode="L")
+    if img.mode == "P":
+        img = img.convert("RGBA")
+    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(background, rgba)
+    if img.mode != "RGB":
+        img = img.convert("RGB")
+    return img
+
+
+def is_image_file(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_EXTENSIONS
+
+
+def find_images(inputs) -> list[Path]:
+    """Expand files, folders (recursively) and glob patterns into a sorted, de-duplicated list of images.
+
+    Explicit files are kept whatever their extension (so that a broken one is reported, not ignored).
+    """
+    if isinstance(inputs, (str, os.PathLike)):
+        inputs = [inputs]
+    found: dict[str, Path] = {}
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            for f in walk_images(path):
+                found.setdefault(str(f), f)
+        elif path.exists():
+            found.setdefault(str(path), path)
+        else:
+            matches = sorted(glob.glob(str(item), recursive=True))
+            if not matches:
+                raise DatasetError(f"no such file, folder or glob match: {item}")
+            for m in matches:
+                p = Path(m)
+                if p.is_dir():
+                    for f in walk_images(p):
+                        found.setdefault(str(f), f)
+                elif is_image_file(p):
+                    found.setdefault(str(p), p)
+    return list(found.values())
+
+
+def walk_images(root: Path) -> list[Path]:
+    """Image files under `root`, sorted; symlink loops and unreadable folders are skipped."""
+    out = []
+    seen_dirs = set()
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True, onerror=lambda e: None):
+        real = os.path.realpath(dirpath)
+        if real in seen_dirs:  # a symlink loop would otherwise recurse forever
+            dirnames[:] = []
+            continue
+        seen_dirs.add(real)
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        out.extend(Path(dirpath) / f for f in filenames if not f.startswith(".") and is_image_file(Path(f)))
+    return sorted(out)

@@ -1,0 +1,130 @@
+"""Every backbone seen as an ordered list of named blocks: stem .. stages .. pool .. head.
+
+"Freeze the first N blocks" then means the same thing for every architecture, the frozen prefix
+can be run once and cached (features.py), and the head is always the last block.
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import torch
+from torch import nn
+
+BN_POLICIES = ("frozen", "train")
+
+
+class BlockNet(nn.Module):
+    """A classifier whose forward is its blocks applied in order."""
+
+    def __init__(self, blocks: "OrderedDict[str, nn.Module]"):
+        super().__init__()
+        if not blocks:
+            raise ValueError("a BlockNet needs at least one block")
+        self.blocks = nn.ModuleDict(blocks)
+        self.frozen_blocks = 0
+        self.bn_policy = "frozen"
+
+    # --- structure -------------------------------------------------------------------------
+    @property
+    def block_names(self) -> list[str]:
+        return list(self.blocks.keys())
+
+    @property
+    def head(self) -> nn.Module:
+        return self.blocks[self.block_names[-1]]
+
+    @property
+    def classifier(self) -> nn.Linear:
+        """The last Linear of the head: the layer replaced for a new set of classes."""
+        linears = [m for m in self.head.modules() if isinstance(m, nn.Linear)]
+        if not linears:
+            raise TypeError("the head block has no Linear layer")
+        return linears[-1]
+
+    @property
+    def num_classes(self) -> int:
+        return self.classifier.out_features
+
+    @property
+    def num_features(self) -> int:
+        return self.classifier.in_features
+
+    def reset_classifier(self, num_classes: int) -> None:
+        """Replace the final Linear by a freshly initialised one with `num_classes` outputs."""
+        old = self.classifier
+        new = nn.Linear(old.in_features, num_classes, bias=old.bias is not None)
+        for parent in self.modules():
+            for name, child in parent.named_children():
+                if child is old:
+                    setattr(parent, name, new)
+                    return
+
+    def block_index(self, block: int | str) -> int:
+        """Resolve a freeze point given as a count (0..len) or as the name of the first trainable block."""
+        names = self.block_names
+        if isinstance(block, str) and not block.lstrip("-").isdigit():
+            if block not in names:
+                raise ValueError(f"unknown block {block!r}; blocks are: {', '.join(names)}")
+            return names.index(block)
+        n = int(block)
+        if n < 0:
+            n += len(names)
+        if not 0 <= n <= len(names):
+            raise ValueError(f"freeze point {block} out of range 0..{len(names)} (blocks: {', '.join(names)})")
+        return n
+
+    # --- forward ---------------------------------------------------------------------------
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_blocks(x, 0, len(self.blocks))
+
+    def forward_blocks(self, x: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+        """Run blocks[start:stop]; with start=N this continues from cached frozen-prefix features."""
+        for module in list(self.blocks.values())[start:stop]:
+            x = module(x)
+        return x
+
+    # --- freezing --------------------------------------------------------------------------
+    def freeze(self, n: int | str, bn_policy: str = "frozen") -> int:
+        """Freeze the first n blocks (requires_grad off); unfreeze the rest. Returns n as an int."""
+        if bn_policy not in BN_POLICIES:
+            raise ValueError(f"bn policy must be one of {BN_POLICIES}")
+        n = self.block_index(n)
+        for i, module in enumerate(self.blocks.values()):
+            for p in module.parameters():
+                p.requires_grad_(i >= n)
+        self.frozen_blocks = n
+        self.bn_policy = bn_policy
+        self.train(self.training)
+        return n
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if mode and self.bn_policy == "frozen":
+            # Frozen BatchNorm keeps its ImageNet statistics: updating running stats of a layer
+            # whose weights cannot adapt shifts every activation downstream of it.
+            for module in list(self.blocks.values())[: self.frozen_blocks]:
+                for m in module.modules():
+                    if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                        m.eval()
+        return self
+
+    def trainable_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters() if p.requires_grad)
+
+
+class TransformInput(nn.Module):
+    """GoogLeNet/Inception-v3's torchvision weights expect (x-0.5)/0.5 inputs; this converts ImageNet-normalised ones."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x0 = x[:, 0:1] * (0.229 / 0.5) + (0.485 - 0.5) / 0.5
+        x1 = x[:, 1:2] * (0.224 / 0.5) + (0.456 - 0.5) / 0.5
+        x2 = x[:, 2:3] * (0.225 / 0.5) + (0.406 - 0.5) / 0.5
+        return torch.cat((x0, x1, x2), 1)
+
+
+class Pool(nn.Sequential):
+    """Global average pooling to a flat feature vector (optionally after an activation)."""
+
+    def __init__(self, pre: nn.Module | None = None):
+        layers = [pre] if pre is not None else []
+        super().__init__(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(1))

@@ -1,0 +1,48 @@
+"""Shared fixtures: real images written with PIL, real datasets written as image folders."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+
+@pytest.fixture(scope="session")
+def sample_photos(tmp_path_factory) -> dict[str, Path]:
+    """scikit-learn's two sample photos (china.jpg: palace, flower.jpg: daisy) as JPEG files."""
+    from sklearn.datasets import load_sample_images
+
+    out = tmp_path_factory.mktemp("photos")
+    data = load_sample_images()
+    paths = {}
+    for name, arr in zip(data.filenames, data.images):
+        path = out / Path(name).name
+        Image.fromarray(arr).save(path, quality=95)
+        paths[path.stem] = path
+    return paths
+
+
+def write_digit_folder(root: Path, images: np.ndarray, labels: np.ndarray, size: int = 32) -> Path:
+    """Write grayscale digit arrays as PNG files, one sub-folder per class."""
+    root.mkdir(parents=True, exist_ok=True)
+    for i, (img, label) in enumerate(zip(images, labels)):
+        folder = root / f"digit_{int(label)}"
+        folder.mkdir(exist_ok=True)
+        arr = np.asarray(img, dtype=np.float64)
+        arr = (255 * (arr - arr.min()) / max(arr.max() - arr.min(), 1e-9)).astype(np.uint8)
+        Image.fromarray(arr, mode="L").resize((size, size), Image.BILINEAR).save(folder / f"{i:05d}.png")
+    return root
+
+
+@pytest.fixture(scope="session")
+def digits_folder(tmp_path_factory) -> Path:
+    """scikit-learn's 8x8 digits, classes 0-3, 40 images each, as a class-per-folder dataset."""
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    keep = np.concatenate([np.flatnonzero(d.target == c)[:40] for c in range(4)])
+    return write_digit_folder(tmp_path_factory.mktemp("digits") / "data", d.images[keep], d.target[keep])
