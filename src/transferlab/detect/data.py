@@ -102,7 +102,7 @@ def _validate(raw: _Raw, skipped: list[Skipped]) -> list[Sample]:
     return samples
 
 
-def _floats(parts: list[str], where: str) -> list[float]:
+def _floats(parts: list[str]) -> list[float]:
     try:
         return [float(p) for p in parts]
     except ValueError:
@@ -135,7 +135,7 @@ def read_wider(txt: Path, image_root: Path | None = None) -> FaceDataset:
             if count == 0:
                 continue
             try:
-                x, y, w, h, *attrs = _floats(lines[j].split(), where)
+                x, y, w, h, *attrs = _floats(lines[j].split())
             except ValueError as e:
                 skipped.append(Skipped(where, str(e)))
                 continue
@@ -167,7 +167,7 @@ def read_voc(xml_files: list[Path], image_dir: Path | None = None) -> FaceDatase
             where = f"{xml}:object{k}"
             try:
                 bb = obj.find("bndbox")
-                box = tuple(_floats([bb.findtext(t) for t in ("xmin", "ymin", "xmax", "ymax")], where))
+                box = tuple(_floats([bb.findtext(t) for t in ("xmin", "ymin", "xmax", "ymax")]))
             except (AttributeError, TypeError, ValueError):
                 skipped.append(Skipped(where, "missing or non-numeric <bndbox>"))
                 continue
@@ -206,7 +206,7 @@ def read_coco(json_path: Path, image_dir: Path | None = None) -> FaceDataset:
             skipped.append(Skipped(where, f"image_id {ann.get('image_id')!r} not in 'images'"))
             continue
         try:
-            x, y, w, h = _floats(ann["bbox"], where)
+            x, y, w, h = _floats(ann["bbox"])
         except (KeyError, TypeError, ValueError):
             skipped.append(Skipped(where, "missing or malformed 'bbox' (expected [x, y, width, height])"))
             continue
@@ -240,13 +240,11 @@ def read_yolo(root: Path) -> FaceDataset:
             if not line.strip():
                 continue
             try:
-                _, cx, cy, bw, bh, *rest = _floats(line.split(), where)
+                _, cx, cy, bw, bh, *rest = _floats(line.split())
             except ValueError as e:
                 skipped.append(Skipped(where, f"expected 'class cx cy w h' ({e})"))
                 continue
-            kp = None
-            for stride in (2, 3):
-                kp = kp if kp is not None else _keypoints_from_flat(rest, stride)
+            kp = _keypoints_from_flat(rest, 2 if len(rest) == 2 * NUM_KEYPOINTS else 3)
             if kp is not None:
                 kp = kp * np.float32([w, h])
             faces.append(_Face(((cx - bw / 2) * w, (cy - bh / 2) * h, (cx + bw / 2) * w, (cy + bh / 2) * h), kp, where))
@@ -270,7 +268,7 @@ def read_csv(csv_path: Path, image_dir: Path | None = None) -> FaceDataset:
             if len(row) == 1 or not any(c.strip() for c in row[1:5]):
                 continue
             try:
-                box = tuple(_floats([c.strip() for c in row[1:5]], where))
+                box = tuple(_floats([c.strip() for c in row[1:5]]))
                 if len(box) != 4:
                     raise ValueError(f"{len(box)} coordinates")
             except ValueError as e:
@@ -322,6 +320,26 @@ def _single(folder: Path, pattern: str, what: str) -> Path:
     return found[0]
 
 
+def _wider_dir(folder: Path) -> FaceDataset:
+    txt = _wider_file(folder) or _single(folder, "*.txt", "WIDER FACE")
+    return read_wider(txt, folder / "images" if (folder / "images").is_dir() else None)
+
+
+def _voc_dir(folder: Path) -> FaceDataset:
+    return read_voc(sorted((folder / "Annotations").glob("*.xml")) or sorted(folder.glob("*.xml")))
+
+
+def _coco_dir(folder: Path) -> FaceDataset:
+    found = [p for p in sorted(folder.glob("*.json")) if _is_coco(p)]
+    return read_coco(found[0] if len(found) == 1 else _single(folder, "*.json", "COCO"))
+
+
+_READERS = {"wider": _wider_dir, "voc": _voc_dir, "coco": _coco_dir, "yolo": read_yolo,
+            "csv": lambda folder: read_csv(_single(folder, "*.csv", "CSV"))}
+_FILE_READERS = {"wider": read_wider, "voc": lambda p: read_voc([p]), "coco": read_coco,
+                 "yolo": lambda p: read_yolo(p.parent), "csv": read_csv}
+
+
 def load_faces(path: str | Path, fmt: str = "auto") -> FaceDataset:
     """Read a face dataset (file or folder) in `fmt` (wider, voc, coco, yolo, csv or auto)."""
     path = Path(path)
@@ -331,20 +349,7 @@ def load_faces(path: str | Path, fmt: str = "auto") -> FaceDataset:
         fmt = detect_format(path)
     if fmt not in FORMATS:
         raise DatasetError(f"unknown annotation format {fmt!r}; choose auto or one of {', '.join(FORMATS)}")
-    is_dir = path.is_dir()
-    if fmt == "wider":
-        txt = (_wider_file(path) or _single(path, "*.txt", "WIDER FACE")) if is_dir else path
-        dataset = read_wider(txt, path / "images" if is_dir and (path / "images").is_dir() else None)
-    elif fmt == "voc":
-        xmls = sorted((path / "Annotations").glob("*.xml")) or sorted(path.glob("*.xml")) if is_dir else [path]
-        dataset = read_voc(xmls)
-    elif fmt == "coco":
-        dataset = read_coco(next((p for p in sorted(path.glob("*.json")) if _is_coco(p)), None) or
-                            _single(path, "*.json", "COCO") if is_dir else path)
-    elif fmt == "yolo":
-        dataset = read_yolo(path if is_dir else path.parent)
-    else:
-        dataset = read_csv(_single(path, "*.csv", "CSV") if is_dir else path)
+    dataset = _READERS[fmt](path) if path.is_dir() else _FILE_READERS[fmt](path)
     if not dataset.samples:
         raise DatasetError(f"{path}: no usable images in the {fmt} annotations "
                            f"({len(dataset.skipped)} skipped, first: {dataset.skipped[0].reason if dataset.skipped else '-'})")
