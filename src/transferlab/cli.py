@@ -96,7 +96,142 @@ def cmd_models(args) -> int:
     return 0
 
 
-COMMANDS = [_add_predict, _add_models]
+def _add_train(sub) -> None:
+    from .preprocess import AUGMENT_LEVELS
+    from .strategies import STRATEGIES
+    from .train import BALANCE, SCHEDULES, TrainConfig
+
+    d = TrainConfig()
+    p = sub.add_parser("train", help="transfer-learn a classifier on an image folder (one sub-folder per class)")
+    p.add_argument("data", help="dataset folder: class sub-folders, or train/ val/ [test/] each with class sub-folders")
+    p.add_argument("--model", default=d.model, help="registry name or timm:NAME")
+    p.add_argument("--strategy", default=d.strategy, choices=STRATEGIES)
+    p.add_argument("--out", help="run folder (default: runs/DATA-MODEL-STRATEGY)")
+    p.add_argument("--resume", metavar="RUN", help="continue RUN from its last checkpoint")
+    p.add_argument("--epochs", type=int, default=d.epochs)
+    p.add_argument("--head-epochs", type=int, help="two-stage: epochs of the head-only phase (default: a third)")
+    p.add_argument("--freeze", help="partial: number of leading blocks frozen, or the first trainable block's name")
+    p.add_argument("--lr", help="learning rate, or 'find' for a range test (default: the strategy's)")
+    p.add_argument("--lr-mult", type=float, default=d.lr_mult, help="two-stage: head lr / stem lr in phase 2")
+    p.add_argument("--weight-decay", type=float, default=d.weight_decay)
+    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--schedule", default=d.schedule, choices=SCHEDULES)
+    p.add_argument("--warmup-epochs", type=float, default=d.warmup_epochs)
+    p.add_argument("--label-smoothing", type=float, default=d.label_smoothing)
+    p.add_argument("--patience", type=int, default=d.patience, help="early stopping on val loss; 0 disables")
+    p.add_argument("--augment", default=d.augment, choices=AUGMENT_LEVELS)
+    p.add_argument("--balance", default=d.balance, choices=BALANCE)
+    p.add_argument("--bn", default=d.bn, choices=("frozen", "train"), help="BatchNorm in frozen blocks")
+    p.add_argument("--val-split", type=float, default=d.val_split)
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--device", default=d.device)
+    p.add_argument("--amp", default=d.amp, choices=("auto", "on", "off"))
+    p.add_argument("--workers", type=int)
+    p.add_argument("--weights", default=d.weights, help="'default' (pretrained), 'none', or a weights file")
+    p.add_argument("--image-size", type=int, help="train at another input size (e.g. 128 for small images)")
+    p.add_argument("--cache-features", default=d.cache_features, choices=("auto", "on", "off"))
+    p.add_argument("--cache-views", type=int, default=d.cache_views)
+    p.add_argument("--grad-clip", type=float, default=d.grad_clip)
+    p.add_argument("--quiet", action="store_true", help="no progress bars or epoch lines")
+    p.set_defaults(func=cmd_train)
+
+
+def train_options(args) -> dict:
+    """TrainConfig fields from parsed CLI arguments (only those the user can set)."""
+    from dataclasses import fields
+
+    from .train import TrainConfig
+
+    names = {f.name for f in fields(TrainConfig)} - {"model", "strategy"}
+    options = {k: v for k, v in vars(args).items() if k in names and v is not None}
+    if isinstance(options.get("lr"), str) and options["lr"] != "find":
+        try:
+            options["lr"] = float(options["lr"])
+        except ValueError:
+            raise TransferlabError(f"--lr must be a number or 'find', got {options['lr']!r}") from None
+    if isinstance(options.get("freeze"), str) and options["freeze"].lstrip("-").isdigit():
+        options["freeze"] = int(options["freeze"])
+    return options
+
+
+def cmd_train(args) -> int:
+    from .train import train
+
+    options = train_options(args)
+    if args.resume:
+        run = train(args.data, out=args.resume, resume=True, progress=not args.quiet,
+                    **{k: v for k, v in options.items() if k in ("device", "workers")})
+    else:
+        run = train(args.data, model=args.model, strategy=args.strategy, out=args.out, progress=not args.quiet,
+                    **options)
+    m = run.metrics
+    print(f"run folder: {run.path}")
+    print(f"best val accuracy {m['val_acc']:.4f} at epoch {m['best_epoch']}")
+    return 0
+
+
+def _add_evaluate(sub) -> None:
+    p = sub.add_parser("evaluate", help="accuracy, per-class report and confusion matrix of a run on labelled images")
+    p.add_argument("run", help="run folder")
+    p.add_argument("data", help="labelled folder (class sub-folders; test/ or val/ inside is used when present)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--confusion", metavar="PNG", help="write the confusion matrix image (default: RUN/eval_confusion.png)")
+    p.set_defaults(func=cmd_evaluate)
+
+
+def cmd_evaluate(args) -> int:
+    from pathlib import Path
+
+    from .evaluate import evaluate, format_evaluation
+    from .report import plot_confusion
+
+    result = evaluate(args.run, args.data, device=args.device, progress=not args.json)
+    png = Path(args.confusion) if args.confusion else Path(args.run) / "eval_confusion.png"
+    plot_confusion(result["confusion"], result["classes"], png, title=f"confusion: {result['split']}")
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(format_evaluation(result))
+        print(f"confusion matrix image: {png}")
+    return 0
+
+
+def _add_export(sub) -> None:
+    from .export import FORMATS
+
+    p = sub.add_parser("export", help="export a run to TorchScript or ONNX (outputs checked against PyTorch)")
+    p.add_argument("run", help="run folder")
+    p.add_argument("--format", default="onnx", choices=FORMATS)
+    p.add_argument("--out", help="output file (default: RUN/model.onnx or RUN/model.pt)")
+    p.set_defaults(func=cmd_export)
+
+
+def cmd_export(args) -> int:
+    from .export import export
+
+    result = export(args.run, format=args.format, out=args.out)
+    print(f"exported {result['path']} (preprocessing and classes in {result['sidecar']})")
+    print(f"max abs diff vs PyTorch: {result['max_abs_diff']:.2e}")
+    return 0
+
+
+def _add_demo(sub) -> None:
+    p = sub.add_parser("demo", help="the main job on bundled data: two-stage transfer learning on MNIST digits")
+    p.add_argument("--out", default="runs/demo-mnist", help="run folder")
+    p.add_argument("--per-class", type=int, default=60, help="images per digit class")
+    p.add_argument("--epochs", type=int, default=6)
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_demo)
+
+
+def cmd_demo(args) -> int:
+    from .demo import run_demo
+
+    return run_demo(args.out, per_class=args.per_class, epochs=args.epochs, progress=not args.quiet)
+
+
+COMMANDS = [_add_demo, _add_predict, _add_models, _add_train, _add_evaluate, _add_export]
 
 
 def build_parser() -> argparse.ArgumentParser:

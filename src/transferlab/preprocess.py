@@ -35,6 +35,11 @@ class Preprocessing:
             interpolation=d.get("interpolation", "bilinear"),
         )
 
+    def resized(self, input_size: int) -> "Preprocessing":
+        """The same preprocessing at another input size, keeping the resize/crop ratio."""
+        resize = int(round(input_size * self.resize / self.input_size))
+        return Preprocessing(input_size, resize, self.mean, self.std, self.interpolation)
+
     @property
     def interpolation_mode(self) -> T.InterpolationMode:
         return T.InterpolationMode(self.interpolation)

@@ -1,0 +1,245 @@
+"""Image-folder datasets: scanning, splitting, decoding once, and the loaders the trainer uses."""
+from __future__ import annotations
+
+import random
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+from .device import available_cpus
+from .errors import DatasetError, ImageReadError
+from .images import is_image_file, open_image, walk_images
+
+SPLIT_NAMES = {"train": ("train", "training"), "val": ("val", "valid", "validation"), "test": ("test",)}
+
+
+@dataclass(frozen=True)
+class Sample:
+    path: Path
+    label: int
+
+
+@dataclass
+class DatasetScan:
+    """What a dataset folder holds: classes, samples per split, and the files that were skipped."""
+
+    root: Path
+    classes: list[str]
+    splits: dict[str, list[Sample]]
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    split_source: str = "folders"  # or "random"
+
+    def counts(self, split: str = "train") -> dict[str, int]:
+        c = Counter(s.label for s in self.splits.get(split, []))
+        return {name: c.get(i, 0) for i, name in enumerate(self.classes)}
+
+    def total_counts(self) -> dict[str, int]:
+        c = Counter(s.label for split in self.splits.values() for s in split)
+        return {name: c.get(i, 0) for i, name in enumerate(self.classes)}
+
+    @property
+    def imbalance(self) -> float:
+        counts = [n for n in self.counts("train").values() if n > 0]
+        return max(counts) / min(counts) if counts else 1.0
+
+    def summary(self) -> str:
+        sizes = ", ".join(f"{k}={len(v)}" for k, v in self.splits.items() if v)
+        per_class = self.total_counts()
+        lines = [
+            f"{self.root}: {len(self.classes)} classes, {sum(per_class.values())} images ({sizes}; "
+            f"split from {self.split_source})",
+            "  per class: " + ", ".join(f"{k}={v}" for k, v in per_class.items()),
+        ]
+        if self.imbalance >= 3:
+            lines.append(f"  imbalance: largest/smallest class = {self.imbalance:.1f}x (consider --balance weights)")
+        if self.skipped:
+            lines.append(f"  skipped {len(self.skipped)} unreadable file(s):")
+            lines.extend(f"    {p}: {why}" for p, why in self.skipped[:20])
+            if len(self.skipped) > 20:
+                lines.append(f"    ... and {len(self.skipped) - 20} more")
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict:
+        return {
+            "root": str(self.root),
+            "classes": self.classes,
+            "counts": {k: self.counts(k) for k in self.splits},
+            "split_source": self.split_source,
+            "skipped": [list(s) for s in self.skipped],
+        }
+
+
+def _find_split_dir(root: Path, split: str) -> Path | None:
+    for name in SPLIT_NAMES[split]:
+        if (root / name).is_dir():
+            return root / name
+    return None
+
+
+def _class_dirs(folder: Path) -> list[Path]:
+    return sorted(d for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
+
+
+def check_image(path: Path) -> str | None:
+    """Cheap validity check (header + Pillow's verify); returns the reason a file is unusable, or None."""
+    try:
+        if path.stat().st_size == 0:
+            return "empty file"
+        with Image.open(path) as img:
+            img.verify()
+    except Exception as e:  # Pillow raises many types for broken files
+        return f"unreadable image ({type(e).__name__}: {str(e).splitlines()[0][:100] if str(e) else ''})"
+    return None
+
+
+def _collect(folder: Path, classes: list[str], skipped: list, require_all: bool) -> list[Sample]:
+    samples = []
+    for label, name in enumerate(classes):
+        class_dir = folder / name
+        if not class_dir.is_dir():
+            continue
+        files = walk_images(class_dir)
+        good = []
+        for f in files:
+            reason = check_image(f)
+            if reason:
+                skipped.append((str(f), reason))
+            else:
+                good.append(Sample(f, label))
+        if require_all and not good:
+            raise DatasetError(
+                f"class folder {class_dir} has no readable images; add images to it or remove the folder"
+            )
+        samples.extend(good)
+    return samples
+
+
+def scan_dataset(root, val_split: float = 0.2, seed: int = 0, require_val: bool = True) -> DatasetScan:
+    """Read a class-per-folder dataset; use train/ val/ test/ when present, else a stratified split."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DatasetError(f"dataset folder not found: {root}; give a folder with one sub-folder of images per class")
+    train_dir = _find_split_dir(root, "train") or root
+    split_dirs = SPLIT_NAMES["val"] + SPLIT_NAMES["test"]
+    classes = [d.name for d in _class_dirs(train_dir) if train_dir != root or d.name not in split_dirs]
+    if not classes:
+        loose = [p for p in train_dir.iterdir() if p.is_file() and is_image_file(p)]
+        hint = " (images lie directly in it: move them into one sub-folder per class)" if loose else ""
+        raise DatasetError(f"{train_dir} has no class sub-folders{hint}; expected e.g. {train_dir}/cats/*.jpg")
+    if len(classes) < 2:
+        raise DatasetError(f"{train_dir} has a single class ({classes[0]}); a classifier needs at least two class folders")
+    skipped: list[tuple[str, str]] = []
+    train = _collect(train_dir, classes, skipped, require_all=True)
+    splits = {"train": train}
+    val_dir = _find_split_dir(root, "val")
+    test_dir = _find_split_dir(root, "test")
+    for split, folder in (("val", val_dir), ("test", test_dir)):
+        if folder is None:
+            continue
+        extra = sorted(set(d.name for d in _class_dirs(folder)) - set(classes))
+        if extra:
+            raise DatasetError(
+                f"{folder} has class folder(s) {', '.join(extra)} that are not in {train_dir}; "
+                "every class needs training images"
+            )
+        splits[split] = _collect(folder, classes, skipped, require_all=False)
+    source = "folders"
+    if val_dir is None and require_val:
+        splits["train"], splits["val"] = stratified_split(train, val_split, seed)
+        source = f"random {1 - val_split:.0%}/{val_split:.0%} split, seed {seed}"
+    if require_val and not splits["val"]:
+        raise DatasetError(f"no validation images in {root}; add a val/ folder or use --val-split > 0")
+    return DatasetScan(root, classes, splits, skipped, source)
+
+
+def stratified_split(samples: list[Sample], fraction: float, seed: int) -> tuple[list[Sample], list[Sample]]:
+    """Per class: shuffle (seeded), send round(n * fraction) to val, keep at least one in train."""
+    if not 0 <= fraction < 1:
+        raise DatasetError(f"--val-split must be in [0, 1), got {fraction}")
+    rng = random.Random(seed)
+    by_class: dict[int, list[Sample]] = {}
+    for s in samples:
+        by_class.setdefault(s.label, []).append(s)
+    train, val = [], []
+    for label in sorted(by_class):
+        items = by_class[label][:]
+        rng.shuffle(items)
+        n_val = min(len(items) - 1, max(1 if len(items) > 1 and fraction > 0 else 0, round(len(items) * fraction)))
+        val.extend(items[:n_val])
+        train.extend(items[n_val:])
+    return train, val
+
+
+class DecodedImages:
+    """Decode every image once, downscaled so its shorter side is at most `max_side`, kept in memory.
+
+    Later epochs (and augmentation) start from these, not from the JPEG again. Unreadable images
+    found here are reported and dropped.
+    """
+
+    def __init__(self, paths: list[Path], max_side: int, threads: int | None = None):
+        self.max_side = max_side
+        self.images: dict[str, Image.Image] = {}
+        self.failed: dict[str, str] = {}
+        with ThreadPoolExecutor(max_workers=threads or available_cpus()) as pool:
+            for path, result in zip(paths, pool.map(self._decode, paths)):
+                if isinstance(result, str):
+                    self.failed[str(path)] = result
+                else:
+                    self.images[str(path)] = result
+
+    def _decode(self, path: Path):
+        try:
+            img = open_image(path)
+        except ImageReadError as e:
+            return e.reason
+        short = min(img.size)
+        if short > self.max_side:
+            scale = self.max_side / short
+            img = img.resize((max(1, round(img.width * scale)), max(1, round(img.height * scale))), Image.BILINEAR)
+        return img
+
+    def __getitem__(self, path) -> Image.Image:
+        return self.images[str(path)]
+
+
+class ImageSamples(Dataset):
+    """(transformed image, label) pairs, from decoded memory when available, else from disk."""
+
+    def __init__(self, samples: list[Sample], transform, decoded: DecodedImages | None = None):
+        self.samples = samples
+        self.transform = transform
+        self.decoded = decoded
+
+    def __len__(self):
+        return len(self.samples)
+
+    def __getitem__(self, i):
+        s = self.samples[i]
+        img = self.decoded[s.path] if self.decoded is not None else open_image(s.path)
+        return self.transform(img), s.label
+
+    @property
+    def labels(self) -> list[int]:
+        return [s.label for s in self.samples]
+
+
+def drop_failed(scan: DatasetScan, decoded: DecodedImages) -> None:
+    """Remove samples whose full decode failed (e.g. truncated JPEGs that pass the header check)."""
+    if not decoded.failed:
+        return
+    for split, samples in scan.splits.items():
+        scan.splits[split] = [s for s in samples if str(s.path) not in decoded.failed]
+    scan.skipped.extend(decoded.failed.items())
+
+
+def class_weights(labels: list[int], num_classes: int) -> torch.Tensor:
+    """Inverse-frequency weights, normalised to mean 1 over present classes."""
+    counts = torch.bincount(torch.tensor(labels), minlength=num_classes).float()
+    w = torch.where(counts > 0, counts.sum() / (num_classes * counts.clamp(min=1)), torch.zeros_like(counts))
+    return w

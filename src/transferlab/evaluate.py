@@ -1,0 +1,113 @@
+"""Metrics of a classifier on labelled images: accuracy, per-class precision/recall/F1, confusion,
+and the most confidently wrong images."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from .classifier import Classifier
+from .data import Sample, scan_dataset
+
+
+def confusion_matrix(y_true: torch.Tensor, y_pred: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """rows: true class, columns: predicted class."""
+    idx = y_true * num_classes + y_pred
+    return torch.bincount(idx, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
+
+
+def per_class_report(cm: torch.Tensor, classes: list[str]) -> list[dict]:
+    tp = cm.diag().float()
+    predicted = cm.sum(0).float()
+    actual = cm.sum(1).float()
+    precision = torch.where(predicted > 0, tp / predicted.clamp(min=1), torch.zeros_like(tp))
+    recall = torch.where(actual > 0, tp / actual.clamp(min=1), torch.zeros_like(tp))
+    f1 = torch.where(precision + recall > 0, 2 * precision * recall / (precision + recall).clamp(min=1e-12),
+                     torch.zeros_like(tp))
+    return [
+        {"class": c, "precision": float(p), "recall": float(r), "f1": float(f), "support": int(n)}
+        for c, p, r, f, n in zip(classes, precision, recall, f1, actual)
+    ]
+
+
+def evaluate_classifier(clf: Classifier, samples: list[Sample], device=None, batch_size: int = 64,
+                        progress: bool = True, worst: int = 10) -> dict:
+    """Predict every sample and compute the metrics; unreadable images are counted, not fatal."""
+    records = clf.predict([s.path for s in samples], top=len(clf.classes), batch_size=batch_size,
+                          device=device, progress=progress)
+    by_path = {r["path"]: r for r in records}
+    y_true, y_pred, wrong, unreadable = [], [], [], []
+    for s in samples:
+        r = by_path.get(str(s.path))
+        if r is None or r["status"] != "ok":
+            unreadable.append(str(s.path))
+            continue
+        pred = r["top"][0]
+        y_true.append(s.label)
+        y_pred.append(pred["index"])
+        if pred["index"] != s.label:
+            wrong.append({"path": str(s.path), "true": clf.classes[s.label], "predicted": pred["label"],
+                          "confidence": pred["prob"]})
+    k = len(clf.classes)
+    yt, yp = torch.tensor(y_true, dtype=torch.long), torch.tensor(y_pred, dtype=torch.long)
+    cm = confusion_matrix(yt, yp, k)
+    accuracy = float((yt == yp).float().mean()) if len(yt) else 0.0
+    per_class = per_class_report(cm, clf.classes)
+    return {
+        "accuracy": accuracy,
+        "images": len(y_true),
+        "unreadable": unreadable,
+        "macro_f1": sum(r["f1"] for r in per_class) / k,
+        "per_class": per_class,
+        "confusion": cm.tolist(),
+        "classes": list(clf.classes),
+        "most_confident_errors": sorted(wrong, key=lambda w: -w["confidence"])[:worst],
+    }
+
+
+def evaluate(run, data, device=None, progress: bool = True) -> dict:
+    """Evaluate a run (or Classifier) on a labelled folder (class sub-folders; a test/ or val/ split
+    inside it is used when present)."""
+    from .classifier import load
+
+    clf = run if isinstance(run, Classifier) else load(str(run))
+    root = Path(data)
+    scan = scan_dataset(root, require_val=_has_split(root))
+    split = "test" if scan.splits.get("test") else ("val" if _has_split(root) else "train")
+    unknown = [c for c in scan.classes if c not in clf.classes]
+    if unknown:
+        from .errors import DatasetError
+
+        raise DatasetError(f"{root} has class folder(s) the model does not know: {', '.join(unknown)}; "
+                           f"the model's classes are {', '.join(clf.classes)}")
+    remap = [clf.classes.index(c) for c in scan.classes]
+    samples = [Sample(s.path, remap[s.label]) for s in scan.splits[split]]
+    result = evaluate_classifier(clf, samples, device=device, progress=progress)
+    result["split"] = f"{root} ({split})"
+    result["skipped"] = scan.skipped
+    return result
+
+
+def _has_split(root: Path) -> bool:
+    return any((root / n).is_dir() for n in ("test", "val", "valid", "validation"))
+
+
+def format_evaluation(result: dict) -> str:
+    classes = result["classes"]
+    lines = [f"accuracy {result['accuracy']:.4f} on {result['images']} images, macro F1 {result['macro_f1']:.4f}"]
+    if result.get("unreadable"):
+        lines.append(f"{len(result['unreadable'])} unreadable image(s) skipped")
+    width = max(8, *(len(c) for c in classes))
+    lines.append(f"{'class':<{width}} precision  recall     f1  support")
+    for r in result["per_class"]:
+        lines.append(f"{r['class']:<{width}} {r['precision']:9.3f} {r['recall']:7.3f} {r['f1']:6.3f} {r['support']:8d}")
+    lines.append("confusion matrix (rows: true, columns: predicted)")
+    short = [c[:6] for c in classes]
+    lines.append(" " * width + " " + " ".join(f"{c:>6}" for c in short))
+    for c, row in zip(classes, result["confusion"]):
+        lines.append(f"{c:<{width}} " + " ".join(f"{v:>6d}" for v in row))
+    if result["most_confident_errors"]:
+        lines.append("most confidently wrong:")
+        for w in result["most_confident_errors"]:
+            lines.append(f"  {w['path']}: {w['true']} predicted as {w['predicted']} ({w['confidence']:.1%})")
+    return "\n".join(lines)

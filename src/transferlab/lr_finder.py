@@ -1,0 +1,69 @@
+"""Learning-rate range test (Smith 2015, as in fastai's lr_find): raise the lr exponentially over a
+few hundred steps, watch the loss, suggest the lr where it falls fastest."""
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass
+
+import torch
+
+from .strategies import Phase, param_groups
+
+
+@dataclass
+class LRFinderResult:
+    lrs: list[float]
+    losses: list[float]
+    suggestion: float
+
+
+def lr_range_test(model, phase: Phase, batches, forward, loss_fn, device, weight_decay: float,
+                  start_lr: float = 1e-7, end_lr: float = 1.0, max_steps: int = 100) -> LRFinderResult:
+    """Run the test on a copy of the weights; the model is restored afterwards."""
+    saved = copy.deepcopy(model.state_dict())
+    groups = param_groups(model, phase, weight_decay)
+    base = [g["lr"] for g in groups]
+    head_lr = max(base)
+    optimizer = torch.optim.AdamW(groups)
+    steps = max(10, min(max_steps, len(batches) * 5))
+    gamma = (end_lr / start_lr) ** (1 / (steps - 1))
+    lrs, losses, smooth, best = [], [], None, math.inf
+    model.train()
+    step = 0
+    while step < steps:
+        for x, y in batches:
+            lr = start_lr * gamma**step
+            for g, b in zip(optimizer.param_groups, base):
+                g["lr"] = lr * b / head_lr  # keep the phase's discriminative ratios
+            loss = loss_fn(forward(x.to(device)).float(), y.to(device))
+            if not torch.isfinite(loss):
+                step = steps
+                break
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            smooth = loss.item() if smooth is None else 0.9 * smooth + 0.1 * loss.item()
+            debiased = smooth / (1 - 0.9 ** (step + 1))
+            lrs.append(lr)
+            losses.append(debiased)
+            best = min(best, debiased)
+            step += 1
+            if debiased > 4 * best or step >= steps:
+                step = steps
+                break
+    model.load_state_dict(saved)
+    return LRFinderResult(lrs, losses, suggest_lr(lrs, losses, phase.lr))
+
+
+def suggest_lr(lrs: list[float], losses: list[float], fallback: float) -> float:
+    """The lr of the steepest descent of the (smoothed) loss, before it blows up."""
+    if len(losses) < 5:
+        return fallback
+    end = losses.index(min(losses))
+    logs = [math.log10(v) for v in lrs]
+    slopes = [(losses[i + 1] - losses[i]) / (logs[i + 1] - logs[i]) for i in range(max(1, end))]
+    if not slopes:
+        return fallback
+    i = min(range(len(slopes)), key=slopes.__getitem__)
+    return float(lrs[i])

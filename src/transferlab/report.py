@@ -1,0 +1,108 @@
+"""Plots and a readable summary of a run: curves.png, confusion.png, report.md."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from .io import atomic_path, atomic_write_text
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_curves(history: list[dict], path: Path) -> None:
+    plt = _pyplot()
+    epochs = [r["epoch"] for r in history]
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
+    ax_loss.plot(epochs, [r["train_loss"] for r in history], "o-", label="train")
+    ax_loss.plot(epochs, [r["val_loss"] for r in history], "o-", label="val")
+    ax_acc.plot(epochs, [r["train_acc"] for r in history], "o-", label="train")
+    ax_acc.plot(epochs, [r["val_acc"] for r in history], "o-", label="val")
+    for prev, row in zip(history, history[1:]):
+        if row["phase"] != prev["phase"]:  # mark where a new phase (e.g. unfreezing) starts
+            for ax in (ax_loss, ax_acc):
+                ax.axvline(row["epoch"] - 0.5, color="grey", linestyle=":")
+    ax_loss.set(title="loss", xlabel="epoch")
+    ax_acc.set(title="accuracy", xlabel="epoch", ylim=(0, 1.02))
+    for ax in (ax_loss, ax_acc):
+        ax.legend()
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    _save(fig, path, plt)
+
+
+def plot_confusion(confusion: list[list[int]], classes: list[str], path: Path, title: str = "confusion") -> None:
+    plt = _pyplot()
+    k = len(classes)
+    size = min(14, 3 + 0.45 * k)
+    fig, ax = plt.subplots(figsize=(size, size))
+    im = ax.imshow(confusion, cmap="Blues")
+    ax.set(xticks=range(k), yticks=range(k), xlabel="predicted", ylabel="true", title=title)
+    ax.set_xticklabels(classes, rotation=90)
+    ax.set_yticklabels(classes)
+    if k <= 30:
+        peak = max(max(row) for row in confusion) or 1
+        for i, row in enumerate(confusion):
+            for j, v in enumerate(row):
+                ax.text(j, i, str(v), ha="center", va="center", color="white" if v > peak / 2 else "black",
+                        fontsize=8)
+    fig.colorbar(im, ax=ax, fraction=0.046)
+    fig.tight_layout()
+    _save(fig, path, plt)
+
+
+def _save(fig, path: Path, plt) -> None:
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+
+
+def write_report(out: Path, meta: dict, history: list[dict], evaluations: dict) -> None:
+    out = Path(out)
+    if history:
+        plot_curves(history, out / "curves.png")
+    main = evaluations.get("test") or evaluations.get("val")
+    if main:
+        plot_confusion(main["confusion"], main["classes"], out / "confusion.png",
+                       title=f"confusion ({'test' if 'test' in evaluations else 'val'})")
+    atomic_write_text(out / "report.md", render_report(meta, history, evaluations))
+
+
+def render_report(meta: dict, history: list[dict], evaluations: dict) -> str:
+    m = meta["metrics"]
+    lines = [
+        f"# transferlab run: {meta['architecture']} / {meta['strategy']}",
+        "",
+        f"- classes ({meta['num_classes']}): {', '.join(meta['classes'])}",
+        f"- strategy: **{meta['strategy']}**, frozen blocks at the end: {meta['freeze']} "
+        f"({', '.join(meta['frozen_blocks']) or 'none'}), BatchNorm policy: {meta['bn_policy']}",
+        "- phases: " + "; ".join(f"{p['name']} {p['epochs']} epochs, freeze {p['freeze']}, lr {p['lr']:.2e}"
+                                 + (f" (x1/{p['lr_mult']:g} at the first trainable block)" if p['lr_mult'] != 1 else "")
+                                 for p in meta["phases"]),
+        f"- best val accuracy **{m['val_acc']:.4f}** (loss {m['val_loss']:.4f}) at epoch {m['best_epoch']} "
+        f"of {m['epochs_run']}",
+    ]
+    if "advice" in meta:
+        adv = meta["advice"]
+        lines += ["", "## Why this strategy", "", adv.get("explanation", "")]
+    lines += ["", "## Epochs", "", "| epoch | phase | train loss | train acc | val loss | val acc | lr | s |",
+              "|---|---|---|---|---|---|---|---|"]
+    for r in history:
+        lines.append(f"| {r['epoch']} | {r['phase']} | {r['train_loss']:.4f} | {r['train_acc']:.3f} | "
+                     f"{r['val_loss']:.4f} | {r['val_acc']:.3f} | {r['lr']:.2e} | {r['time_s']:.1f} |")
+    for split, ev in evaluations.items():
+        lines += ["", f"## {split} set: accuracy {ev['accuracy']:.4f}, macro F1 {ev['macro_f1']:.4f}", "",
+                  "| class | precision | recall | F1 | support |", "|---|---|---|---|---|"]
+        lines += [f"| {r['class']} | {r['precision']:.3f} | {r['recall']:.3f} | {r['f1']:.3f} | {r['support']} |"
+                  for r in ev["per_class"]]
+        if ev["most_confident_errors"]:
+            lines += ["", "Most confidently wrong:", ""]
+            lines += [f"- `{w['path']}`: {w['true']} predicted as {w['predicted']} ({w['confidence']:.1%})"
+                      for w in ev["most_confident_errors"]]
+    lines += ["", "![curves](curves.png)", "", "![confusion](confusion.png)", ""]
+    return "\n".join(lines)

@@ -1,0 +1,97 @@
+"""The transfer-learning playbook as data: which blocks train, at which learning rates, in which phases."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .errors import TransferlabError
+from .models import BlockNet
+
+STRATEGIES = ("feature-extract", "partial", "finetune", "scratch", "two-stage", "auto")
+
+# AdamW learning rates that work without tuning: a new head learns fast, pretrained layers need
+# small steps or they forget ImageNet; from scratch sits in between with no features to keep.
+DEFAULT_LR = {"head": 3e-3, "finetune": 3e-4, "scratch": 1e-3}
+
+
+@dataclass(frozen=True)
+class Phase:
+    """One stretch of training with a fixed set of trainable blocks."""
+
+    name: str
+    epochs: int
+    freeze: int  # number of leading blocks frozen
+    lr: float  # learning rate of the head; earlier blocks get less when lr_mult > 1
+    lr_mult: float = 1.0  # head lr / first trainable block lr (discriminative learning rates)
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "epochs": self.epochs, "freeze": self.freeze, "lr": self.lr,
+                "lr_mult": self.lr_mult}
+
+
+def plan_phases(
+    strategy: str,
+    model: BlockNet,
+    epochs: int,
+    lr: float | None = None,
+    freeze: int | str | None = None,
+    head_epochs: int | None = None,
+    lr_mult: float = 10.0,
+) -> list[Phase]:
+    """The phases a strategy trains in. `freeze` is a block count or the first trainable block's name."""
+    if epochs < 1:
+        raise TransferlabError("--epochs must be at least 1")
+    all_but_head = len(model.block_names) - 1
+    if strategy == "feature-extract":
+        return [Phase("feature-extract", epochs, all_but_head, lr or DEFAULT_LR["head"])]
+    if strategy == "partial":
+        if freeze is None:
+            raise TransferlabError(
+                f"--strategy partial needs --freeze N (0..{all_but_head}) or a block name: {', '.join(model.block_names)}"
+            )
+        n = _freeze_point(model, freeze)
+        return [Phase("partial", epochs, n, lr or (DEFAULT_LR["head"] if n == all_but_head else DEFAULT_LR["finetune"]))]
+    if strategy == "finetune":
+        return [Phase("finetune", epochs, 0, lr or DEFAULT_LR["finetune"])]
+    if strategy == "scratch":
+        return [Phase("scratch", epochs, 0, lr or DEFAULT_LR["scratch"])]
+    if strategy == "two-stage":
+        if epochs < 2:
+            raise TransferlabError("--strategy two-stage needs --epochs >= 2 (head first, then fine-tuning)")
+        h = head_epochs if head_epochs is not None else max(1, epochs // 3)
+        if not 1 <= h < epochs:
+            raise TransferlabError(f"--head-epochs must be between 1 and epochs-1 ({epochs - 1}), got {h}")
+        n = _freeze_point(model, freeze) if freeze is not None else 0
+        return [
+            Phase("head", h, all_but_head, DEFAULT_LR["head"]),
+            Phase("finetune", epochs - h, n, lr or DEFAULT_LR["finetune"], lr_mult),
+        ]
+    raise TransferlabError(f"unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
+
+
+def _freeze_point(model: BlockNet, freeze) -> int:
+    try:
+        n = model.block_index(freeze)
+    except ValueError as e:
+        raise TransferlabError(str(e)) from None
+    if n >= len(model.block_names):
+        raise TransferlabError(f"--freeze {freeze} would freeze the head too; the maximum is {len(model.block_names) - 1}")
+    return n
+
+
+def param_groups(model: BlockNet, phase: Phase, weight_decay: float) -> list[dict]:
+    """One optimizer group per trainable block; learning rates rise geometrically from the first
+    trainable block (lr / lr_mult) to the head (lr), as in fastai's discriminative fine-tuning.
+    Biases and norm weights get no weight decay."""
+    names = model.block_names[phase.freeze:]
+    n = len(names)
+    groups = []
+    for i, name in enumerate(names):
+        scale = phase.lr_mult ** (-(n - 1 - i) / (n - 1)) if n > 1 and phase.lr_mult != 1 else 1.0
+        decay, no_decay = [], []
+        for p in model.blocks[name].parameters():
+            if p.requires_grad:
+                (no_decay if p.ndim <= 1 else decay).append(p)
+        for params, wd in ((decay, weight_decay), (no_decay, 0.0)):
+            if params:
+                groups.append({"params": params, "lr": phase.lr * scale, "weight_decay": wd, "block": name})
+    return groups

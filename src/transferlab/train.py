@@ -1,0 +1,470 @@
+"""The training loop: phases of a strategy, schedules, mixed precision, checkpoints, resume, early stopping."""
+from __future__ import annotations
+
+import csv
+import math
+import sys
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, WeightedRandomSampler
+from tqdm.auto import tqdm
+
+from . import artifact
+from .data import DatasetScan, DecodedImages, ImageSamples, class_weights, drop_failed, scan_dataset
+from .device import default_workers, pick_device
+from .errors import TransferlabError
+from .features import TensorBatches, cache_fits, prefix_features
+from .io import atomic_torch_save, safe_torch_load, save_weights
+from .models import BN_POLICIES, BlockNet, create_model
+from .preprocess import AUGMENT_LEVELS
+from .strategies import STRATEGIES, Phase, param_groups, plan_phases
+
+SCHEDULES = ("cosine", "onecycle", "constant")
+BALANCE = ("none", "weights", "sampler")
+DECODE_BUDGET_PIXELS = 400_000_000  # ~1.2 GB of RGB: above this, images are decoded per epoch
+
+
+@dataclass
+class TrainConfig:
+    """Every knob of a training run; the defaults work without tuning."""
+
+    model: str = "efficientnet_lite0"
+    strategy: str = "two-stage"
+    epochs: int = 10
+    head_epochs: int | None = None  # two-stage: epochs of phase 1 (default: a third)
+    freeze: int | str | None = None  # partial: blocks frozen (count or first trainable block's name)
+    lr: float | str | None = None  # None: the strategy's default; "find": a range test picks it
+    lr_mult: float = 10.0  # two-stage phase 2: head lr / stem lr
+    weight_decay: float = 0.01
+    batch_size: int = 32
+    schedule: str = "cosine"
+    warmup_epochs: float = 0.5
+    label_smoothing: float = 0.0
+    patience: int = 5  # early stopping on val loss, per phase; 0 disables
+    augment: str = "light"
+    balance: str = "none"
+    bn: str = "frozen"
+    val_split: float = 0.2
+    seed: int = 0
+    device: str = "auto"
+    amp: str = "auto"  # auto: on for CUDA, off on CPU
+    workers: int | None = None
+    weights: str = "default"
+    image_size: int | None = None  # override the model's input size (CNNs accept others; faster when small)
+    cache_features: str = "auto"  # auto | on | off: train from cached frozen-prefix activations
+    cache_views: int = 4  # augmented views cached per image when augment is on
+    grad_clip: float = 0.0
+    max_bad_steps: int = 10  # consecutive non-finite losses before the run stops
+    advice: dict | None = None  # set by --strategy auto: the advisor's numbers and reasons
+
+    def validate(self) -> None:
+        checks = [
+            (self.strategy in STRATEGIES, f"--strategy must be one of {', '.join(STRATEGIES)}"),
+            (self.schedule in SCHEDULES, f"--schedule must be one of {', '.join(SCHEDULES)}"),
+            (self.balance in BALANCE, f"--balance must be one of {', '.join(BALANCE)}"),
+            (self.bn in BN_POLICIES, f"--bn must be one of {', '.join(BN_POLICIES)}"),
+            (self.augment in AUGMENT_LEVELS, f"--augment must be one of {', '.join(AUGMENT_LEVELS)}"),
+            (self.cache_features in ("auto", "on", "off"), "--cache-features must be auto, on or off"),
+            (self.amp in ("auto", "on", "off"), "--amp must be auto, on or off"),
+            (self.batch_size >= 1, "--batch-size must be at least 1"),
+            (self.lr is None or self.lr == "find" or float(self.lr) > 0, "--lr must be positive or 'find'"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise TransferlabError(message)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+@dataclass
+class Run:
+    """What train() returns: where the run lives, its metrics, and the trained model."""
+
+    path: Path
+    metrics: dict
+    history: list[dict] = field(default_factory=list)
+    classifier: object = None
+
+    @property
+    def model(self):
+        return self.classifier.model
+
+
+class NonFiniteLoss(TransferlabError):
+    pass
+
+
+class Trainer:
+    def __init__(self, data, config: TrainConfig, out=None, resume: bool = False, progress: bool = True,
+                 callbacks=()):
+        config.validate()
+        self.cfg = config
+        self.progress = progress
+        self.callbacks = list(callbacks)
+        self.device = pick_device(config.device)
+        self.amp_dtype = self._amp_dtype()
+        self.out = Path(out) if out else default_run_dir(data, config)
+        self.resume = resume
+        if not resume:
+            artifact.prepare_run_dir(self.out)
+        self.scan = scan_dataset(data, config.val_split, config.seed)
+        self.log(self.scan.summary())
+        torch.manual_seed(config.seed)
+        weights = "none" if config.strategy == "scratch" else config.weights
+        self.model: BlockNet = create_model(config.model, num_classes=len(self.scan.classes), weights=weights)
+        self.model.to(self.device)
+        if config.image_size:
+            self.model.preprocessing = self.model.preprocessing.resized(config.image_size)
+        self.pre = self.model.preprocessing
+        self.decoded = self._decode_once()
+        self.history: list[dict] = []
+        self.best = {"val_loss": math.inf, "val_acc": -1.0, "epoch": 0}
+        self.phases: list[Phase] = []
+
+    # --- set-up ------------------------------------------------------------------------------
+    def _amp_dtype(self):
+        if self.cfg.amp == "off" or (self.cfg.amp == "auto" and self.device.type != "cuda"):
+            return None
+        if self.device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.bfloat16
+
+    def _decode_once(self) -> DecodedImages | None:
+        samples = [s for split in self.scan.splits.values() for s in split]
+        side = self.pre.resize
+        if len(samples) * side * side * 1.5 > DECODE_BUDGET_PIXELS:
+            return None
+        decoded = DecodedImages([s.path for s in samples], max_side=side)
+        drop_failed(self.scan, decoded)
+        if decoded.failed:
+            self.log(f"skipped {len(decoded.failed)} image(s) that failed to decode")
+        return decoded
+
+    def log(self, message: str) -> None:
+        if self.progress:
+            tqdm.write(message, file=sys.stderr)
+
+    # --- data --------------------------------------------------------------------------------
+    def _labels(self, split: str) -> torch.Tensor:
+        return torch.tensor([s.label for s in self.scan.splits[split]])
+
+    def _sample_weights(self) -> torch.Tensor | None:
+        if self.cfg.balance != "sampler":
+            return None
+        labels = self._labels("train")
+        return class_weights(labels.tolist(), len(self.scan.classes))[labels]
+
+    def image_loader(self, split: str, train: bool, generator: torch.Generator | None = None) -> DataLoader:
+        transform = self.pre.train_transform(self.cfg.augment) if train else self.pre.eval_transform()
+        dataset = ImageSamples(self.scan.splits[split], transform, self.decoded)
+        weights = self._sample_weights() if train else None
+        sampler = WeightedRandomSampler(weights, len(weights), generator=generator) if weights is not None else None
+        workers = self.cfg.workers if self.cfg.workers is not None else default_workers(len(dataset), self.cfg.batch_size)
+        return DataLoader(dataset, batch_size=self.cfg.batch_size, shuffle=train and sampler is None,
+                          sampler=sampler, generator=generator, num_workers=workers,
+                          pin_memory=self.device.type == "cuda")
+
+    def _use_feature_cache(self, phase: Phase) -> bool:
+        if phase.freeze == 0 or self.cfg.cache_features == "off":
+            return False
+        views = 1 if self.cfg.augment == "none" else self.cfg.cache_views
+        items = len(self.scan.splits["train"]) * views + len(self.scan.splits["val"])
+        fits = cache_fits(self.model, phase.freeze, self.pre.input_size, items, 1, self.device)
+        if self.cfg.cache_features == "on" and not fits:
+            self.log("feature cache does not fit in memory; training without it")
+        return fits
+
+    def _cached_batches(self, phase: Phase, phase_index: int):
+        """Train views and val features of the frozen prefix, computed once for this phase."""
+        n = phase.freeze
+        torch.manual_seed(self.cfg.seed + 7919 * (phase_index + 1))  # views identical after a resume
+        views = []
+        view_count = 1 if self.cfg.augment == "none" else self.cfg.cache_views
+        for v in tqdm(range(view_count), desc="caching features", disable=not self.progress, leave=False):
+            loader = self.image_loader("train", train=self.cfg.augment != "none")
+            loader = DataLoader(loader.dataset, batch_size=self.cfg.batch_size, shuffle=False,
+                                num_workers=loader.num_workers)
+            views.append(prefix_features(self.model, n, loader, self.device))
+        val = prefix_features(self.model, n, self.image_loader("val", train=False), self.device)
+        return views, val
+
+    # --- optimisation ------------------------------------------------------------------------
+    def _optimizer(self, phase: Phase) -> torch.optim.Optimizer:
+        return torch.optim.AdamW(param_groups(self.model, phase, self.cfg.weight_decay))
+
+    def _scheduler(self, optimizer, phase: Phase, steps_per_epoch: int):
+        total = max(1, phase.epochs * steps_per_epoch)
+        warmup = min(int(0.2 * total), int(self.cfg.warmup_epochs * steps_per_epoch))
+        kind = self.cfg.schedule
+
+        def factor(step: int) -> float:
+            if kind == "onecycle":
+                peak = max(1, int(0.3 * total))
+                if step < peak:
+                    return 0.04 + 0.96 * step / peak
+                return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - peak) / max(1, total - peak))))
+            if step < warmup:
+                return (step + 1) / (warmup + 1)
+            if kind == "constant":
+                return 1.0
+            return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
+
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+    def _loss_fn(self) -> nn.Module:
+        weight = None
+        if self.cfg.balance == "weights":
+            weight = class_weights(self._labels("train").tolist(), len(self.scan.classes)).to(self.device)
+        return nn.CrossEntropyLoss(weight=weight, label_smoothing=self.cfg.label_smoothing)
+
+    def _forward(self, x: torch.Tensor, start: int) -> torch.Tensor:
+        """Logits; a frozen prefix (not cached) runs without autograd, which it does not need."""
+        n = self.model.frozen_blocks
+        with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
+            if start == 0 and n > 0:
+                with torch.no_grad():
+                    x = self.model.forward_blocks(x, 0, n)
+                start = n
+            return self.model.forward_blocks(x, start, len(self.model.block_names))
+
+    # --- epochs ------------------------------------------------------------------------------
+    def _train_epoch(self, batches, start: int, optimizer, scheduler, loss_fn, scaler, desc: str) -> dict:
+        self.model.train()
+        total_loss, correct, seen, bad = 0.0, 0, 0, 0
+        bar = tqdm(batches, desc=desc, leave=False, disable=not self.progress, unit="batch")
+        for x, y in bar:
+            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+            logits = self._forward(x, start)
+            loss = loss_fn(logits.float(), y)
+            if not torch.isfinite(loss):
+                bad += 1
+                optimizer.zero_grad(set_to_none=True)
+                if bad >= self.cfg.max_bad_steps:
+                    raise NonFiniteLoss(
+                        f"the loss was NaN/inf for {bad} consecutive steps: the learning rate is probably too "
+                        f"high (current {optimizer.param_groups[-1]['lr']:.2g}); retry with a lower --lr or --lr find. "
+                        f"The last good checkpoint is kept in {self.out / 'checkpoints'}"
+                    )
+                continue
+            bad = 0
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            if self.cfg.grad_clip:
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+            scaler.step(optimizer)
+            scaler.update()
+            scheduler.step()
+            total_loss += loss.item() * len(y)
+            correct += (logits.argmax(1) == y).sum().item()
+            seen += len(y)
+            bar.set_postfix(loss=f"{total_loss / seen:.4f}", acc=f"{correct / seen:.3f}")
+        if seen == 0:
+            raise NonFiniteLoss("no finite training step in this epoch; lower --lr")
+        return {"train_loss": total_loss / seen, "train_acc": correct / seen}
+
+    @torch.inference_mode()
+    def _validate(self, batches, start: int, loss_fn) -> dict:
+        self.model.eval()
+        total_loss, correct, seen = 0.0, 0, 0
+        for x, y in batches:
+            x, y = x.to(self.device), y.to(self.device)
+            logits = self._forward(x, start)
+            total_loss += loss_fn(logits.float(), y).item() * len(y)
+            correct += (logits.argmax(1) == y).sum().item()
+            seen += len(y)
+        return {"val_loss": total_loss / max(seen, 1), "val_acc": correct / max(seen, 1)}
+
+    # --- the run -----------------------------------------------------------------------------
+    def fit(self) -> Run:
+        cfg = self.cfg
+        state = self._load_checkpoint() if self.resume else None
+        if state is None:
+            self.phases = plan_phases(cfg.strategy, self.model, cfg.epochs, None if cfg.lr == "find" else cfg.lr,
+                                      cfg.freeze, cfg.head_epochs, cfg.lr_mult)
+            start_phase, start_epoch = 0, 0
+        else:
+            start_phase, start_epoch = state["phase"], state["phase_epoch"]
+        loss_fn = self._loss_fn()
+        epoch_offset = sum(p.epochs for p in self.phases[:start_phase])
+        try:
+            for pi in range(start_phase, len(self.phases)):
+                resumed = state if (state is not None and pi == start_phase and start_epoch > 0) else None
+                self._run_phase(pi, start_epoch if resumed else 0, epoch_offset, loss_fn, resumed)
+                epoch_offset += self.phases[pi].epochs
+        except KeyboardInterrupt:
+            self.log(f"interrupted: the last completed epoch is saved; resume with "
+                     f"`transferlab train {self.scan.root} --resume {self.out}`")
+            raise
+        return self._finish()
+
+    def _run_phase(self, pi: int, first_epoch: int, epoch_offset: int, loss_fn, state: dict | None) -> None:
+        cfg = self.cfg
+        phase = self.phases[pi]
+        self.model.freeze(phase.freeze, cfg.bn)
+        cached = self._use_feature_cache(phase)
+        if cached:
+            views, val_features = self._cached_batches(phase, pi)
+            train_labels, sample_weights = self._labels("train"), self._sample_weights()
+            val_batches = TensorBatches(val_features, self._labels("val"), cfg.batch_size * 4, shuffle=False)
+            start = phase.freeze
+            steps = math.ceil(len(train_labels) / cfg.batch_size)
+        else:
+            val_batches = self.image_loader("val", train=False)
+            start = 0
+            steps = len(self.image_loader("train", train=True))
+        if cfg.lr == "find" and state is None:
+            torch.manual_seed(cfg.seed)
+            phase = self._find_lr(pi, phase, views[0] if cached else None, start, loss_fn)
+        optimizer = self._optimizer(phase)
+        scheduler = self._scheduler(optimizer, phase, steps)
+        scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
+        patience_left = cfg.patience
+        phase_best = math.inf
+        if state is not None:
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            patience_left, phase_best = state["patience_left"], state["phase_best"]
+        for e in range(first_epoch, phase.epochs):
+            epoch = epoch_offset + e + 1
+            if cfg.patience and patience_left <= 0:
+                break
+            torch.manual_seed(cfg.seed * 100_003 + epoch)  # same augmentations and dropout after a resume
+            generator = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
+            if cached:
+                train_batches = TensorBatches(views[(epoch - 1) % len(views)], train_labels, cfg.batch_size,
+                                              shuffle=True, sample_weights=sample_weights)
+                train_batches.generator = generator
+            else:
+                train_batches = self.image_loader("train", train=True, generator=generator)
+            t0 = time.perf_counter()
+            desc = f"epoch {epoch}/{sum(p.epochs for p in self.phases)} [{phase.name}]"
+            row = {"epoch": epoch, "phase": phase.name, "lr": optimizer.param_groups[-1]["lr"]}
+            row.update(self._train_epoch(train_batches, start, optimizer, scheduler, loss_fn, scaler, desc))
+            row.update(self._validate(val_batches, start, loss_fn))
+            row["time_s"] = round(time.perf_counter() - t0, 3)
+            self.history.append(row)
+            improved = row["val_loss"] < phase_best - 1e-4
+            phase_best = min(phase_best, row["val_loss"])
+            patience_left = cfg.patience if improved else patience_left - 1
+            if (row["val_acc"], -row["val_loss"]) > (self.best["val_acc"], -self.best["val_loss"]):
+                self.best = {"val_loss": row["val_loss"], "val_acc": row["val_acc"], "epoch": epoch}
+                save_weights(self.model.state_dict(), self.out / "checkpoints" / "best.safetensors")
+            self._save_checkpoint(pi, e + 1, optimizer, scheduler, patience_left, phase_best)
+            self._write_metrics()
+            self.log(f"epoch {epoch:>3} {phase.name:<15} train loss {row['train_loss']:.4f} acc {row['train_acc']:.3f}"
+                     f" | val loss {row['val_loss']:.4f} acc {row['val_acc']:.3f} | lr {row['lr']:.2e}"
+                     f" | {row['time_s']:.1f}s")
+            for callback in self.callbacks:
+                callback(self, row)
+            if cfg.patience and patience_left <= 0 and e + 1 < phase.epochs:
+                self.log(f"early stopping: val loss has not improved for {cfg.patience} epochs")
+
+    def _find_lr(self, pi: int, phase: Phase, features, start: int, loss_fn) -> Phase:
+        from .lr_finder import lr_range_test
+
+        if features is not None:
+            batches = TensorBatches(features, self._labels("train"), self.cfg.batch_size, shuffle=True)
+        else:
+            batches = self.image_loader("train", train=True, generator=torch.Generator().manual_seed(self.cfg.seed))
+        result = lr_range_test(self.model, phase, batches, lambda x: self._forward(x, start), loss_fn, self.device,
+                               self.cfg.weight_decay)
+        self.log(f"lr find [{phase.name}]: suggested lr {result.suggestion:.2e}")
+        self.phases[pi] = Phase(phase.name, phase.epochs, phase.freeze, result.suggestion, phase.lr_mult)
+        return self.phases[pi]
+
+    # --- persistence -------------------------------------------------------------------------
+    def _save_checkpoint(self, pi, phase_epoch, optimizer, scheduler, patience_left, phase_best) -> None:
+        atomic_torch_save(
+            {
+                "format": "transferlab-checkpoint/1",
+                "model": self.model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "phase": pi if phase_epoch < self.phases[pi].epochs else pi + 1,
+                "phase_epoch": phase_epoch if phase_epoch < self.phases[pi].epochs else 0,
+                "phases": [p.to_dict() for p in self.phases],
+                "patience_left": patience_left,
+                "phase_best": phase_best,
+                "best": self.best,
+                "history": self.history,
+                "config": asdict(self.cfg),
+            },
+            self.out / "checkpoints" / "last.pt",
+        )
+
+    def _load_checkpoint(self) -> dict | None:
+        path = self.out / "checkpoints" / "last.pt"
+        if not path.is_file():
+            raise TransferlabError(f"nothing to resume: {path} does not exist (start the run without --resume)")
+        state = safe_torch_load(path)
+        self.model.load_state_dict(state["model"])
+        self.phases = [Phase(**p) for p in state["phases"]]
+        self.history = list(state["history"])
+        self.best = dict(state["best"])
+        done = state["phase"] >= len(self.phases)
+        self.log(f"{self.out}: training had already finished; writing the final artifacts again" if done
+                 else f"resuming {self.out} after epoch {len(self.history)}")
+        return state
+
+    def _write_metrics(self) -> None:
+        from .io import atomic_path
+
+        if not self.history:
+            return
+        with atomic_path(self.out / "metrics.csv") as tmp, open(tmp, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(self.history[0].keys()))
+            writer.writeheader()
+            writer.writerows(self.history)
+
+    def _finish(self) -> Run:
+        best_path = self.out / "checkpoints" / "best.safetensors"
+        if best_path.is_file():
+            from safetensors.torch import load_file
+
+            self.model.load_state_dict(load_file(str(best_path)))
+        self.model.freeze(0, self.cfg.bn)
+        self.model.eval()
+        metrics = {"best_epoch": self.best["epoch"], "val_acc": self.best["val_acc"], "val_loss": self.best["val_loss"],
+                   "epochs_run": len(self.history)}
+        clf = artifact.write_run(self.out, self.model, self.scan, self.cfg, self.phases, metrics, self.history)
+        self.log(f"run saved to {self.out} (best val acc {metrics['val_acc']:.3f} at epoch {metrics['best_epoch']})")
+        return Run(self.out, clf.meta["metrics"], self.history, clf)
+
+
+def default_run_dir(data, cfg: TrainConfig) -> Path:
+    base = Path("runs") / f"{Path(data).resolve().name}-{cfg.model.replace(':', '_')}-{cfg.strategy}"
+    path, i = base, 2
+    while path.exists():
+        path, i = Path(f"{base}-{i}"), i + 1
+    return path
+
+
+def train(data, model: str = "efficientnet_lite0", strategy: str = "two-stage", out=None, resume: bool = False,
+          progress: bool = True, callbacks=(), **options) -> Run:
+    """Train a classifier on an image folder and save the run. Options are TrainConfig's fields."""
+    unknown = set(options) - {f.name for f in fields(TrainConfig)}
+    if unknown:
+        raise TypeError(f"unknown training option(s): {', '.join(sorted(unknown))}")
+    if resume:
+        saved = artifact.read_config(out)
+        saved.update(options)
+        cfg = TrainConfig.from_dict(saved)
+    else:
+        cfg = TrainConfig(model=model, strategy=strategy, **options)
+        if cfg.strategy == "auto":
+            from .advise import advise_for_training
+
+            cfg = advise_for_training(data, cfg, progress=progress)
+        if cfg.strategy == "partial" and cfg.freeze == "auto":
+            from .sweep import freeze_search
+
+            return freeze_search(data, cfg, out=out, progress=progress)
+    return Trainer(data, cfg, out=out, resume=resume, progress=progress, callbacks=callbacks).fit()
