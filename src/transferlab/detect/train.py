@@ -34,7 +34,7 @@ KEYPOINT_NAMES = ("right_eye", "left_eye", "nose", "mouth", "right_ear_tragion",
 class TrainConfig:
     architecture: str = "blazeface_front"
     epochs: int = 10
-    lr: float = 1e-3
+    lr: float = 5e-4                 # higher rates wreck the pretrained features within an epoch
     batch_size: int = 32
     freeze: int = 0                  # leading backbone blocks (stem first) kept at pretrained values
     weight_decay: float = 1e-4
@@ -191,7 +191,7 @@ def _train_epoch(model, criterion, optimizer, scheduler, train_set, config, epoc
         losses["loss"].backward()
         optimizer.step()
         scheduler.step()
-        total += float(losses["loss"]) * len(images)
+        total += losses["loss"].item() * len(images)
         n += len(images)
         bar.set_postfix(loss=f"{total / n:.4f}")
     return total / max(n, 1)
