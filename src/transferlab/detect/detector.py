@@ -90,7 +90,7 @@ def load_detector(model: str | Path = "blazeface_front", device: str | torch.dev
                     thresholds.get("iou", DEFAULT_IOU_THRESHOLD), source=str(run))
 
 
-def _records(name: str, det: Detections) -> list[dict]:
+def to_records(name: str, det: Detections) -> list[dict]:
     return [{"image": name, "score": round(float(s), 4),
              "box": [round(float(v), 2) for v in b],
              "keypoints": [[round(float(x), 2), round(float(y), 2)] for x, y in k]}
@@ -109,4 +109,4 @@ def detect(images, model: str | Path | Detector = "blazeface_front",
     detector = model if isinstance(model, Detector) else load_detector(model)
     names = [str(im) if isinstance(im, (str, Path)) else f"image{i}" for i, im in enumerate(images)]
     dets = detector.detect_arrays([load_image(im) for im in images], score_threshold)
-    return [r for name, det in zip(names, dets) for r in _records(name, det)]
+    return [r for name, det in zip(names, dets) for r in to_records(name, det)]
