@@ -1,0 +1,146 @@
+"""The trainer: every strategy end to end on real digits, what each freezes, run folders, resume."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from torch import nn
+
+import transferlab
+from transferlab.models import create_model
+from transferlab.strategies import param_groups, plan_phases
+from transferlab.train import TrainConfig, Trainer, train
+
+FAST = dict(image_size=48, batch_size=16, augment="none", seed=0)
+
+
+def _bn_modes(module):
+    return {m.training for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)}
+
+
+@pytest.mark.parametrize("strategy,freeze,expected", [
+    ("feature-extract", None, [10]),
+    ("partial", 4, [4]),
+    ("partial", "stage5", [5]),
+    ("finetune", None, [0]),
+    ("scratch", None, [0]),
+    ("two-stage", None, [10, 0]),
+])
+def test_strategy_plans_freeze_the_right_blocks(strategy, freeze, expected):
+    model = create_model("efficientnet_lite0", num_classes=3, weights="none")
+    phases = plan_phases(strategy, model, epochs=6, freeze=freeze)
+    assert [p.freeze for p in phases] == expected
+    for phase in phases:
+        model.freeze(phase.freeze, "frozen")
+        model.train()
+        for i, name in enumerate(model.block_names):
+            block = model.blocks[name]
+            grads = {p.requires_grad for p in block.parameters()}
+            if grads:
+                assert grads == {i >= phase.freeze}, (name, phase)
+            if i < phase.freeze and _bn_modes(block):
+                assert _bn_modes(block) == {False}, f"frozen BN in {name} must stay in eval mode"
+        groups = param_groups(model, phase, weight_decay=0.01)
+        trainable = {id(p) for p in model.parameters() if p.requires_grad}
+        in_groups = {id(p) for g in groups for p in g["params"]}
+        assert in_groups == trainable
+        with_params = {b for b in model.block_names[phase.freeze:] if any(True for _ in model.blocks[b].parameters())}
+        assert {g["block"] for g in groups} == with_params
+
+
+def test_two_stage_phase_two_has_rising_per_block_learning_rates():
+    model = create_model("resnet18", num_classes=3, weights="none")
+    head, finetune = plan_phases("two-stage", model, epochs=6, lr=1e-3, lr_mult=10)
+    assert head.freeze == len(model.block_names) - 1 and finetune.freeze == 0
+    model.freeze(0)
+    lrs = {}
+    for g in param_groups(model, finetune, 0.01):
+        lrs[g["block"]] = g["lr"]
+    ordered = [lrs[b] for b in model.block_names if b in lrs]
+    assert ordered == sorted(ordered) and ordered[0] == pytest.approx(1e-4) and ordered[-1] == pytest.approx(1e-3)
+
+
+def test_bn_train_policy_leaves_frozen_batchnorm_training():
+    model = create_model("resnet18", num_classes=3, weights="none")
+    model.freeze(3, "train")
+    model.train()
+    assert _bn_modes(model.blocks["stem"]) == {True}
+
+
+@pytest.mark.parametrize("strategy", ["feature-extract", "partial", "finetune", "scratch", "two-stage"])
+def test_every_strategy_learns_digits(strategy, digits_folder, tmp_path):
+    options = dict(FAST, epochs=4 if strategy != "scratch" else 6)
+    if strategy == "partial":
+        options["freeze"] = "stage6"
+    if strategy == "scratch":
+        options["lr"] = 3e-3
+    run = train(digits_folder, model="efficientnet_lite0", strategy=strategy, out=tmp_path / "run",
+                progress=False, **options)
+    chance = 0.25
+    assert run.metrics["val_acc"] >= (0.7 if strategy != "scratch" else chance + 0.15), run.history
+    meta = json.loads((tmp_path / "run" / "model.json").read_text())
+    assert meta["strategy"] == strategy and meta["bn_policy"] == "frozen"
+    assert meta["classes"] == [f"digit_{i}" for i in range(4)]
+    assert len(run.history) == options["epochs"]
+
+
+def test_run_folder_is_complete_and_loads(digits_folder, tmp_path):
+    out = tmp_path / "run"
+    run = train(digits_folder, model="efficientnet_lite0", strategy="feature-extract", out=out, epochs=3,
+                progress=False, **FAST)
+    for name in ("model.safetensors", "model.json", "checkpoints/last.pt", "checkpoints/best.safetensors",
+                 "metrics.csv", "curves.png", "confusion.png", "report.md"):
+        assert (out / name).is_file(), name
+    meta = json.loads((out / "model.json").read_text())
+    assert meta["preprocessing"]["input_size"] == 48
+    assert meta["versions"]["torch"] == torch.__version__
+    assert meta["freeze"] == len(meta["blocks"]) - 1
+    assert len((out / "metrics.csv").read_text().strip().splitlines()) == 4
+    clf = transferlab.load(str(out))
+    assert clf.classes == meta["classes"]
+    image = sorted(digits_folder.glob("digit_2/*.png"))[0]
+    records = clf.predict([image], top=2, progress=False)
+    assert records[0]["status"] == "ok" and len(records[0]["top"]) == 2
+    # the trained model's predictions are the run's own, not the ImageNet head's
+    assert records[0]["top"][0]["label"].startswith("digit_")
+    weights = load_file(str(out / "model.safetensors"))
+    assert all(torch.equal(weights[k], v) for k, v in clf.model.state_dict().items())
+
+
+def test_resume_after_interruption_matches_uninterrupted_run(digits_folder, tmp_path):
+    options = dict(FAST, epochs=4, augment="light", cache_features="off", workers=0)
+    full = train(digits_folder, model="efficientnet_lite0", strategy="two-stage", head_epochs=2,
+                 out=tmp_path / "full", progress=False, **options)
+
+    def stop_after_epoch_3(trainer, row):
+        if row["epoch"] == 3:
+            raise KeyboardInterrupt
+
+    cfg = TrainConfig(model="efficientnet_lite0", strategy="two-stage", head_epochs=2, **options)
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(digits_folder, cfg, out=tmp_path / "cut", progress=False, callbacks=[stop_after_epoch_3]).fit()
+    assert not (tmp_path / "cut" / "model.json").exists()
+    resumed = train(digits_folder, out=tmp_path / "cut", resume=True, progress=False)
+    assert [r["epoch"] for r in resumed.history] == [1, 2, 3, 4]
+    a = load_file(str(tmp_path / "full" / "model.safetensors"))
+    b = load_file(str(tmp_path / "cut" / "model.safetensors"))
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a), "resumed run must end with the same weights"
+    assert [r["val_loss"] for r in full.history] == [r["val_loss"] for r in resumed.history]
+
+
+def test_lr_find_picks_a_learning_rate(digits_folder, tmp_path):
+    run = train(digits_folder, model="efficientnet_lite0", strategy="feature-extract", out=tmp_path / "run",
+                epochs=2, lr="find", progress=False, **FAST)
+    lr = json.loads((tmp_path / "run" / "model.json").read_text())["phases"][0]["lr"]
+    assert 1e-6 < lr < 1.0
+    assert run.metrics["val_acc"] > 0.25
+
+
+@pytest.mark.parametrize("balance", ["weights", "sampler"])
+def test_balance_options_train(balance, digits_folder, tmp_path):
+    run = train(digits_folder, model="efficientnet_lite0", strategy="feature-extract", out=tmp_path / "run",
+                epochs=2, balance=balance, progress=False, **FAST)
+    assert run.metrics["val_acc"] > 0.5
