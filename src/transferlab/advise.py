@@ -1,0 +1,453 @@
+"""The strategy advisor: measure a dataset with the pretrained model itself, then pick a strategy.
+
+Three kinds of numbers, all from one forward pass over a class-balanced sample (no training):
+
+* size: training images in total and in the smallest class;
+* similarity to the pretraining data: how separable the classes are in the frozen features
+  (LogME, You et al. 2021, and a leave-one-out linear probe), how far the activation statistics
+  sit from ImageNet's (BatchNorm inputs vs running_mean / running_var), and how confident the
+  original 1000-class head is on these images;
+* the decision: a cell of the 2x2 playbook (small/large x similar/different), a strategy and a
+  freeze point. `decide` is a pure function of the measured numbers, so the rules are testable
+  without images and the same rules serve the API, the CLI and `train --strategy auto`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from .data import ImageSamples, Sample, scan_dataset
+from .errors import TransferlabError
+from .models import BlockNet, create_model
+
+# --- thresholds ---------------------------------------------------------------------------------
+# Training images in the smallest class below which a dataset is "small": with fewer, fine-tuning
+# all of a CNN's ~millions of weights over-fits faster than it adapts; the frozen features (plus at
+# most the upper blocks) generalise better. The literature's rule of thumb is ~100-200 per class;
+# the bench (bench/advise.py) saw fine-tuning overtake the frozen features between 15 and ~100
+# images per class, so the boundary sits at the low end of that range.
+SMALL_PER_CLASS = 80
+# Above this many images per class, and with features that barely transfer, training from random
+# initialisation can match fine-tuning (Kornblith et al. 2019; He et al. 2019 "Rethinking ImageNet
+# pre-training"): the data is then enough to learn its own low-level filters.
+VERY_LARGE_PER_CLASS = 1000
+# Linear-probe accuracy on the frozen features, rescaled so that chance is 0 and perfect is 1
+# (Cohen's kappa style): at or above this the pretrained features already separate the classes and
+# the dataset counts as "similar". 0.85 = e.g. 87% on a 10-class problem, 92% on a 2-class one.
+SIMILAR_SEPARABILITY = 0.85
+# Below this separability the features carry little of the classes ("very far", with BN shift).
+FAR_SEPARABILITY = 0.5
+# BatchNorm-statistics shift (squared 2-Wasserstein distance between the per-channel Gaussian of the
+# dataset's activations and ImageNet's running one, in units of the running variance; median over
+# channels, mean over layers). Natural photos measure ~0.1-0.3; grey digits and sketches > 1.
+# Blocks whose input shift stays below BN_SHIFT_FAR still see ImageNet-like statistics: they are
+# the ones worth freezing in a partial fine-tune.
+BN_SHIFT_FAR = 1.0
+# Mean max-softmax of the ImageNet head below which the images look like no ImageNet class
+# (a uniform guess over 1000 classes is 0.001; natural photos typically give 0.3-0.6).
+LOW_HEAD_CONFIDENCE = 0.15
+# The measuring sample: enough images for stable statistics, few enough for seconds on a CPU.
+SAMPLE_PER_CLASS = 50
+SAMPLE_MAX = 1000
+
+
+# --- LogME --------------------------------------------------------------------------------------
+def logme(features: np.ndarray, labels: np.ndarray) -> float:
+    """LogME (You et al., ICML 2021): the mean per-sample log evidence of a Bayesian linear model
+    from the features to each one-hot label column, with the prior precision alpha and the noise
+    precision beta set by the paper's fixed-point iteration on the SVD of the features. Higher is
+    more transferable; values compare models on one dataset (not datasets with each other)."""
+    f = np.asarray(features, dtype=np.float64)
+    y = np.asarray(labels)
+    n, d = f.shape
+    u, s, _ = np.linalg.svd(f, full_matrices=False)
+    sigma = s**2  # eigenvalues of F^T F; the d - len(sigma) others are zero
+    evidences = []
+    for k in np.unique(y):
+        target = (y == k).astype(np.float64)
+        evidences.append(_logme_evidence(u, sigma, target, n, d))
+    return float(np.mean(evidences))
+
+
+def _logme_evidence(u: np.ndarray, sigma: np.ndarray, y: np.ndarray, n: int, d: int) -> float:
+    x2 = (u.T @ y) ** 2  # target energy along each singular direction
+    res_x2 = max(float(y @ y - x2.sum()), 0.0)  # energy outside the features' span
+    alpha, beta = 1.0, 1.0
+    for _ in range(100):
+        t = alpha / beta
+        gamma = float((sigma / (sigma + t)).sum())  # effective number of parameters
+        m2 = float((sigma * x2 / (t + sigma) ** 2).sum())  # |posterior mean|^2
+        res2 = float((x2 / (1 + sigma / t) ** 2).sum()) + res_x2  # |y - F m|^2
+        alpha = gamma / (m2 + 1e-12)
+        beta = (n - gamma) / (res2 + 1e-12)
+        if abs(alpha / beta - t) / t < 1e-5:
+            break
+    t = alpha / beta
+    m2 = float((sigma * x2 / (t + sigma) ** 2).sum())
+    res2 = float((x2 / (1 + sigma / t) ** 2).sum()) + res_x2
+    zero = d - len(sigma)  # eigenvalues that are zero contribute log(alpha) each
+    log_det = float(np.log(alpha + beta * sigma).sum()) + zero * math.log(alpha)
+    evidence = (d / 2 * math.log(alpha) + n / 2 * math.log(beta) - log_det / 2
+                - beta / 2 * res2 - alpha / 2 * m2 - n / 2 * math.log(2 * math.pi))
+    return evidence / n
+
+
+# --- linear probe -------------------------------------------------------------------------------
+def probe_accuracy(features: np.ndarray, labels: np.ndarray) -> float:
+    """Leave-one-out accuracy of a ridge classifier on standardised features, in closed form.
+
+    With the kernel K = X X^T, the hat matrix H = K (K + lam I)^-1 gives every left-out prediction
+    at once: (yhat_i - H_ii y_i) / (1 - H_ii). The ridge strength is the best of a small grid
+    (scaled to the kernel's trace), which is what a user's own feature-extraction run would tune.
+    """
+    x = np.asarray(features, dtype=np.float64)
+    x = (x - x.mean(0)) / (x.std(0) + 1e-6)
+    classes, y = np.unique(labels, return_inverse=True)
+    targets = np.eye(len(classes))[y]
+    targets = targets - targets.mean(0)
+    kernel = x @ x.T
+    eigval, eigvec = np.linalg.eigh(kernel)
+    eigval = np.clip(eigval, 0, None)
+    proj = eigvec.T @ targets
+    scale = eigval.sum() / len(x)
+    best = 0.0
+    for lam in scale * np.logspace(-3, 1, 9):
+        shrink = eigval / (eigval + lam)
+        fitted = eigvec @ (shrink[:, None] * proj)
+        leverage = (eigvec**2 * shrink).sum(1)
+        loo = (fitted - leverage[:, None] * targets) / (1 - leverage[:, None]).clip(1e-9)
+        best = max(best, float((loo.argmax(1) == y).mean()))
+    return best
+
+
+def separability(accuracy: float, num_classes: int) -> float:
+    """Probe accuracy rescaled so that chance (1/C) is 0 and perfect is 1: comparable across class counts."""
+    chance = 1.0 / num_classes
+    return max(0.0, (accuracy - chance) / (1 - chance))
+
+
+# --- measuring ----------------------------------------------------------------------------------
+@dataclass
+class Measurements:
+    """Everything the decision needs; all JSON-able."""
+
+    num_images: int  # training images in total (after the validation split)
+    num_classes: int
+    min_per_class: int  # training images in the smallest class
+    sampled: int  # images in the measuring sample
+    logme: float
+    probe_accuracy: float
+    separability: float
+    bn_shift: float  # mean over BN layers
+    bn_shift_per_block: dict[str, float]  # block name -> mean shift at its BN layers (blocks without BN absent)
+    head_confidence: float  # mean max-softmax of the original 1000-class head
+    head_entropy: float  # mean entropy of that head, divided by log(classes): 0 sure .. 1 uniform
+    blocks: list[str]  # the model's block names, for the freeze point
+
+
+def sample_per_class(samples: list[Sample], per_class: int = SAMPLE_PER_CLASS, total: int = SAMPLE_MAX,
+                     seed: int = 0) -> list[Sample]:
+    """A class-balanced, seeded sample: at most `per_class` per class and about `total` in all."""
+    by_class: dict[int, list[Sample]] = {}
+    for s in samples:
+        by_class.setdefault(s.label, []).append(s)
+    k = max(2, min(per_class, total // max(1, len(by_class))))
+    rng = np.random.default_rng(seed)
+    out = []
+    for label in sorted(by_class):
+        items = by_class[label]
+        out.extend(items[i] for i in sorted(rng.permutation(len(items))[:k]))
+    return out
+
+
+class _BNStatistics:
+    """Forward pre-hooks on every BatchNorm: per-channel sums of its inputs over the whole sample."""
+
+    def __init__(self, model: BlockNet):
+        self.layers: list[tuple[str, nn.Module]] = []
+        self.sums: dict[int, list[torch.Tensor]] = {}
+        self.handles = []
+        for block, module in model.blocks.items():
+            for m in module.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_mean is not None:
+                    i = len(self.layers)
+                    self.layers.append((block, m))
+                    self.handles.append(m.register_forward_pre_hook(self._hook(i)))
+
+    def _hook(self, i: int):
+        def hook(_module, inputs):
+            x = inputs[0].detach().double()
+            dims = [0] + list(range(2, x.ndim))
+            count = x.numel() / x.shape[1]
+            s = [x.sum(dims), (x * x).sum(dims), torch.tensor(count, dtype=torch.float64)]
+            self.sums[i] = [a + b for a, b in zip(self.sums[i], s)] if i in self.sums else s
+
+        return hook
+
+    def shifts(self) -> list[tuple[str, float]]:
+        """(block, shift) per BN layer: median over channels of the squared 2-Wasserstein distance
+        between N(mean, var) of the inputs and N(running_mean, running_var), over running_var.
+        The median ignores the few dead channels whose running variance is ~0."""
+        out = []
+        for i, (block, bn) in enumerate(self.layers):
+            total, squares, count = self.sums[i]
+            mean = total / count
+            var = (squares / count - mean**2).clamp(min=0)
+            rm, rv = bn.running_mean.double(), bn.running_var.double()
+            w2 = ((mean - rm) ** 2 + (var.sqrt() - rv.sqrt()) ** 2) / (rv + bn.eps)
+            out.append((block, float(w2.median())))
+        return out
+
+    def remove(self) -> None:
+        for h in self.handles:
+            h.remove()
+
+
+@torch.inference_mode()
+def _forward_sample(model: BlockNet, samples: list[Sample], batch_size: int, progress: bool):
+    """Penultimate features and original-head logits of the sample, collecting BN statistics on the way."""
+    loader = DataLoader(ImageSamples(samples, model.preprocessing.eval_transform()), batch_size=batch_size)
+    stats = _BNStatistics(model)
+    last = len(model.block_names) - 1
+    features, logits = [], []
+    try:
+        for i, (x, _) in enumerate(loader):
+            f = model.forward_blocks(x, 0, last)
+            features.append(f.flatten(1).float())
+            logits.append(model.forward_blocks(f, last, last + 1).float())
+            if progress:
+                print(f"\rmeasuring: {min((i + 1) * batch_size, len(samples))}/{len(samples)} images",
+                      end="", file=sys.stderr)
+    finally:
+        stats.remove()
+    if progress:
+        print(file=sys.stderr)
+    return torch.cat(features).numpy(), torch.cat(logits), stats.shifts()
+
+
+def measure(data, model: str = "efficientnet_lite0", weights: str = "default", image_size: int | None = None,
+            val_split: float = 0.2, seed: int = 0, batch_size: int = 32, progress: bool = False) -> Measurements:
+    """Measure a dataset folder with a pretrained model: one forward pass over a balanced sample."""
+    scan = scan_dataset(data, val_split, seed)
+    train = scan.splits["train"]
+    counts = [n for n in scan.counts("train").values()]
+    net = create_model(model, weights=weights)  # the original 1000-class head is kept: it is measured too
+    if image_size:
+        net.preprocessing = net.preprocessing.resized(image_size)
+    sample = sample_per_class(train, seed=seed)
+    labels = np.array([s.label for s in sample])
+    features, logits, shifts = _forward_sample(net, sample, batch_size, progress)
+    probs = logits.softmax(1)
+    entropy = -(probs * probs.clamp(min=1e-12).log()).sum(1) / math.log(probs.shape[1])
+    per_block: dict[str, list[float]] = {}
+    for block, value in shifts:
+        per_block.setdefault(block, []).append(value)
+    accuracy = probe_accuracy(features, labels)
+    return Measurements(
+        num_images=len(train),
+        num_classes=len(scan.classes),
+        min_per_class=min(counts),
+        sampled=len(sample),
+        logme=logme(features, labels),
+        probe_accuracy=accuracy,
+        separability=separability(accuracy, len(scan.classes)),
+        bn_shift=float(np.mean([v for _, v in shifts])) if shifts else 0.0,
+        bn_shift_per_block={b: float(np.mean(v)) for b, v in per_block.items()},
+        head_confidence=float(probs.max(1).values.mean()),
+        head_entropy=float(entropy.mean()),
+        blocks=net.block_names,
+    )
+
+
+# --- deciding -----------------------------------------------------------------------------------
+@dataclass
+class Decision:
+    cell: str  # "small+similar", "small+different", "large+similar", "large+different"
+    strategy: str
+    freeze: int | None  # blocks frozen (partial and feature-extract), else None
+    freeze_block: str | None  # the first trainable block, for humans
+    reasons: list[str] = field(default_factory=list)
+
+
+def freeze_point(m: Measurements) -> int:
+    """Partial fine-tuning: freeze the leading blocks whose inputs still look like ImageNet's.
+
+    The first block whose BN inputs shift beyond BN_SHIFT_FAR is where the features stop fitting the
+    data; it and everything above train. Clamped so the stem stays frozen and at least one block
+    with weights besides the head trains (pool has none).
+    """
+    all_but_head = len(m.blocks) - 1
+    n = 0
+    for name in m.blocks[:all_but_head]:
+        if m.bn_shift_per_block.get(name, 0.0) > BN_SHIFT_FAR:
+            break
+        n += 1
+    upper = max(1, all_but_head - 2)  # keep e.g. conv_head + pool + head trainable
+    return min(max(n, 1), upper)
+
+
+def decide(m: Measurements) -> Decision:
+    """The 2x2 playbook as a pure function of the measurements."""
+    small = m.min_per_class < SMALL_PER_CLASS
+    similar = m.separability >= SIMILAR_SEPARABILITY
+    far = (m.bn_shift > BN_SHIFT_FAR and m.separability < FAR_SEPARABILITY
+           and m.head_confidence < LOW_HEAD_CONFIDENCE)
+    cell = f"{'small' if small else 'large'}+{'similar' if similar else 'different'}"
+    reasons = [
+        f"size: {m.num_images} training images, {m.min_per_class} in the smallest class: "
+        + (f"below {SMALL_PER_CLASS} per class, too few to fine-tune all layers without over-fitting."
+           if small else f"at least {SMALL_PER_CLASS} per class, enough to fine-tune the whole network."),
+        f"separability: a linear probe on the frozen features gets {m.probe_accuracy:.1%} "
+        f"(leave-one-out on {m.sampled} images; {m.separability:.2f} on a chance=0..perfect=1 scale) "
+        + (f"- at least {SIMILAR_SEPARABILITY}: the pretrained features already separate these classes."
+           if similar else f"- below {SIMILAR_SEPARABILITY}: the features need to adapt to these classes."),
+        f"LogME {m.logme:.3f}: the evidence of a linear model on these features (use it to rank backbones).",
+        f"BN-statistics shift {m.bn_shift:.2f}: "
+        + ("the activations sit far from ImageNet's (above "
+           f"{BN_SHIFT_FAR})." if m.bn_shift > BN_SHIFT_FAR else
+           f"the activations look like ImageNet's (at most {BN_SHIFT_FAR})."),
+        f"ImageNet head confidence {m.head_confidence:.1%} (normalised entropy {m.head_entropy:.2f}): "
+        + ("the images resemble no ImageNet class." if m.head_confidence < LOW_HEAD_CONFIDENCE
+           else "the images resemble ImageNet classes."),
+    ]
+    all_but_head = len(m.blocks) - 1
+    if small and similar:
+        strategy, freeze = "feature-extract", all_but_head
+        why = "small and similar: train only the new head on the frozen features."
+    elif small:
+        strategy, freeze = "partial", freeze_point(m)
+        why = (f"small and different: keep the first {freeze} blocks (their inputs still look like ImageNet's) "
+               f"and retrain from {m.blocks[freeze]} up.")
+    elif not similar and far and m.min_per_class >= VERY_LARGE_PER_CLASS:
+        strategy, freeze = "scratch", None
+        why = (f"very large (>= {VERY_LARGE_PER_CLASS} per class) and very far from ImageNet: "
+               "the pretrained weights bring little; train from random initialisation.")
+    else:
+        strategy, freeze = "finetune", None
+        why = f"large and {'similar' if similar else 'different'}: fine-tune every layer at a small learning rate."
+    reasons.append(f"decision: {strategy} ({cell}) - {why}")
+    block = m.blocks[freeze] if freeze is not None else None
+    return Decision(cell, strategy, freeze, block, reasons)
+
+
+# --- the API ------------------------------------------------------------------------------------
+@dataclass
+class Advice:
+    model: str
+    measurements: Measurements
+    decision: Decision
+    seconds: float
+    ranking: list[dict] | None = None  # --models: [{"model", "logme", "separability"}] best first
+
+    @property
+    def strategy(self) -> str:
+        return self.decision.strategy
+
+    @property
+    def freeze(self) -> int | None:
+        return self.decision.freeze
+
+    @property
+    def explanation(self) -> str:
+        return " ".join(self.decision.reasons)
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["strategy"], d["freeze"], d["explanation"] = self.strategy, self.freeze, self.explanation
+        d["thresholds"] = thresholds()
+        return d
+
+
+def thresholds() -> dict:
+    return {"small_per_class": SMALL_PER_CLASS, "very_large_per_class": VERY_LARGE_PER_CLASS,
+            "similar_separability": SIMILAR_SEPARABILITY, "far_separability": FAR_SEPARABILITY,
+            "bn_shift_far": BN_SHIFT_FAR, "low_head_confidence": LOW_HEAD_CONFIDENCE}
+
+
+def advise(data, model: str = "efficientnet_lite0", models: list[str] | None = None, weights: str = "default",
+           image_size: int | None = None, val_split: float = 0.2, seed: int = 0,
+           progress: bool = False) -> Advice:
+    """Measure `data` with `model` (or with each of `models`, ranked by LogME) and advise a strategy.
+
+    With several candidates the advice is for the best-ranked one."""
+    t0 = time.perf_counter()
+    candidates = models or [model]
+    measured = {}
+    for name in candidates:
+        if progress and len(candidates) > 1:
+            print(f"{name}:", file=sys.stderr)
+        measured[name] = measure(data, name, weights, image_size, val_split, seed, progress=progress)
+    order = sorted(candidates, key=lambda n: -measured[n].logme)
+    ranking = [{"model": n, "logme": measured[n].logme, "separability": measured[n].separability}
+               for n in order] if len(candidates) > 1 else None
+    best = order[0]
+    return Advice(best, measured[best], decide(measured[best]), time.perf_counter() - t0, ranking)
+
+
+def advise_for_training(data, cfg, progress: bool = True):
+    """`train --strategy auto`: a copy of cfg with the advised strategy/freeze and cfg.advice recorded."""
+    advice = advise(data, cfg.model, weights=cfg.weights, image_size=cfg.image_size, val_split=cfg.val_split,
+                    seed=cfg.seed, progress=progress)
+    if progress:
+        print(format_advice(advice), file=sys.stderr)
+    freeze = advice.freeze if advice.strategy == "partial" else cfg.freeze
+    return dataclasses.replace(cfg, strategy=advice.strategy, freeze=freeze, advice=_jsonable(advice.to_dict()))
+
+
+def _jsonable(d: dict) -> dict:
+    return json.loads(json.dumps(d))
+
+
+def format_advice(a: Advice) -> str:
+    m, d = a.measurements, a.decision
+    lines = [f"model {a.model}: measured {m.sampled} of {m.num_images} training images in {a.seconds:.1f}s"]
+    if a.ranking:
+        lines.append("candidate backbones, by LogME (higher transfers better):")
+        lines += [f"  {i}. {r['model']:<24} LogME {r['logme']:8.3f}  separability {r['separability']:.2f}"
+                  for i, r in enumerate(a.ranking, 1)]
+    rows = [
+        ("images (train)", f"{m.num_images}", f"{m.num_classes} classes"),
+        ("smallest class", f"{m.min_per_class}", f"small below {SMALL_PER_CLASS}"),
+        ("probe accuracy", f"{m.probe_accuracy:.1%}", f"separability {m.separability:.2f}, similar >= {SIMILAR_SEPARABILITY}"),
+        ("LogME", f"{m.logme:.3f}", "ranks backbones"),
+        ("BN shift", f"{m.bn_shift:.2f}", f"far above {BN_SHIFT_FAR}"),
+        ("head confidence", f"{m.head_confidence:.1%}", f"low below {LOW_HEAD_CONFIDENCE:.0%}"),
+    ]
+    lines += [f"  {k:<16} {v:>9}   ({t})" for k, v, t in rows]
+    freeze = f", freeze {d.freeze} (train from {d.freeze_block})" if d.strategy == "partial" else ""
+    lines.append(f"cell: {d.cell}  ->  strategy: {d.strategy}{freeze}")
+    lines += [f"  - {r}" for r in d.reasons]
+    return "\n".join(lines)
+
+
+# --- the CLI ------------------------------------------------------------------------------------
+def register(sub) -> None:
+    p = sub.add_parser("advise", help="measure a dataset with a pretrained model and recommend a strategy")
+    p.add_argument("data", help="dataset folder (class sub-folders, or train/ val/ with class sub-folders)")
+    p.add_argument("--model", default="efficientnet_lite0", help="registry name or timm:NAME")
+    p.add_argument("--models", help="comma-separated candidates, ranked by LogME (overrides --model)")
+    p.add_argument("--weights", default="default", help="'default' (pretrained) or a weights file")
+    p.add_argument("--image-size", type=int, help="measure at this input size (use the one you will train at)")
+    p.add_argument("--val-split", type=float, default=0.2)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true", help="print the numbers and the decision as JSON")
+    p.set_defaults(func=cmd_advise)
+
+
+def cmd_advise(args) -> int:
+    models = [m.strip() for m in args.models.split(",") if m.strip()] if args.models else None
+    if args.models is not None and not models:
+        raise TransferlabError("--models needs at least one model name, e.g. --models resnet18,efficientnet_lite0")
+    advice = advise(args.data, args.model, models, args.weights, args.image_size, args.val_split, args.seed,
+                    progress=not args.json)
+    print(json.dumps(_jsonable(advice.to_dict()), indent=2) if args.json else format_advice(advice))
+    return 0
