@@ -112,7 +112,7 @@ def predict_command(args) -> int:
             if args.draw:
                 _save_drawing(draw_detections(image, found), args.draw, path, args.input)
     _write_records(records, args)
-    print(f"{len(records)} faces in {len(paths) - failed} images" + (f" ({failed} unreadable)" if failed else ""),
+    print(f"{len(records)} face(s) in {len(paths) - failed} image(s)" + (f" ({failed} unreadable)" if failed else ""),
           file=sys.stderr)
     return 0
 
