@@ -58,10 +58,9 @@ class Detector:
             boxed = [letterbox(im, self.input_size) for im in images[start:start + batch_size]]
             batch = torch.stack([to_tensor(x) for x, _ in boxed]).to(device)
             for (_, lb), det in zip(boxed, self.postprocess(*self.model(batch), score_threshold)):
-                det = Detections(det.boxes.cpu(), det.keypoints.cpu(), det.scores.cpu())
-                det.boxes = lb.to_image(det.boxes.unflatten(-1, (2, 2)), self.input_size).flatten(-2)
-                det.keypoints = lb.to_image(det.keypoints, self.input_size)
-                results.append(det)
+                corners = lb.to_image(det.boxes.cpu().unflatten(-1, (2, 2)), self.input_size)
+                results.append(Detections(corners.flatten(-2), lb.to_image(det.keypoints.cpu(), self.input_size),
+                                          det.scores.cpu()))
         return results
 
 

@@ -38,6 +38,7 @@ def export_onnx(detector: Detector, path: str | Path, opset: int = 17, check: bo
         # harmless for this graph and confusing to users: the channel zero-padding is not folded
         warnings.filterwarnings("ignore", message="Constant folding")
         # the TorchScript exporter: the dynamo one needs onnxscript and gains nothing for this graph
+        warnings.filterwarnings("ignore", message="You are using the legacy TorchScript")
         torch.onnx.export(model, (example,), str(tmp), dynamo=False, opset_version=opset,
                           input_names=["image"], output_names=["regressors", "logits"],
                           dynamic_axes={"image": {0: "batch"}, "regressors": {0: "batch"}, "logits": {0: "batch"}})

@@ -107,7 +107,13 @@ def freeze_blocks(model, n: int) -> None:
 def _device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise TransferlabError(f"--device {name!r}: not a device name; use auto, cpu or cuda[:N]") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise TransferlabError(f"--device {name}: CUDA is not available on this machine; use --device cpu")
+    return device
 
 
 @dataclass
