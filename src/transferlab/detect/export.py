@@ -39,6 +39,7 @@ def export_onnx(detector: Detector, path: str | Path, opset: int = 17, check: bo
         warnings.filterwarnings("ignore", message="Constant folding")
         # the TorchScript exporter: the dynamo one needs onnxscript and gains nothing for this graph
         warnings.filterwarnings("ignore", message="You are using the legacy TorchScript")
+        warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torch\.onnx\.")
         torch.onnx.export(model, (example,), str(tmp), dynamo=False, opset_version=opset,
                           input_names=["image"], output_names=["regressors", "logits"],
                           dynamic_axes={"image": {0: "batch"}, "regressors": {0: "batch"}, "logits": {0: "batch"}})
