@@ -142,3 +142,19 @@ def test_bad_format_name_and_missing_path(tmp_path):
         load_faces(tmp_path / "nope")
     with pytest.raises(DatasetError, match="unknown annotation format"):
         load_faces(tmp_path, "kitti")
+
+
+def test_wider_official_layout(tmp_path):
+    image(tmp_path / "WIDER_val" / "images" / "0--Parade" / "a.jpg")
+    split = tmp_path / "wider_face_split"
+    split.mkdir()
+    (split / "wider_face_val_bbx_gt.txt").write_text("0--Parade/a.jpg\n1\n10 20 30 30 0 0 0 0 0 0 \n")
+    for path in (tmp_path, split / "wider_face_val_bbx_gt.txt"):
+        ds = load_faces(path)
+        assert ds.format == "wider" and ds.num_faces == 1 and not ds.skipped
+
+
+def test_undecodable_annotation_file_is_a_dataset_error(tmp_path):
+    (tmp_path / "faces.csv").write_bytes(b"\xff\xfe\x00bad")
+    with pytest.raises(DatasetError, match="cannot read the csv annotations"):
+        load_faces(tmp_path)

@@ -109,10 +109,20 @@ def _floats(parts: list[str]) -> list[float]:
         raise ValueError(f"non-numeric value in {parts}") from None
 
 
+def _wider_image_root(txt: Path) -> Path:
+    """images/ beside the file, or the official layout: wider_face_split/x_train_bbx_gt.txt with
+    WIDER_train/images/ one level up."""
+    split = next((k for k in ("train", "val", "test") if k in txt.name), None)
+    candidates = [txt.parent / "images"]
+    if split:
+        candidates += [txt.parent.parent / f"WIDER_{split}" / "images", txt.parent / f"WIDER_{split}" / "images"]
+    return next((c for c in candidates if c.is_dir()), txt.parent)
+
+
 def read_wider(txt: Path, image_root: Path | None = None) -> FaceDataset:
     """WIDER FACE `wider_face_*_bbx_gt.txt`: image line, face count, then `x y w h blur expression
     illumination invalid occlusion pose` per face (one all-zero line when the count is 0)."""
-    image_root = image_root or (txt.parent / "images" if (txt.parent / "images").is_dir() else txt.parent)
+    image_root = image_root or _wider_image_root(txt)
     lines = [ln.strip() for ln in txt.read_text().splitlines()]
     raw: _Raw = {}
     skipped: list[Skipped] = []
@@ -321,8 +331,7 @@ def _single(folder: Path, pattern: str, what: str) -> Path:
 
 
 def _wider_dir(folder: Path) -> FaceDataset:
-    txt = _wider_file(folder) or _single(folder, "*.txt", "WIDER FACE")
-    return read_wider(txt, folder / "images" if (folder / "images").is_dir() else None)
+    return read_wider(_wider_file(folder) or _single(folder, "*.txt", "WIDER FACE"))
 
 
 def _voc_dir(folder: Path) -> FaceDataset:
@@ -349,7 +358,10 @@ def load_faces(path: str | Path, fmt: str = "auto") -> FaceDataset:
         fmt = detect_format(path)
     if fmt not in FORMATS:
         raise DatasetError(f"unknown annotation format {fmt!r}; choose auto or one of {', '.join(FORMATS)}")
-    dataset = _READERS[fmt](path) if path.is_dir() else _FILE_READERS[fmt](path)
+    try:
+        dataset = _READERS[fmt](path) if path.is_dir() else _FILE_READERS[fmt](path)
+    except (OSError, UnicodeDecodeError) as e:
+        raise DatasetError(f"{path}: cannot read the {fmt} annotations ({e})") from None
     if not dataset.samples:
         raise DatasetError(f"{path}: no usable images in the {fmt} annotations "
                            f"({len(dataset.skipped)} skipped, first: {dataset.skipped[0].reason if dataset.skipped else '-'})")
