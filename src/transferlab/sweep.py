@@ -1,0 +1,235 @@
+"""Freeze-depth search: which freeze point of a partial fine-tune works best on this dataset?
+
+Successive halving (Jamieson & Talwalkar 2016): every candidate freeze point trains for a short
+run, the best 1/eta go on to runs eta times longer, until one is left; it trains for the full
+`epochs` into the run folder. Runs of the same freeze point share their cached frozen-prefix
+features, and all runs share the decoded images, so the deep freeze points cost little more than
+their heads. The trial runs are deleted; their table (sweep.csv, sweep.json) and plot (sweep.png)
+are kept in the winner's run folder, and recorded in its model.json under "advice".
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import math
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .data import drop_failed, scan_dataset
+from .errors import TransferlabError
+from .models import create_model
+from .train import Run, TrainConfig, Trainer, default_run_dir
+
+DEFAULT_POINTS = 5  # 0, all-but-head and three in between
+DEFAULT_ETA = 3  # keep the best third each rung (Hyperband's default)
+
+
+@dataclasses.dataclass
+class Trial:
+    rung: int
+    epochs: int
+    freeze: int
+    block: str  # first trainable block
+    trainable_params: int
+    val_acc: float
+    val_loss: float
+    seconds: float
+
+
+class _SharedTrainer(Trainer):
+    """A Trainer that reuses decoded images and frozen-prefix features across the sweep's runs.
+
+    Valid because every run starts from the same pretrained weights and the prefix stays frozen:
+    the cached activations of freeze point n (and their seeded augmented views) are identical."""
+
+    def __init__(self, data, config, out, progress, shared: dict):
+        self.shared = shared
+        super().__init__(data, config, out=out, progress=progress)
+
+    def _decode_once(self):
+        if "decoded" not in self.shared:
+            self.shared["decoded"] = super()._decode_once()
+        elif self.shared["decoded"] is not None:
+            drop_failed(self.scan, self.shared["decoded"])
+        return self.shared["decoded"]
+
+    def _cached_batches(self, phase, phase_index):
+        key = ("features", phase.freeze, phase_index)
+        if key not in self.shared:
+            self.shared[key] = super()._cached_batches(phase, phase_index)
+        return self.shared[key]
+
+
+def candidate_points(blocks: list[str], points=None) -> list[int]:
+    """Freeze points to try: the user's (counts or block names) or evenly spaced from 0 to all-but-head."""
+    all_but_head = len(blocks) - 1
+    if not points:
+        return sorted({int(round(x)) for x in np.linspace(0, all_but_head, DEFAULT_POINTS)})
+    resolved = set()
+    for p in points:
+        if isinstance(p, str) and not p.lstrip("-").isdigit():
+            if p not in blocks:
+                raise TransferlabError(f"unknown block {p!r} in --points; blocks are: {', '.join(blocks)}")
+            resolved.add(blocks.index(p))
+            continue
+        n = int(p)
+        if not 0 <= n <= all_but_head:
+            raise TransferlabError(f"freeze point {n} out of range 0..{all_but_head} (blocks: {', '.join(blocks)})")
+        resolved.add(n)
+    return sorted(resolved)
+
+
+def rung_schedule(candidates: int, epochs: int, eta: int) -> list[tuple[int, int]]:
+    """(runs, epochs) per rung: ceil(n/eta) survive each rung, epochs grow eta-fold up to `epochs`."""
+    if eta < 2:
+        raise TransferlabError("--eta must be at least 2")
+    sizes = [candidates]
+    while sizes[-1] > 1:
+        sizes.append(math.ceil(sizes[-1] / eta))
+    last = len(sizes) - 1
+    return [(n, max(1, round(epochs / eta ** (last - r)))) for r, n in enumerate(sizes)]
+
+
+def freeze_search(data, cfg: TrainConfig, out=None, progress: bool = True, points=None,
+                  eta: int = DEFAULT_ETA) -> Run:
+    """Find the best freeze point of a partial fine-tune by successive halving; train it into `out`."""
+    cfg = dataclasses.replace(cfg, strategy="partial")
+    cfg.validate()
+    out = Path(out) if out else default_run_dir(data, cfg)
+    scan = scan_dataset(data, cfg.val_split, cfg.seed)
+    model = create_model(cfg.model, num_classes=len(scan.classes), weights="none")
+    blocks = model.block_names
+    alive = candidate_points(blocks, points)
+    schedule = rung_schedule(len(alive), cfg.epochs, eta)
+    shared: dict = {}
+    trials: list[Trial] = []
+
+    def trial_config(n: int, epochs: int) -> TrainConfig:
+        return dataclasses.replace(cfg, freeze=n, epochs=epochs)
+
+    def params(n: int) -> int:
+        model.freeze(n)
+        return model.trainable_parameters()
+
+    with tempfile.TemporaryDirectory(prefix="transferlab-sweep-") as tmp:
+        for rung, (_, epochs) in enumerate(schedule[:-1]):
+            for n in alive:
+                _log(progress, f"sweep rung {rung + 1}/{len(schedule)}: freeze {n} ({blocks[n]} up trains), "
+                               f"{epochs} epoch(s)")
+                t0 = time.perf_counter()
+                run = _SharedTrainer(data, trial_config(n, epochs), Path(tmp) / f"r{rung}-f{n}", False, shared).fit()
+                trials.append(Trial(rung, epochs, n, blocks[n], params(n), run.metrics["val_acc"],
+                                    run.metrics["val_loss"], time.perf_counter() - t0))
+            keep = schedule[rung + 1][0]
+            ranked = sorted((t for t in trials if t.rung == rung), key=lambda t: (-t.val_acc, t.val_loss, -t.freeze))  # ties: the cheaper, deeper freeze
+            alive = sorted(t.freeze for t in ranked[:keep])
+            for key in [k for k in shared if k[0] == "features" and k[1] not in alive]:
+                del shared[key]  # free the cached features of eliminated freeze points
+    best, epochs = alive[0], schedule[-1][1]
+    final_rung = len(schedule) - 1
+    _log(progress, f"sweep: best freeze point {best} ({blocks[best]} up trains); training it for {epochs} epochs")
+    summary = {"points": candidate_points(blocks, points), "eta": eta, "best_freeze": best,
+               "best_block": blocks[best], "trials": [dataclasses.asdict(t) for t in trials]}
+    advice = dict(cfg.advice or {})
+    advice["freeze_search"] = summary
+    advice.setdefault("explanation", "")
+    advice["explanation"] = (advice["explanation"] + " " if advice["explanation"] else "") + (
+        f"Freeze search (successive halving over freeze points {summary['points']}, eta {eta}): "
+        f"freezing {best} blocks (training from {blocks[best]}) had the best validation accuracy.")
+    t0 = time.perf_counter()
+    final_cfg = dataclasses.replace(trial_config(best, epochs), freeze=best, advice=advice)
+    run = _SharedTrainer(data, final_cfg, out, progress, shared).fit()
+    trials.append(Trial(final_rung, epochs, best, blocks[best], params(best), run.metrics["val_acc"],
+                        run.metrics["val_loss"], time.perf_counter() - t0))
+    write_sweep(out, trials, blocks)
+    _log(progress, format_trials(trials))
+    return run
+
+
+def _log(progress: bool, message: str) -> None:
+    if progress:
+        print(message, file=sys.stderr)
+
+
+def format_trials(trials: list[Trial]) -> str:
+    lines = [f"{'rung':>4} {'epochs':>6} {'freeze':>6} {'trains from':<14} {'trainable':>10} {'val acc':>8} "
+             f"{'val loss':>8} {'time':>7}"]
+    lines += [f"{t.rung + 1:>4} {t.epochs:>6} {t.freeze:>6} {t.block:<14} {t.trainable_params:>10,} "
+              f"{t.val_acc:>8.3f} {t.val_loss:>8.4f} {t.seconds:>6.1f}s" for t in trials]
+    return "\n".join(lines)
+
+
+def write_sweep(out: Path, trials: list[Trial], blocks: list[str]) -> None:
+    rows = [dataclasses.asdict(t) for t in trials]
+    (out / "sweep.json").write_text(json.dumps(rows, indent=2))
+    with open(out / "sweep.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    plot_sweep(trials, blocks, out / "sweep.png")
+
+
+def plot_sweep(trials: list[Trial], blocks: list[str], path: Path) -> None:
+    """Validation accuracy against freeze point, one line per rung (longer runs, fewer points)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for rung in sorted({t.rung for t in trials}):
+        ts = sorted((t for t in trials if t.rung == rung), key=lambda t: t.freeze)
+        ax.plot([t.freeze for t in ts], [t.val_acc for t in ts], "o-", label=f"rung {rung + 1}: {ts[0].epochs} epochs")
+    points = sorted({t.freeze for t in trials})
+    ax.set_xticks(points, [f"{n}\n{blocks[n]}" for n in points], fontsize=8)
+    ax.set_xlabel("freeze point (blocks frozen / first trainable block)")
+    ax.set_ylabel("validation accuracy")
+    ax.set_title("freeze-depth search")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+# --- the CLI ------------------------------------------------------------------------------------
+def register(sub) -> None:
+    d = TrainConfig()
+    p = sub.add_parser("sweep", help="find the best freeze point of a partial fine-tune (successive halving)")
+    p.add_argument("data", help="dataset folder (class sub-folders, or train/ val/ with class sub-folders)")
+    p.add_argument("--model", default=d.model, help="registry name or timm:NAME")
+    p.add_argument("--points", help="comma-separated freeze points (counts or block names); "
+                                    f"default: {DEFAULT_POINTS} from 0 to all-but-head")
+    p.add_argument("--eta", type=int, default=DEFAULT_ETA, help="keep the best 1/eta each rung; runs grow eta-fold")
+    p.add_argument("--epochs", type=int, default=d.epochs, help="epochs of the final run (earlier rungs: fewer)")
+    p.add_argument("--out", help="run folder of the winner (default: runs/DATA-MODEL-partial)")
+    p.add_argument("--lr", type=float, help="learning rate (default: the strategy's)")
+    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--augment", default=d.augment, choices=("none", "light", "strong"))
+    p.add_argument("--image-size", type=int, help="train at another input size (e.g. 128 for small images)")
+    p.add_argument("--val-split", type=float, default=d.val_split)
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--device", default=d.device)
+    p.add_argument("--weights", default=d.weights, help="'default' (pretrained) or a weights file")
+    p.add_argument("--workers", type=int)
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+    p.set_defaults(func=cmd_sweep)
+
+
+def cmd_sweep(args) -> int:
+    options = {k: getattr(args, k) for k in ("model", "epochs", "lr", "batch_size", "augment", "image_size",
+                                             "val_split", "seed", "device", "weights", "workers")}
+    cfg = TrainConfig(strategy="partial", freeze="auto", **{k: v for k, v in options.items() if v is not None})
+    points = [p.strip() for p in args.points.split(",") if p.strip()] if args.points else None
+    run = freeze_search(args.data, cfg, out=args.out, progress=not args.quiet, points=points, eta=args.eta)
+    trials = [Trial(**t) for t in json.loads((run.path / "sweep.json").read_text())]
+    print(format_trials(trials))
+    print(f"best freeze point: {trials[-1].freeze} (training from {trials[-1].block}), "
+          f"val accuracy {run.metrics['val_acc']:.4f}")
+    print(f"run folder: {run.path}  (table: sweep.csv, plot: sweep.png)")
+    return 0
