@@ -407,7 +407,8 @@ def advise_for_training(data, cfg, progress: bool = True):
     advice = advise(data, cfg.model, weights=cfg.weights, val_split=cfg.val_split, seed=cfg.seed, progress=progress)
     if progress:
         print(format_advice(advice), file=sys.stderr)
-    freeze = advice.freeze if advice.strategy == "partial" else cfg.freeze
+    # partial with --freeze auto keeps "auto": the freeze-depth search then measures the point
+    freeze = cfg.freeze if cfg.freeze == "auto" or advice.strategy != "partial" else advice.freeze
     return dataclasses.replace(cfg, strategy=advice.strategy, freeze=freeze, advice=_jsonable(advice.to_dict()))
 
 

@@ -22,17 +22,38 @@ FORMAT = "transferlab-run/1"
 def prepare_run_dir(path: Path) -> None:
     """A fresh run needs an empty (or new) folder: an existing run is never overwritten silently."""
     path = Path(path)
-    if path.exists() and any(path.iterdir()):
+    if path.exists() and not _restartable(path):
         raise TransferlabError(
             f"run folder {path} already exists and is not empty; use --resume to continue it or choose another --out"
         )
-    (path / "checkpoints").mkdir(parents=True, exist_ok=True)
+    try:
+        (path / "checkpoints").mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise TransferlabError(f"cannot create run folder {path}: {e.strerror}; choose a writable --out") from None
     try:
         probe = path / ".write-test"
         probe.write_text("")
         probe.unlink()
     except OSError as e:
         raise TransferlabError(f"cannot write to run folder {path}: {e.strerror}; choose a writable --out") from None
+
+
+def _is_temp(name: str) -> bool:
+    return name.startswith(".") and name.endswith(".tmp")
+
+
+def _restartable(path: Path) -> bool:
+    """True when `path` holds no run data: nothing, empty folders, or temporary files of a run killed
+    before its first checkpoint (which are removed). Such a run can simply be started again."""
+    if not path.is_dir():
+        return False
+    entries = list(path.rglob("*"))
+    if any(p.is_file() and not _is_temp(p.name) for p in entries):
+        return False
+    for p in entries:
+        if p.is_file():
+            p.unlink(missing_ok=True)
+    return True
 
 
 def versions() -> dict:
@@ -105,7 +126,10 @@ def read_config(run) -> dict:
         return dict(read_meta(run)["config"])
     last = run / "checkpoints" / "last.pt"
     if not last.is_file():
-        raise TransferlabError(f"nothing to resume in {run}: no checkpoints/last.pt")
+        raise TransferlabError(
+            f"nothing to resume in {run}: no checkpoints/last.pt (the run stopped before its first epoch ended); "
+            f"start it again without --resume, e.g. `transferlab train DATA --out {run}`"
+        )
     from .io import safe_torch_load
 
     return dict(safe_torch_load(last)["config"])

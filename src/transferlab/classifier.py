@@ -5,11 +5,14 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .device import default_workers, inference_threads, pick_device  # first: sets OpenMP defaults before torch
+
+import numpy as np
 import torch
+from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from .device import default_workers, pick_device
 from .errors import ImageReadError, TransferlabError
 from .imagenet import imagenet_classes
 from .images import find_images, open_image
@@ -19,19 +22,68 @@ from .preprocess import Preprocessing
 PROGRESS_MIN_IMAGES = 8
 
 
+_PIL_FILTERS = {
+    "nearest": Image.NEAREST, "bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC, "lanczos": Image.LANCZOS,
+    "box": Image.BOX, "hamming": Image.HAMMING,
+}
+
+
+class EvalTransform:
+    """Preprocessing.eval_transform() for PIL images, computed with less work and the same result.
+
+    The reference resizes the whole image (shorter side to `resize`), centre-crops `input_size`, then
+    converts and normalises. Here Pillow resamples only the crop window (its `box` argument keeps the
+    same scale and the same source pixels under every filter tap, the full image stays available at
+    the window's edges), so the largest step shrinks by about (resize/input_size) * aspect ratio.
+    Anything this cannot reproduce (crop larger than the resized image, other inputs) uses the
+    reference transform.
+    """
+
+    def __init__(self, preprocessing: Preprocessing):
+        self.pre = preprocessing
+        self.reference = preprocessing.eval_transform()
+        self.filter = _PIL_FILTERS.get(preprocessing.interpolation)
+        self.mean = torch.tensor(preprocessing.mean, dtype=torch.float32).view(3, 1, 1)
+        self.std = torch.tensor(preprocessing.std, dtype=torch.float32).view(3, 1, 1)
+
+    def __call__(self, img):
+        pre = self.pre
+        if not isinstance(img, Image.Image) or img.mode != "RGB" or self.filter is None or pre.input_size > pre.resize:
+            return self.reference(img)
+        w, h = img.size
+        short, long = (w, h) if w <= h else (h, w)
+        if short < 1 or int(pre.resize * long / short) < pre.input_size:
+            return self.reference(img)
+        # torchvision's Resize(int): shorter side -> resize, longer side -> int(resize * long / short)
+        new_short, new_long = pre.resize, int(pre.resize * long / short)
+        new_w, new_h = (new_short, new_long) if w <= h else (new_long, new_short)
+        crop = pre.input_size
+        top, left = int(round((new_h - crop) / 2.0)), int(round((new_w - crop) / 2.0))  # torchvision's CenterCrop
+        if (new_w, new_h) == (w, h):
+            img = img.crop((left, top, left + crop, top + crop))
+        else:
+            sx, sy = w / new_w, h / new_h
+            box = (left * sx, top * sy, (left + crop) * sx, (top + crop) * sy)
+            img = img.resize((crop, crop), self.filter, box=box)
+        x = torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1)
+        # the same float32 operations, in the same order, as ToDtype(scale=True) + Normalize
+        return x.to(torch.float32).div_(255.0).sub_(self.mean).div_(self.std)
+
+
 class ImageFiles(Dataset):
     """Decodes and transforms one file per item; a broken file yields its error instead of failing the batch."""
 
-    def __init__(self, paths, transform):
+    def __init__(self, paths, transform, min_size: int | None = None):
         self.paths = list(paths)
         self.transform = transform
+        self.min_size = min_size
 
     def __len__(self):
         return len(self.paths)
 
     def __getitem__(self, i):
         try:
-            return self.transform(open_image(self.paths[i])), i, ""
+            return self.transform(open_image(self.paths[i], min_size=self.min_size)), i, ""
         except ImageReadError as e:
             return None, i, e.reason
 
@@ -61,7 +113,8 @@ class Classifier:
 
     @property
     def transform(self):
-        return self.preprocessing.eval_transform()
+        """The evaluation transform (PIL image -> normalised tensor), equal to preprocessing.eval_transform()."""
+        return EvalTransform(self.preprocessing)
 
     @torch.inference_mode()
     def predict(
@@ -84,16 +137,18 @@ class Classifier:
         top = max(1, min(top, len(self.classes)))
         workers = default_workers(len(paths), batch_size) if num_workers is None else num_workers
         loader = DataLoader(
-            ImageFiles(paths, self.transform),
+            ImageFiles(paths, self.transform, min_size=self.preprocessing.resize),
             batch_size=batch_size,
             num_workers=workers,
             collate_fn=collate_skipping_errors,
             pin_memory=dev.type == "cuda",
             persistent_workers=False,
+            prefetch_factor=4 if workers else None,
         )
         show = progress if progress is not None else len(paths) > PROGRESS_MIN_IMAGES
         records: list[dict | None] = [None] * len(paths)
-        with tqdm(total=len(paths), desc="predict", unit="img", disable=not show, leave=False) as bar:
+        with tqdm(total=len(paths), desc="predict", unit="img", disable=not show, leave=False) as bar, \
+                inference_threads(dev, workers):
             for batch, indices, errors in loader:
                 for i, reason in errors:
                     records[i] = {"path": str(paths[i]), "status": reason, "top": []}

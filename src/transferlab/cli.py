@@ -132,6 +132,8 @@ def _add_train(sub) -> None:
     p.add_argument("--cache-features", default=d.cache_features, choices=("auto", "on", "off"))
     p.add_argument("--cache-views", type=int, default=d.cache_views)
     p.add_argument("--grad-clip", type=float, default=d.grad_clip)
+    p.add_argument("--accum-steps", type=int, default=d.accum_steps, help="gradient accumulation steps")
+    p.add_argument("--sync-bn", action="store_true", help="several GPUs: synchronise trainable BatchNorm")
     p.add_argument("--quiet", action="store_true", help="no progress bars or epoch lines")
     p.set_defaults(func=cmd_train)
 
@@ -164,9 +166,11 @@ def cmd_train(args) -> int:
     else:
         run = train(args.data, model=args.model, strategy=args.strategy, out=args.out, progress=not args.quiet,
                     **options)
-    m = run.metrics
-    print(f"run folder: {run.path}")
-    print(f"best val accuracy {m['val_acc']:.4f} at epoch {m['best_epoch']}")
+    from .distributed import is_main_process
+
+    if is_main_process():
+        print(f"run folder: {run.path}")
+        print(f"best val accuracy {run.metrics['val_acc']:.4f} at epoch {run.metrics['best_epoch']}")
     return 0
 
 

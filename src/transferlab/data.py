@@ -1,6 +1,7 @@
 """Image-folder datasets: scanning, splitting, decoding once, and the loaders the trainer uses."""
 from __future__ import annotations
 
+import os
 import random
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -58,7 +59,7 @@ class DatasetScan:
         if self.imbalance >= 3:
             lines.append(f"  imbalance: largest/smallest class = {self.imbalance:.1f}x (consider --balance weights)")
         if self.skipped:
-            lines.append(f"  skipped {len(self.skipped)} unreadable file(s):")
+            lines.append(f"  skipped {len(self.skipped)} unusable file(s):")
             lines.extend(f"    {p}: {why}" for p, why in self.skipped[:20])
             if len(self.skipped) > 20:
                 lines.append(f"    ... and {len(self.skipped) - 20} more")
@@ -97,6 +98,25 @@ def check_image(path: Path) -> str | None:
     return None
 
 
+def _loop_link(f: Path, class_dir: Path, cache: dict) -> Path | None:
+    """The symlinked folder on f's path that points back to class_dir or one of its parents, if any.
+
+    Following such a link would give the class the images of its siblings (e.g. `cats/up -> ..`).
+    """
+    class_real = os.path.realpath(class_dir)
+    cur = class_dir
+    for part in f.relative_to(class_dir).parts[:-1]:
+        cur = cur / part
+        if cur in cache:
+            return cur
+        if cur.is_symlink():
+            real = os.path.realpath(cur)
+            if class_real == real or class_real.startswith(real.rstrip(os.sep) + os.sep):
+                cache[cur] = True
+                return cur
+    return None
+
+
 def _collect(folder: Path, classes: list[str], skipped: list, require_all: bool) -> list[Sample]:
     samples = []
     for label, name in enumerate(classes):
@@ -105,7 +125,14 @@ def _collect(folder: Path, classes: list[str], skipped: list, require_all: bool)
             continue
         files = walk_images(class_dir)
         good = []
+        loops: dict[Path, bool] = {}
         for f in files:
+            link = _loop_link(f, class_dir, loops)
+            if link is not None:
+                if loops[link]:
+                    loops[link] = False  # list each looping link once, not every file behind it
+                    skipped.append((str(link), "symlink loop (points to a folder that contains the class folder)"))
+                continue
             reason = check_image(f)
             if reason:
                 skipped.append((str(f), reason))

@@ -26,3 +26,7 @@ class DatasetError(TransferlabError):
 
 class CheckpointError(TransferlabError):
     """A checkpoint or weights file is unsafe, corrupt or does not fit the model."""
+
+
+class OutputWriteError(TransferlabError):
+    """An output file (run folder, checkpoint, CSV) cannot be written: disk full, read-only folder."""

@@ -42,17 +42,27 @@ def cache_fits(model: BlockNet, n: int, input_size: int, items: int, views: int,
 
 
 class TensorBatches:
-    """Mini-batches from in-memory tensors: shuffled with a seeded generator, or drawn by class weight."""
+    """Mini-batches from in-memory tensors: shuffled with a seeded generator, or drawn by class weight.
+
+    With several processes each takes every world-th item of the same permutation, padded (like
+    DistributedSampler) so that all processes run the same number of steps.
+    """
 
     def __init__(self, features: torch.Tensor, labels: torch.Tensor, batch_size: int, shuffle: bool,
-                 sample_weights: torch.Tensor | None = None):
+                 sample_weights: torch.Tensor | None = None, generator: torch.Generator | None = None,
+                 rank: int = 0, world: int = 1, pad: bool = True):
         self.features, self.labels = features, labels
         self.batch_size, self.shuffle = batch_size, shuffle
         self.sample_weights = sample_weights
-        self.generator = torch.Generator()
+        self.generator = generator if generator is not None else torch.Generator()
+        self.rank, self.world, self.pad = rank, world, pad
+
+    def _shard_size(self) -> int:
+        n = len(self.labels)
+        return math.ceil(n / self.world) if self.pad else len(range(self.rank, n, self.world))
 
     def __len__(self):
-        return math.ceil(len(self.labels) / self.batch_size)
+        return math.ceil(self._shard_size() / self.batch_size)
 
     def __iter__(self):
         n = len(self.labels)
@@ -62,6 +72,11 @@ class TensorBatches:
             order = torch.randperm(n, generator=self.generator)
         else:
             order = torch.arange(n)
-        for i in range(0, n, self.batch_size):
+        if self.world > 1:
+            if self.pad:
+                total = math.ceil(n / self.world) * self.world
+                order = torch.cat([order, order[: total - n]])
+            order = order[self.rank::self.world]
+        for i in range(0, len(order), self.batch_size):
             idx = order[i:i + self.batch_size]
             yield self.features[idx], self.labels[idx]

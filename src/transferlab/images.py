@@ -16,13 +16,21 @@ IMAGE_EXTENSIONS = frozenset(
 )
 
 
-def open_image(path: str | os.PathLike) -> Image.Image:
-    """Decode any image file to RGB, upright (EXIF orientation applied), or raise ImageReadError."""
+def open_image(path: str | os.PathLike, min_size: int | None = None) -> Image.Image:
+    """Decode any image file to RGB, upright (EXIF orientation applied), or raise ImageReadError.
+
+    min_size: the shorter side the caller will resize to. A JPEG whose shorter side is at least four
+    times larger is decoded at 1/2, 1/4 or 1/8 scale (libjpeg's DCT scaling, much faster) while
+    keeping its shorter side at least 2 * min_size, so the final antialiased resize still sees
+    more pixels than it outputs. Other images are decoded at full size.
+    """
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as img:
                 img.seek(0)  # animated GIF/WebP: the first frame
+                if min_size and img.format == "JPEG":
+                    _draft(img, min_size)
                 img.load()
                 img = ImageOps.exif_transpose(img) or img
                 return to_rgb(img)
@@ -35,6 +43,15 @@ def open_image(path: str | os.PathLike) -> Image.Image:
     except (OSError, SyntaxError, ValueError, EOFError) as e:
         reason = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise ImageReadError(path, f"unreadable image ({reason})") from None
+
+
+def _draft(img: Image.Image, min_size: int) -> None:
+    w, h = img.size
+    short = min(w, h)
+    keep = 2 * min_size
+    if short >= 2 * keep:
+        # draft picks the largest 1/2^k scale whose result is at least the requested size in both axes
+        img.draft(None, (max(1, w * keep // short), max(1, h * keep // short)))
 
 
 def to_rgb(img: Image.Image) -> Image.Image:

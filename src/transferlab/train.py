@@ -1,6 +1,7 @@
 """The training loop: phases of a strategy, schedules, mixed precision, checkpoints, resume, early stopping."""
 from __future__ import annotations
 
+import contextlib
 import csv
 import math
 import sys
@@ -10,12 +11,15 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, WeightedRandomSampler
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler, Subset, WeightedRandomSampler
 from tqdm.auto import tqdm
 
 from . import artifact
 from .data import DatasetScan, DecodedImages, ImageSamples, class_weights, drop_failed, scan_dataset
 from .device import default_workers, pick_device
+from .distributed import (all_reduce_sums, barrier, broadcast_object, gather_shards, init_distributed,
+                          process_device, shutdown)
 from .errors import TransferlabError
 from .features import TensorBatches, cache_fits, prefix_features
 from .io import atomic_torch_save, safe_torch_load, save_weights
@@ -58,6 +62,8 @@ class TrainConfig:
     cache_features: str = "auto"  # auto | on | off: train from cached frozen-prefix activations
     cache_views: int = 4  # augmented views cached per image when augment is on
     grad_clip: float = 0.0
+    accum_steps: int = 1  # gradient accumulation: optimizer step every N batches
+    sync_bn: bool = False  # several GPUs: SyncBatchNorm for the trainable BatchNorm layers
     max_bad_steps: int = 10  # consecutive non-finite losses before the run stops
     advice: dict | None = None  # set by --strategy auto: the advisor's numbers and reasons
 
@@ -71,6 +77,7 @@ class TrainConfig:
             (self.cache_features in ("auto", "on", "off"), "--cache-features must be auto, on or off"),
             (self.amp in ("auto", "on", "off"), "--amp must be auto, on or off"),
             (self.batch_size >= 1, "--batch-size must be at least 1"),
+            (self.accum_steps >= 1, "--accum-steps must be at least 1"),
             (self.lr is None or self.lr == "find" or float(self.lr) > 0, "--lr must be positive or 'find'"),
         ]
         for ok, message in checks:
@@ -101,24 +108,52 @@ class NonFiniteLoss(TransferlabError):
     pass
 
 
+class TrainForward(nn.Module):
+    """The training forward from block `start` on; a frozen prefix (not cached) runs without autograd.
+
+    Wrapped in DistributedDataParallel when several processes train, so DDP sees every call.
+    """
+
+    def __init__(self, model: BlockNet, start: int):
+        super().__init__()
+        self.model, self.start = model, start
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        model, start, n = self.model, self.start, self.model.frozen_blocks
+        if start == 0 and n > 0:
+            with torch.no_grad():
+                x = model.forward_blocks(x, 0, n)
+            start = n
+        return model.forward_blocks(x, start, len(model.block_names))
+
+
 class Trainer:
     def __init__(self, data, config: TrainConfig, out=None, resume: bool = False, progress: bool = True,
                  callbacks=()):
         config.validate()
         self.cfg = config
-        self.progress = progress
+        device = pick_device(config.device)
+        self.dist = init_distributed(device)
+        self.device = process_device(device, self.dist)
+        self.progress = progress and self.dist.is_main
         self.callbacks = list(callbacks)
-        self.device = pick_device(config.device)
         self.amp_dtype = self._amp_dtype()
-        self.out = Path(out) if out else default_run_dir(data, config)
+        # rank 0 alone names and creates the run folder; the others follow its answer
+        self.out = Path(broadcast_object(str(out) if out else str(default_run_dir(data, config)), self.dist))
         self.resume = resume
         if not resume:
-            artifact.prepare_run_dir(self.out)
+            self._on_main(artifact.prepare_run_dir, self.out)
+        if self.dist.enabled and config.balance == "sampler":
+            raise TransferlabError("--balance sampler is not supported with several processes; use --balance weights")
         self.scan = scan_dataset(data, config.val_split, config.seed)
         self.log(self.scan.summary())
         torch.manual_seed(config.seed)
         weights = "none" if config.strategy == "scratch" else config.weights
         self.model: BlockNet = create_model(config.model, num_classes=len(self.scan.classes), weights=weights)
+        if config.sync_bn and self.dist.enabled:
+            if self.device.type != "cuda":
+                raise TransferlabError("--sync-bn needs GPUs (nccl); drop it for CPU processes")
+            self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
         self.model.to(self.device)
         if config.image_size:
             self.model.preprocessing = self.model.preprocessing.resized(config.image_size)
@@ -129,6 +164,18 @@ class Trainer:
         self.phases: list[Phase] = []
 
     # --- set-up ------------------------------------------------------------------------------
+    def _on_main(self, fn, *args):
+        """Run fn on rank 0 only; a user error there is raised on every rank (none is left waiting)."""
+        error = None
+        if self.dist.is_main:
+            try:
+                fn(*args)
+            except TransferlabError as e:
+                error = str(e)
+        error = broadcast_object(error, self.dist)
+        if error:
+            raise TransferlabError(error)
+
     def _amp_dtype(self):
         if self.cfg.amp == "off" or (self.cfg.amp == "auto" and self.device.type != "cuda"):
             return None
@@ -161,11 +208,19 @@ class Trainer:
         labels = self._labels("train")
         return class_weights(labels.tolist(), len(self.scan.classes))[labels]
 
-    def image_loader(self, split: str, train: bool, generator: torch.Generator | None = None) -> DataLoader:
+    def image_loader(self, split: str, train: bool, generator: torch.Generator | None = None,
+                     epoch: int = 0) -> DataLoader:
         transform = self.pre.train_transform(self.cfg.augment) if train else self.pre.eval_transform()
         dataset = ImageSamples(self.scan.splits[split], transform, self.decoded)
         weights = self._sample_weights() if train else None
         sampler = WeightedRandomSampler(weights, len(weights), generator=generator) if weights is not None else None
+        if self.dist.enabled:
+            if train:
+                sampler = DistributedSampler(dataset, self.dist.world_size, self.dist.rank, shuffle=True,
+                                             seed=self.cfg.seed)
+                sampler.set_epoch(epoch)
+            else:  # an exact shard (no padding) so that summed metrics count each image once
+                dataset = Subset(dataset, range(self.dist.rank, len(dataset), self.dist.world_size))
         workers = self.cfg.workers if self.cfg.workers is not None else default_workers(len(dataset), self.cfg.batch_size)
         return DataLoader(dataset, batch_size=self.cfg.batch_size, shuffle=train and sampler is None,
                           sampler=sampler, generator=generator, num_workers=workers,
@@ -187,13 +242,19 @@ class Trainer:
         torch.manual_seed(self.cfg.seed + 7919 * (phase_index + 1))  # views identical after a resume
         views = []
         view_count = 1 if self.cfg.augment == "none" else self.cfg.cache_views
-        for v in tqdm(range(view_count), desc="caching features", disable=not self.progress, leave=False):
-            loader = self.image_loader("train", train=self.cfg.augment != "none")
-            loader = DataLoader(loader.dataset, batch_size=self.cfg.batch_size, shuffle=False,
-                                num_workers=loader.num_workers)
-            views.append(prefix_features(self.model, n, loader, self.device))
-        val = prefix_features(self.model, n, self.image_loader("val", train=False), self.device)
-        return views, val
+        for _ in tqdm(range(view_count), desc="caching features", disable=not self.progress, leave=False):
+            views.append(self._prefix_features_sharded("train", n, augmented=self.cfg.augment != "none"))
+        return views, self._prefix_features_sharded("val", n, augmented=False)
+
+    def _prefix_features_sharded(self, split: str, n: int, augmented: bool) -> torch.Tensor:
+        """Each process computes the rows i = rank (mod world); all processes get every row."""
+        samples = self.scan.splits[split]
+        transform = self.pre.train_transform(self.cfg.augment) if augmented else self.pre.eval_transform()
+        rows = list(range(self.dist.rank, len(samples), self.dist.world_size))
+        dataset = Subset(ImageSamples(samples, transform, self.decoded), rows)
+        workers = self.cfg.workers if self.cfg.workers is not None else default_workers(len(rows), self.cfg.batch_size)
+        loader = DataLoader(dataset, batch_size=self.cfg.batch_size, num_workers=workers)
+        return gather_shards(prefix_features(self.model, n, loader, self.device), rows, len(samples), self.dist)
 
     # --- optimisation ------------------------------------------------------------------------
     def _optimizer(self, phase: Phase) -> torch.optim.Optimizer:
@@ -224,25 +285,31 @@ class Trainer:
             weight = class_weights(self._labels("train").tolist(), len(self.scan.classes)).to(self.device)
         return nn.CrossEntropyLoss(weight=weight, label_smoothing=self.cfg.label_smoothing)
 
-    def _forward(self, x: torch.Tensor, start: int) -> torch.Tensor:
-        """Logits; a frozen prefix (not cached) runs without autograd, which it does not need."""
-        n = self.model.frozen_blocks
+    def _forward(self, net: nn.Module, x: torch.Tensor) -> torch.Tensor:
         with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
-            if start == 0 and n > 0:
-                with torch.no_grad():
-                    x = self.model.forward_blocks(x, 0, n)
-                start = n
-            return self.model.forward_blocks(x, start, len(self.model.block_names))
+            return net(x)
+
+    def _training_net(self, start: int) -> nn.Module:
+        net = TrainForward(self.model, start)
+        if not self.dist.enabled:
+            return net
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        return DistributedDataParallel(net, device_ids=ids, broadcast_buffers=False)
 
     # --- epochs ------------------------------------------------------------------------------
-    def _train_epoch(self, batches, start: int, optimizer, scheduler, loss_fn, scaler, desc: str) -> dict:
+    def _train_epoch(self, batches, net, optimizer, scheduler, loss_fn, scaler, desc: str) -> dict:
         self.model.train()
         total_loss, correct, seen, bad = 0.0, 0, 0, 0
+        accum = self.cfg.accum_steps
         bar = tqdm(batches, desc=desc, leave=False, disable=not self.progress, unit="batch")
-        for x, y in bar:
+        optimizer.zero_grad(set_to_none=True)
+        for i, (x, y) in enumerate(bar):
             x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
-            logits = self._forward(x, start)
-            loss = loss_fn(logits.float(), y)
+            step_now = (i + 1) % accum == 0 or i + 1 == len(batches)
+            sync = net.no_sync() if (self.dist.enabled and not step_now) else contextlib.nullcontext()
+            with sync:
+                logits = self._forward(net, x)
+                loss = loss_fn(logits.float(), y)
             if not torch.isfinite(loss):
                 bad += 1
                 optimizer.zero_grad(set_to_none=True)
@@ -254,18 +321,21 @@ class Trainer:
                     )
                 continue
             bad = 0
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            if self.cfg.grad_clip:
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
-            scaler.step(optimizer)
-            scaler.update()
-            scheduler.step()
+            with sync:
+                scaler.scale(loss / accum).backward()
+            if step_now:
+                if self.cfg.grad_clip:
+                    scaler.unscale_(optimizer)
+                    torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+                scaler.step(optimizer)
+                scaler.update()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
             total_loss += loss.item() * len(y)
             correct += (logits.argmax(1) == y).sum().item()
             seen += len(y)
             bar.set_postfix(loss=f"{total_loss / seen:.4f}", acc=f"{correct / seen:.3f}")
+        total_loss, correct, seen = all_reduce_sums([total_loss, correct, seen], self.dist, self.device)
         if seen == 0:
             raise NonFiniteLoss("no finite training step in this epoch; lower --lr")
         return {"train_loss": total_loss / seen, "train_acc": correct / seen}
@@ -273,13 +343,15 @@ class Trainer:
     @torch.inference_mode()
     def _validate(self, batches, start: int, loss_fn) -> dict:
         self.model.eval()
+        net = TrainForward(self.model, start)
         total_loss, correct, seen = 0.0, 0, 0
         for x, y in batches:
             x, y = x.to(self.device), y.to(self.device)
-            logits = self._forward(x, start)
+            logits = self._forward(net, x)
             total_loss += loss_fn(logits.float(), y).item() * len(y)
             correct += (logits.argmax(1) == y).sum().item()
             seen += len(y)
+        total_loss, correct, seen = all_reduce_sums([total_loss, correct, seen], self.dist, self.device)
         return {"val_loss": total_loss / max(seen, 1), "val_acc": correct / max(seen, 1)}
 
     # --- the run -----------------------------------------------------------------------------
@@ -313,13 +385,22 @@ class Trainer:
         if cached:
             views, val_features = self._cached_batches(phase, pi)
             train_labels, sample_weights = self._labels("train"), self._sample_weights()
-            val_batches = TensorBatches(val_features, self._labels("val"), cfg.batch_size * 4, shuffle=False)
+            val_batches = TensorBatches(val_features, self._labels("val"), cfg.batch_size * 4, shuffle=False,
+                                        rank=self.dist.rank, world=self.dist.world_size, pad=False)
             start = phase.freeze
-            steps = math.ceil(len(train_labels) / cfg.batch_size)
+
+            def epoch_batches(epoch, generator):
+                return TensorBatches(views[(epoch - 1) % len(views)], train_labels, cfg.batch_size, shuffle=True,
+                                     sample_weights=sample_weights, generator=generator, rank=self.dist.rank,
+                                     world=self.dist.world_size)
         else:
             val_batches = self.image_loader("val", train=False)
             start = 0
-            steps = len(self.image_loader("train", train=True))
+
+            def epoch_batches(epoch, generator):
+                return self.image_loader("train", train=True, generator=generator, epoch=epoch)
+        steps = math.ceil(len(epoch_batches(1, None)) / cfg.accum_steps)
+        net = self._training_net(start)
         if cfg.lr == "find" and state is None:
             torch.manual_seed(cfg.seed)
             phase = self._find_lr(pi, phase, views[0] if cached else None, start, loss_fn)
@@ -337,17 +418,11 @@ class Trainer:
             if cfg.patience and patience_left <= 0:
                 break
             torch.manual_seed(cfg.seed * 100_003 + epoch)  # same augmentations and dropout after a resume
-            generator = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
-            if cached:
-                train_batches = TensorBatches(views[(epoch - 1) % len(views)], train_labels, cfg.batch_size,
-                                              shuffle=True, sample_weights=sample_weights)
-                train_batches.generator = generator
-            else:
-                train_batches = self.image_loader("train", train=True, generator=generator)
+            train_batches = epoch_batches(epoch, torch.Generator().manual_seed(cfg.seed * 100_003 + epoch))
             t0 = time.perf_counter()
             desc = f"epoch {epoch}/{sum(p.epochs for p in self.phases)} [{phase.name}]"
             row = {"epoch": epoch, "phase": phase.name, "lr": optimizer.param_groups[-1]["lr"]}
-            row.update(self._train_epoch(train_batches, start, optimizer, scheduler, loss_fn, scaler, desc))
+            row.update(self._train_epoch(train_batches, net, optimizer, scheduler, loss_fn, scaler, desc))
             row.update(self._validate(val_batches, start, loss_fn))
             row["time_s"] = round(time.perf_counter() - t0, 3)
             self.history.append(row)
@@ -356,9 +431,12 @@ class Trainer:
             patience_left = cfg.patience if improved else patience_left - 1
             if (row["val_acc"], -row["val_loss"]) > (self.best["val_acc"], -self.best["val_loss"]):
                 self.best = {"val_loss": row["val_loss"], "val_acc": row["val_acc"], "epoch": epoch}
-                save_weights(self.model.state_dict(), self.out / "checkpoints" / "best.safetensors")
-            self._save_checkpoint(pi, e + 1, optimizer, scheduler, patience_left, phase_best)
-            self._write_metrics()
+                if self.dist.is_main:
+                    save_weights(self.model.state_dict(), self.out / "checkpoints" / "best.safetensors")
+            if self.dist.is_main:
+                self._save_checkpoint(pi, e + 1, optimizer, scheduler, patience_left, phase_best)
+                self._write_metrics()
+            barrier(self.dist)
             self.log(f"epoch {epoch:>3} {phase.name:<15} train loss {row['train_loss']:.4f} acc {row['train_acc']:.3f}"
                      f" | val loss {row['val_loss']:.4f} acc {row['val_acc']:.3f} | lr {row['lr']:.2e}"
                      f" | {row['time_s']:.1f}s")
@@ -374,10 +452,12 @@ class Trainer:
             batches = TensorBatches(features, self._labels("train"), self.cfg.batch_size, shuffle=True)
         else:
             batches = self.image_loader("train", train=True, generator=torch.Generator().manual_seed(self.cfg.seed))
-        result = lr_range_test(self.model, phase, batches, lambda x: self._forward(x, start), loss_fn, self.device,
+        net = TrainForward(self.model, start)
+        result = lr_range_test(self.model, phase, batches, lambda x: self._forward(net, x), loss_fn, self.device,
                                self.cfg.weight_decay)
-        self.log(f"lr find [{phase.name}]: suggested lr {result.suggestion:.2e}")
-        self.phases[pi] = Phase(phase.name, phase.epochs, phase.freeze, result.suggestion, phase.lr_mult)
+        suggestion = broadcast_object(result.suggestion, self.dist)  # every process trains with rank 0's choice
+        self.log(f"lr find [{phase.name}]: suggested lr {suggestion:.2e}")
+        self.phases[pi] = Phase(phase.name, phase.epochs, phase.freeze, suggestion, phase.lr_mult)
         return self.phases[pi]
 
     # --- persistence -------------------------------------------------------------------------
@@ -434,8 +514,12 @@ class Trainer:
         self.model.eval()
         metrics = {"best_epoch": self.best["epoch"], "val_acc": self.best["val_acc"], "val_loss": self.best["val_loss"],
                    "epochs_run": len(self.history)}
+        if not self.dist.is_main:
+            barrier(self.dist)
+            return Run(self.out, metrics, self.history, None)
         clf = artifact.write_run(self.out, self.model, self.scan, self.cfg, self.phases, metrics, self.history)
         self.log(f"run saved to {self.out} (best val acc {metrics['val_acc']:.3f} at epoch {metrics['best_epoch']})")
+        barrier(self.dist)
         return Run(self.out, clf.meta["metrics"], self.history, clf)
 
 
@@ -467,4 +551,8 @@ def train(data, model: str = "efficientnet_lite0", strategy: str = "two-stage", 
             from .sweep import freeze_search
 
             return freeze_search(data, cfg, out=out, progress=progress)
-    return Trainer(data, cfg, out=out, resume=resume, progress=progress, callbacks=callbacks).fit()
+    trainer = Trainer(data, cfg, out=out, resume=resume, progress=progress, callbacks=callbacks)
+    try:
+        return trainer.fit()
+    finally:
+        shutdown(trainer.dist)

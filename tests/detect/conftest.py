@@ -1,3 +1,4 @@
+"""Fixtures for the face-detection tests; every setting here ends with this package of tests."""
 import os
 import sys
 from pathlib import Path
@@ -9,14 +10,13 @@ try:
     import transferlab  # noqa: F401
 except ImportError:  # running from a plain checkout without `pip install -e .`
     sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "src"))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
 
-from synthetic import write_csv_dataset  # noqa: E402
+from .synthetic import write_csv_dataset  # noqa: E402
 
 
-@pytest.fixture(scope="session", autouse=True)
+@pytest.fixture(scope="package", autouse=True)
 def _isolated_cache(tmp_path_factory):
     """Convert the .tflite weights into a throwaway cache, never the user's."""
     old = os.environ.get("TRANSFERLAB_CACHE")
@@ -28,7 +28,7 @@ def _isolated_cache(tmp_path_factory):
         os.environ["TRANSFERLAB_CACHE"] = old
 
 
-@pytest.fixture(scope="session", autouse=True)
+@pytest.fixture(scope="package", autouse=True)
 def _one_thread():
     # on a small shared CPU, intra-op threads fighting other processes make these convs ~10x slower
     previous = torch.get_num_threads()
@@ -37,17 +37,17 @@ def _one_thread():
     torch.set_num_threads(previous)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def synthetic_train(tmp_path_factory) -> Path:
     return write_csv_dataset(tmp_path_factory.mktemp("faces_train"), 150, seed=0)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def synthetic_test(tmp_path_factory) -> Path:
     return write_csv_dataset(tmp_path_factory.mktemp("faces_test"), 40, seed=1)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def trained_run(tmp_path_factory, synthetic_train):
     from transferlab.detect.augment import AugmentConfig
     from transferlab.detect.train import TrainConfig, train

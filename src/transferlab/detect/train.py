@@ -160,7 +160,6 @@ def train(data: str | Path, out: str | Path, config: TrainConfig | None = None, 
         scheduler.load_state_dict(state["scheduler"])
         history, start_epoch, elapsed = state["history"], state["epoch"] + 1, state["train_seconds"]
 
-    out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "skipped.txt", "".join(f"{s.where}\t{s.reason}\n" for s in dataset.skipped))
     detector = Detector(model, config.score_threshold, config.iou_threshold, source=str(out))
     val_set = FaceDataset(val_samples, format=dataset.format)

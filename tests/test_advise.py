@@ -1,0 +1,164 @@
+"""The advisor: LogME against the evidence it maximises, the probe, the decision rules on engineered
+measurements, and the measurements on real images with real pretrained weights."""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+
+import numpy as np
+import pytest
+
+from transferlab import advise as A
+from transferlab.train import TrainConfig, train
+
+LITE0_BLOCKS = ["stem", "stage1", "stage2", "stage3", "stage4", "stage5", "stage6", "stage7", "conv_head", "pool",
+                "head"]
+
+
+def _clusters(n_per_class: int, classes: int, dim: int, spread: float, seed: int = 0):
+    """Gaussian blobs: `spread` is the noise around class means at unit distance (small: separable)."""
+    rng = np.random.default_rng(seed)
+    means = rng.normal(size=(classes, dim))
+    labels = np.repeat(np.arange(classes), n_per_class)
+    return means[labels] + spread * rng.normal(size=(len(labels), dim)), labels
+
+
+def _direct_evidence(f, y, alpha, beta):
+    """log N(y | 0, I/beta + F F^T/alpha) / n: the marginal likelihood LogME maximises."""
+    n = len(y)
+    cov = np.eye(n) / beta + f @ f.T / alpha
+    _, logdet = np.linalg.slogdet(cov)
+    return (-0.5 * logdet - 0.5 * y @ np.linalg.solve(cov, y) - n / 2 * math.log(2 * math.pi)) / n
+
+
+@pytest.mark.parametrize("n,d", [(60, 20), (30, 80)])  # more samples than dims, and fewer
+def test_logme_fixed_point_is_the_maximum_of_the_evidence(n, d):
+    rng = np.random.default_rng(1)
+    f = rng.normal(size=(n, d))
+    y = (rng.normal(size=n) + f[:, 0] > 0).astype(float)
+    u, s, _ = np.linalg.svd(f, full_matrices=False)
+    evidence = A._logme_evidence(u, s**2, y, n, d)
+    grid = [_direct_evidence(f, y, a, b) for a in np.logspace(-2, 3, 41) for b in np.logspace(-2, 2, 41)]
+    assert max(grid) <= evidence + 1e-6  # nothing on the grid beats the fixed point
+    assert evidence - max(grid) < 0.01  # and the grid gets close to it: it is the same quantity
+
+
+def test_logme_and_probe_rank_separable_features_above_noise():
+    separable, labels = _clusters(30, 4, 64, spread=0.3)
+    noise = np.random.default_rng(2).normal(size=separable.shape)
+    assert A.logme(separable, labels) > A.logme(noise, labels) + 0.5
+    assert A.probe_accuracy(separable, labels) == 1.0
+    assert A.probe_accuracy(noise, labels) < 0.5
+    assert A.separability(0.25, 4) == 0.0 and A.separability(1.0, 4) == 1.0
+
+
+def _measured(features, labels, min_per_class, bn_shift=0.05, head_confidence=0.5, per_block=None):
+    """Measurements as `measure` builds them, from engineered features and chosen size/shift numbers."""
+    accuracy = A.probe_accuracy(features, labels)
+    classes = len(np.unique(labels))
+    return A.Measurements(
+        num_images=min_per_class * classes, num_classes=classes, min_per_class=min_per_class, sampled=len(labels),
+        logme=A.logme(features, labels), probe_accuracy=accuracy, separability=A.separability(accuracy, classes),
+        bn_shift=bn_shift, bn_shift_per_block=per_block or {b: bn_shift for b in LITE0_BLOCKS[:-2]},
+        head_confidence=head_confidence, head_entropy=0.5, blocks=LITE0_BLOCKS,
+    )
+
+
+SEPARABLE = _clusters(30, 4, 64, spread=0.3)
+ENTANGLED = _clusters(30, 4, 64, spread=3.0)
+SMALL, LARGE = A.SMALL_PER_CLASS // 2, A.SMALL_PER_CLASS * 3
+
+
+@pytest.mark.parametrize("features,per_class,expected_cell,expected", [
+    (SEPARABLE, SMALL, "small+similar", "feature-extract"),
+    (ENTANGLED, SMALL, "small+different", "partial"),
+    (SEPARABLE, LARGE, "large+similar", "finetune"),
+    (ENTANGLED, LARGE, "large+different", "finetune"),
+])
+def test_playbook_cells_from_separability_and_size(features, per_class, expected_cell, expected):
+    m = _measured(*features, per_class)
+    d = A.decide(m)
+    assert (d.cell, d.strategy) == (expected_cell, expected)
+    assert d.strategy in d.reasons[-1] and len(d.reasons) >= 6
+    if expected == "feature-extract":
+        assert d.freeze == len(LITE0_BLOCKS) - 1 and d.freeze_block == "head"
+    if expected == "partial":
+        assert 1 <= d.freeze <= len(LITE0_BLOCKS) - 3 and d.freeze_block == LITE0_BLOCKS[d.freeze]
+
+
+def test_domain_shift_makes_separable_features_different_only_when_both_signals_agree():
+    shifted = _measured(*SEPARABLE, SMALL, bn_shift=2 * A.BN_SHIFT_FAR, head_confidence=A.LOW_HEAD_CONFIDENCE / 2)
+    assert A.decide(shifted).strategy == "partial"
+    one_signal = _measured(*SEPARABLE, SMALL, bn_shift=2 * A.BN_SHIFT_FAR, head_confidence=0.6)
+    assert A.decide(one_signal).strategy == "feature-extract"
+
+
+def test_scratch_only_when_very_large_and_very_far():
+    far = dict(bn_shift=2 * A.BN_SHIFT_FAR, head_confidence=A.LOW_HEAD_CONFIDENCE / 2)
+    noise = (np.random.default_rng(3).normal(size=(120, 64)), np.repeat(np.arange(4), 30))
+    assert A.decide(_measured(*noise, A.VERY_LARGE_PER_CLASS, **far)).strategy == "scratch"
+    assert A.decide(_measured(*noise, A.VERY_LARGE_PER_CLASS - 1, **far)).strategy == "finetune"
+    assert A.decide(_measured(*noise, A.VERY_LARGE_PER_CLASS)).strategy == "finetune"  # close to ImageNet
+
+
+def test_partial_freeze_point_follows_the_first_shifted_block():
+    per_block = {b: 0.01 for b in LITE0_BLOCKS[:-2]}
+    per_block["stage7"] = per_block["conv_head"] = 1.0  # statistics break at stage7
+    m = _measured(*ENTANGLED, SMALL, per_block=per_block)
+    assert A.freeze_point(m) == LITE0_BLOCKS.index("stage7")
+    per_block["stem"] = 1.0  # shifted from the start: still keep half the body frozen on small data
+    assert A.freeze_point(_measured(*ENTANGLED, SMALL, per_block=per_block)) == math.ceil(
+        A.MIN_FROZEN_FRACTION * (len(LITE0_BLOCKS) - 1))
+
+
+@pytest.fixture(scope="module")
+def pretrained_and_random(digits_folder):
+    """Real measurements of sklearn digits: pretrained efficientnet_lite0 vs the same net untrained."""
+    return (A.measure(digits_folder, "efficientnet_lite0", image_size=112),
+            A.measure(digits_folder, "efficientnet_lite0", weights="none", image_size=112))
+
+
+def test_pretrained_features_transfer_better_than_random_init(pretrained_and_random):
+    pretrained, random_init = pretrained_and_random
+    assert pretrained.sampled == 4 * 32 and pretrained.min_per_class == 32
+    assert pretrained.logme > random_init.logme + 0.1
+    assert pretrained.probe_accuracy > 0.9
+    # the untrained net's "ImageNet head" is near-uniform: the confidence measures the weights
+    assert pretrained.head_confidence > 5 * random_init.head_confidence
+    assert set(pretrained.bn_shift_per_block) <= set(pretrained.blocks)
+
+
+def test_advise_api_cli_and_json(digits_folder, capsys):
+    advice = A.advise(digits_folder, image_size=64)
+    d = advice.to_dict()
+    json.dumps(d)
+    assert d["strategy"] == advice.decision.strategy and d["explanation"].startswith("size:")
+    assert d["thresholds"]["small_per_class"] == A.SMALL_PER_CLASS
+    parser = argparse.ArgumentParser()
+    A.register(parser.add_subparsers())
+    args = parser.parse_args(["advise", str(digits_folder), "--models", "efficientnet_lite0,resnet18",
+                              "--weights", "none", "--image-size", "64", "--json"])
+    assert args.func(args) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert [r["model"] for r in out["ranking"]] and {r["model"] for r in out["ranking"]} == {
+        "efficientnet_lite0", "resnet18"}
+    assert out["model"] == out["ranking"][0]["model"]
+    assert "cell:" in A.format_advice(advice)
+
+
+def test_train_auto_records_the_advice(tmp_path):
+    from sklearn.datasets import load_digits
+
+    from .conftest import write_digit_folder
+
+    d = load_digits()
+    keep = np.concatenate([np.flatnonzero(d.target == c)[:10] for c in range(2)])
+    data = write_digit_folder(tmp_path / "data", d.images[keep], d.target[keep])
+    cfg = A.advise_for_training(data, TrainConfig(strategy="auto", epochs=2), progress=False)
+    assert cfg.strategy in ("feature-extract", "partial", "finetune", "scratch")
+    assert cfg.advice["strategy"] == cfg.strategy and cfg.advice["explanation"]
+    run = train(data, strategy="auto", epochs=2, image_size=48, batch_size=16, augment="none",
+                out=tmp_path / "run", progress=False)
+    meta = json.loads((run.path / "model.json").read_text())
+    assert meta["strategy"] == cfg.strategy and meta["advice"]["measurements"]["min_per_class"] == 8
