@@ -36,12 +36,12 @@ def _direct_evidence(f, y, alpha, beta):
 def test_logme_fixed_point_is_the_maximum_of_the_evidence(n, d):
     rng = np.random.default_rng(1)
     f = rng.normal(size=(n, d))
-    y = (rng.normal(size=n) + f[:, 0] > 0).astype(float)
+    y = (0.3 * rng.normal(size=n) + f[:, 0] > 0).astype(float)
     u, s, _ = np.linalg.svd(f, full_matrices=False)
-    evidence = A._logme_evidence(u, s**2, y, n, d)
-    grid = [_direct_evidence(f, y, a, b) for a in np.logspace(-2, 3, 41) for b in np.logspace(-2, 2, 41)]
-    assert max(grid) <= evidence + 1e-6  # nothing on the grid beats the fixed point
-    assert evidence - max(grid) < 0.01  # and the grid gets close to it: it is the same quantity
+    evidence, alpha, beta = A.logme_fit(u, s**2, y, n, d)
+    assert evidence == pytest.approx(_direct_evidence(f, y, alpha, beta), abs=1e-9)  # the SVD form is exact
+    for da, db in [(1.2, 1), (1 / 1.2, 1), (1, 1.2), (1, 1 / 1.2)]:  # and the fixed point is a maximum
+        assert _direct_evidence(f, y, alpha * da, beta * db) < evidence + 1e-6
 
 
 def test_logme_and_probe_rank_separable_features_above_noise():
@@ -66,7 +66,7 @@ def _measured(features, labels, min_per_class, bn_shift=0.05, head_confidence=0.
 
 
 SEPARABLE = _clusters(30, 4, 64, spread=0.3)
-ENTANGLED = _clusters(30, 4, 64, spread=3.0)
+ENTANGLED = _clusters(30, 4, 64, spread=30.0)
 SMALL, LARGE = A.SMALL_PER_CLASS // 2, A.SMALL_PER_CLASS * 3
 
 

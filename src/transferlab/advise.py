@@ -76,11 +76,12 @@ def logme(features: np.ndarray, labels: np.ndarray) -> float:
     evidences = []
     for k in np.unique(y):
         target = (y == k).astype(np.float64)
-        evidences.append(_logme_evidence(u, sigma, target, n, d))
+        evidences.append(logme_fit(u, sigma, target, n, d)[0])
     return float(np.mean(evidences))
 
 
-def _logme_evidence(u: np.ndarray, sigma: np.ndarray, y: np.ndarray, n: int, d: int) -> float:
+def logme_fit(u: np.ndarray, sigma: np.ndarray, y: np.ndarray, n: int, d: int) -> tuple[float, float, float]:
+    """(evidence per sample, alpha, beta) for one target column, given F = u diag(sqrt(sigma)) v^T."""
     x2 = (u.T @ y) ** 2  # target energy along each singular direction
     res_x2 = max(float(y @ y - x2.sum()), 0.0)  # energy outside the features' span
     alpha, beta = 1.0, 1.0
@@ -100,7 +101,7 @@ def _logme_evidence(u: np.ndarray, sigma: np.ndarray, y: np.ndarray, n: int, d: 
     log_det = float(np.log(alpha + beta * sigma).sum()) + zero * math.log(alpha)
     evidence = (d / 2 * math.log(alpha) + n / 2 * math.log(beta) - log_det / 2
                 - beta / 2 * res2 - alpha / 2 * m2 - n / 2 * math.log(2 * math.pi))
-    return evidence / n
+    return evidence / n, alpha, beta
 
 
 # --- linear probe -------------------------------------------------------------------------------
