@@ -116,9 +116,8 @@ def main(argv=None) -> int:
     ap.add_argument("--keep", type=Path, help="write the images here and keep them")
     args = ap.parse_args(argv)
 
+    import transferlab  # before torch: transferlab sets its OpenMP defaults (see transferlab/device.py)
     import torch
-
-    import transferlab
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -46,3 +46,14 @@ def digits_folder(tmp_path_factory) -> Path:
     d = load_digits()
     keep = np.concatenate([np.flatnonzero(d.target == c)[:40] for c in range(4)])
     return write_digit_folder(tmp_path_factory.mktemp("digits") / "data", d.images[keep], d.target[keep])
+
+
+@pytest.fixture(scope="session")
+def trained_run(digits_folder, tmp_path_factory) -> Path:
+    """A small finished run (feature extraction on the digits) shared by the tests that use a run."""
+    from transferlab.train import train
+
+    out = tmp_path_factory.mktemp("trained") / "run"
+    train(digits_folder, model="efficientnet_lite0", strategy="feature-extract", epochs=3, image_size=48,
+          batch_size=16, augment="none", out=out, progress=False)
+    return out

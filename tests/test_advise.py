@@ -150,7 +150,7 @@ def test_advise_api_cli_and_json(digits_folder, capsys):
 def test_train_auto_records_the_advice(tmp_path):
     from sklearn.datasets import load_digits
 
-    from .conftest import write_digit_folder
+    from conftest import write_digit_folder
 
     d = load_digits()
     keep = np.concatenate([np.flatnonzero(d.target == c)[:10] for c in range(2)])

@@ -49,13 +49,17 @@ def export(run, format: str = "onnx", out=None, batch: int = 2, check: bool = Tr
 
 
 def _export_torchscript(model, example, path: Path, reference, check: bool) -> float | None:
-    with torch.inference_mode(False), torch.no_grad():
-        traced = torch.jit.trace(model, example)
-    with atomic_path(path) as tmp:
-        traced.save(str(tmp))
-    if not check:
-        return None
-    loaded = torch.jit.load(str(path))
+    # TorchScript is deprecated upstream in favour of torch.export, but it is still what C++/mobile
+    # runtimes load; the warnings are noise for the user here.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        with torch.inference_mode(False), torch.no_grad():
+            traced = torch.jit.trace(model, example)
+        with atomic_path(path) as tmp:
+            traced.save(str(tmp))
+        if not check:
+            return None
+        loaded = torch.jit.load(str(path))
     with torch.inference_mode():
         return float((loaded(example) - reference).abs().max())
 
