@@ -234,3 +234,55 @@ def test_decompression_bomb_reported(clf, tmp_path, monkeypatch, sample_photos):
 def test_classifier_rejects_wrong_label_count(clf):
     with pytest.raises(TransferlabError, match="2 labels"):
         transferlab.Classifier(clf.model, ["a", "b"], clf.preprocessing)
+
+
+# --- speed paths must not change results ------------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["resnet18", "efficientnet_lite0", "inception_v3", "mobilenet_v2"])
+def test_fast_eval_transform_matches_reference(name, sample_photos):
+    from transferlab.classifier import EvalTransform
+    from transferlab.models import get_spec
+
+    pre = get_spec(name).preprocessing
+    fast, ref = EvalTransform(pre), pre.eval_transform()
+    base = Image.open(sample_photos["flower"]).convert("RGB")
+    for size in [(640, 427), (427, 640), (300, 300), (pre.resize, pre.resize), (257, 400), (1001, 999), (100, 50),
+                 (1, 1), (2000, 1500)]:
+        img = base.resize(size)
+        x, y = fast(img), ref(img)
+        assert x.shape == y.shape == (3, pre.input_size, pre.input_size), size
+        assert x.dtype == torch.float32
+        # Pillow resamples in fixed point: resampling only the crop window may move a pixel by a few levels
+        levels = ((x - y).abs() * torch.tensor(pre.std).view(3, 1, 1) * 255).max()
+        assert levels <= 3.01, (size, float(levels))
+        assert (x - y).abs().mean() < 0.01, size
+    grey = base.convert("L")  # not RGB: the reference transform is used
+    assert torch.equal(fast(grey), ref(grey))
+
+
+def test_large_jpeg_decoded_at_reduced_scale_predicts_the_same(clf, tmp_path, sample_photos):
+    from transferlab.images import open_image
+
+    big = tmp_path / "big.jpg"
+    Image.open(sample_photos["flower"]).resize((2560, 1708), Image.BICUBIC).save(big, quality=95)
+    full = open_image(big)
+    small = open_image(big, min_size=256)
+    assert full.size == (2560, 1708)
+    assert small.size == (1280, 854) and min(small.size) >= 2 * 256  # DCT-scaled by 1/2, margin kept
+    assert open_image(big, min_size=600).size == (2560, 1708)  # not enough margin: full decode
+    png = tmp_path / "big.png"
+    Image.open(big).save(png)
+    assert open_image(png, min_size=256).size == (2560, 1708)  # only JPEG has scaled decoding
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    rotated = tmp_path / "rot.jpg"
+    Image.open(big).save(rotated, exif=exif.tobytes(), quality=95)
+    assert open_image(rotated, min_size=256).size == (854, 1280)
+
+    fast = clf.predict([big], top=5, num_workers=0)[0]["top"]
+    x = clf.preprocessing.eval_transform()(full).unsqueeze(0)
+    with torch.inference_mode():
+        exact = torch.softmax(clf.model(x), 1)[0]
+    assert fast[0]["label"] == "daisy" and fast[0]["index"] == int(exact.argmax())
+    for t in fast:
+        assert t["prob"] == pytest.approx(float(exact[t["index"]]), abs=0.02)
