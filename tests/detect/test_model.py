@@ -38,7 +38,9 @@ def test_raw_outputs_match_tflite(name, source):
         reg, logits = model(x[None])
     assert reg.shape == (1, 896, 16) and logits.shape == (1, 896)
     assert np.abs(reg[0].numpy() - ref_reg).max() < 1e-3
-    assert np.abs(logits[0].numpy() - ref_logits).max() < 1e-3
+    # the back model's background logits reach -290, where float32 accumulation order alone moves
+    # them by ~5e-4 (1e-6 relative); those scores are exactly 0 either way
+    np.testing.assert_allclose(logits[0].numpy(), ref_logits, atol=1e-3, rtol=1e-5)
 
 
 def test_front_model_finds_the_astronaut():
