@@ -6,8 +6,8 @@ then every strategy trains with the same budget. Reported: the advised strategy,
 advised strategy's val accuracy gap, the hit rate (advised is best or within 1 point of the best),
 and the time saved by training only the advised strategy instead of all of them.
 
-    python bench/advise.py                 # full: ~10-20 min on 2 CPU cores
-    python bench/advise.py --quick         # small variants only
+    python bench/advise.py                           # everything
+    python bench/advise.py --sizes small --datasets faces,digits
 """
 from __future__ import annotations
 
@@ -91,16 +91,15 @@ def run_variant(root: Path, work: Path) -> dict:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="small variants only")
     parser.add_argument("--datasets", default=",".join(DATASETS))
+    parser.add_argument("--sizes", default="small,large", help="which variants: small, large or both")
     parser.add_argument("--json", help="also write the results to this file")
     args = parser.parse_args(argv)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.datasets.split(","):
-            for size, per_class in SIZES[name].items():
-                if args.quick and size == "large":
-                    continue
+            for size in args.sizes.split(","):
+                per_class = SIZES[name][size]
                 root = write_variant(Path(tmp) / f"{name}-{size}" / "data", name, per_class)
                 r = run_variant(root, Path(tmp) / f"{name}-{size}" / "runs")
                 a, res = r["advice"], r["results"]

@@ -68,9 +68,17 @@ def test_sweep_keeps_the_best_run_and_reuses_cached_features(digits_folder, tmp_
 
 
 def test_train_partial_freeze_auto_and_the_cli(digits_folder, tmp_path, capsys):
-    run = train(digits_folder, strategy="partial", freeze="auto", epochs=1, out=tmp_path / "api",
+    from sklearn.datasets import load_digits
+
+    from conftest import write_digit_folder
+
+    d = load_digits()
+    keep = [i for c in range(2) for i in (d.target == c).nonzero()[0][:10]]
+    tiny = write_digit_folder(tmp_path / "tiny", d.images[keep], d.target[keep])
+    run = train(tiny, strategy="partial", freeze="auto", epochs=1, out=tmp_path / "api",
                 progress=False, **FAST, model="resnet18", weights="none")
-    assert (run.path / "sweep.json").is_file() and (run.path / "model.json").is_file()
+    trials = json.loads((run.path / "sweep.json").read_text())
+    assert {t["freeze"] for t in trials if t["rung"] == 0} == {0, 2, 3, 4, 6}  # resnet18's 7 blocks
     parser = argparse.ArgumentParser()
     S.register(parser.add_subparsers())
     args = parser.parse_args(["sweep", str(digits_folder), "--model", "resnet18", "--weights", "none",

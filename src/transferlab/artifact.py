@@ -30,10 +30,13 @@ def prepare_run_dir(path: Path) -> None:
         (path / "checkpoints").mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise TransferlabError(f"cannot create run folder {path}: {e.strerror}; choose a writable --out") from None
-    try:
-        probe = path / ".write-test"
-        probe.write_text("")
-        probe.unlink()
+    try:  # the probe has a temporary name, so a run killed right here can still be started again
+        import os
+        import tempfile
+
+        fd, probe = tempfile.mkstemp(prefix=".write-test.", suffix=".tmp", dir=path)
+        os.close(fd)
+        os.unlink(probe)
     except OSError as e:
         raise TransferlabError(f"cannot write to run folder {path}: {e.strerror}; choose a writable --out") from None
 

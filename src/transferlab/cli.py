@@ -130,7 +130,8 @@ def _add_train(sub) -> None:
     p.add_argument("--weights", default=d.weights, help="'default' (pretrained), 'none', or a weights file")
     p.add_argument("--image-size", type=int, help="train at another input size (e.g. 128 for small images)")
     p.add_argument("--cache-features", default=d.cache_features, choices=("auto", "on", "off"))
-    p.add_argument("--cache-views", type=int, default=d.cache_views)
+    p.add_argument("--cache-views", type=int, default=d.cache_views, help="augmented views cached per image")
+    p.add_argument("--cache-dir", help="keep cached frozen-prefix features here, reused across runs")
     p.add_argument("--grad-clip", type=float, default=d.grad_clip)
     p.add_argument("--accum-steps", type=int, default=d.accum_steps, help="gradient accumulation steps")
     p.add_argument("--sync-bn", action="store_true", help="several GPUs: synchronise trainable BatchNorm")
@@ -235,7 +236,13 @@ def cmd_demo(args) -> int:
     return run_demo(args.out, per_class=args.per_class, epochs=args.epochs, progress=not args.quiet)
 
 
-COMMANDS = [_add_demo, _add_predict, _add_models, _add_train, _add_evaluate, _add_export]
+def _add_detect(sub) -> None:
+    from .detect.cli import register
+
+    register(sub)
+
+
+COMMANDS = [_add_demo, _add_predict, _add_models, _add_train, _add_evaluate, _add_export, _add_detect]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -2,12 +2,19 @@
 train only the rest of the network from the cached activations."""
 from __future__ import annotations
 
+import hashlib
+import json
 import math
+from pathlib import Path
 
 import torch
+from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader
 
+from .io import atomic_path
 from .models import BlockNet
+
+CACHE_FORMAT = 1
 
 DEFAULT_MEMORY_BUDGET = 2 * 1024**3  # bytes of cached activations kept in RAM
 
@@ -39,6 +46,47 @@ def cache_fits(model: BlockNet, n: int, input_size: int, items: int, views: int,
     if n <= 0:
         return False
     return feature_bytes_per_item(model, n, input_size, device) * items * max(views, 1) <= budget
+
+
+def feature_cache_key(model: BlockNet, n: int, preprocessing, paths, view: str, seed: int) -> str:
+    """A digest of everything the cached activations depend on, so a stale cache is never used:
+    architecture, the frozen blocks' weights, the freeze point, preprocessing, augmentation view and
+    seed, and the content (not the name or date) of every image file, in order."""
+    h = hashlib.sha256()
+    h.update(json.dumps({"format": CACHE_FORMAT, "arch": getattr(model, "arch", type(model).__name__), "freeze": n,
+                         "preprocessing": preprocessing.to_dict(), "view": view, "seed": seed}).encode())
+    for name in model.block_names[:n]:
+        for key, tensor in model.blocks[name].state_dict().items():
+            h.update(key.encode())
+            h.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    for path in paths:
+        with open(path, "rb") as f:
+            h.update(hashlib.file_digest(f, "sha256").digest())
+    return h.hexdigest()[:32]
+
+
+class FeatureStore:
+    """Cached activations on disk (safetensors), one file per key, reused across epochs and runs."""
+
+    def __init__(self, root):
+        self.root = Path(root)
+
+    def path(self, key: str) -> Path:
+        return self.root / f"features-{key}.safetensors"
+
+    def get(self, key: str) -> torch.Tensor | None:
+        path = self.path(key)
+        if not path.is_file():
+            return None
+        try:
+            return load_file(str(path))["features"]
+        except Exception:  # a damaged cache file is recomputed, never trusted
+            return None
+
+    def put(self, key: str, features: torch.Tensor) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        with atomic_path(self.path(key)) as tmp:
+            save_file({"features": features.contiguous()}, str(tmp))
 
 
 class TensorBatches:

@@ -21,7 +21,7 @@ from .device import default_workers, pick_device
 from .distributed import (all_reduce_sums, barrier, broadcast_object, gather_shards, init_distributed,
                           process_device, shutdown)
 from .errors import TransferlabError
-from .features import TensorBatches, cache_fits, prefix_features
+from .features import FeatureStore, TensorBatches, cache_fits, feature_cache_key, prefix_features
 from .io import atomic_torch_save, safe_torch_load, save_weights
 from .models import BN_POLICIES, BlockNet, create_model
 from .preprocess import AUGMENT_LEVELS
@@ -61,6 +61,7 @@ class TrainConfig:
     image_size: int | None = None  # override the model's input size (CNNs accept others; faster when small)
     cache_features: str = "auto"  # auto | on | off: train from cached frozen-prefix activations
     cache_views: int = 4  # augmented views cached per image when augment is on
+    cache_dir: str | None = None  # keep cached features on disk here, reused across runs
     grad_clip: float = 0.0
     accum_steps: int = 1  # gradient accumulation: optimizer step every N batches
     sync_bn: bool = False  # several GPUs: SyncBatchNorm for the trainable BatchNorm layers
@@ -236,15 +237,31 @@ class Trainer:
             self.log("feature cache does not fit in memory; training without it")
         return fits
 
-    def _cached_batches(self, phase: Phase, phase_index: int):
+    def _cached_batches(self, phase: Phase):
         """Train views and val features of the frozen prefix, computed once for this phase."""
         n = phase.freeze
-        torch.manual_seed(self.cfg.seed + 7919 * (phase_index + 1))  # views identical after a resume
+        augmented = self.cfg.augment != "none"
         views = []
-        view_count = 1 if self.cfg.augment == "none" else self.cfg.cache_views
-        for _ in tqdm(range(view_count), desc="caching features", disable=not self.progress, leave=False):
-            views.append(self._prefix_features_sharded("train", n, augmented=self.cfg.augment != "none"))
-        return views, self._prefix_features_sharded("val", n, augmented=False)
+        for v in tqdm(range(self.cfg.cache_views if augmented else 1), desc="caching features",
+                      disable=not self.progress, leave=False):
+            views.append(self._cached_prefix("train", n, f"{self.cfg.augment}-{v}" if augmented else "eval", v))
+        return views, self._cached_prefix("val", n, "eval", 0)
+
+    def _cached_prefix(self, split: str, n: int, view: str, view_index: int) -> torch.Tensor:
+        """Prefix features of a split for one view, from the on-disk store when --cache-dir has them."""
+        store = FeatureStore(self.cfg.cache_dir) if self.cfg.cache_dir else None
+        key = None
+        if store is not None:
+            paths = [s.path for s in self.scan.splits[split]]
+            key = feature_cache_key(self.model, n, self.pre, paths, view, self.cfg.seed)
+            hit = store.get(key)
+            if hit is not None and len(hit) == len(paths):
+                return hit
+        torch.manual_seed(self.cfg.seed * 7919 + view_index)  # each view reproducible on its own
+        features = self._prefix_features_sharded(split, n, augmented=view != "eval")
+        if store is not None and self.dist.is_main:
+            store.put(key, features)
+        return features
 
     def _prefix_features_sharded(self, split: str, n: int, augmented: bool) -> torch.Tensor:
         """Each process computes the rows i = rank (mod world); all processes get every row."""
@@ -383,7 +400,7 @@ class Trainer:
         self.model.freeze(phase.freeze, cfg.bn)
         cached = self._use_feature_cache(phase)
         if cached:
-            views, val_features = self._cached_batches(phase, pi)
+            views, val_features = self._cached_batches(phase)
             train_labels, sample_weights = self._labels("train"), self._sample_weights()
             val_batches = TensorBatches(val_features, self._labels("val"), cfg.batch_size * 4, shuffle=False,
                                         rank=self.dist.rank, world=self.dist.world_size, pad=False)
