@@ -657,3 +657,14 @@ def test_config_errors_are_one_line(tiny_data, tmp_path, capsys):
     for args, word in [(["--lr", "fast"], "--lr"), (["--lr", "-1"], "positive"), (["--batch-size", "0"], "at least")]:
         rc, err = main_in_process(capsys, "train", tiny_data, "--out", tmp_path / "r", *args, *FAST_CLI)
         assert_one_line_error(rc, err, word)
+
+
+def test_run_weights_with_another_class_count_name_the_head(trained_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    meta = json.loads((run / "model.json").read_text())
+    meta["num_classes"], meta["classes"] = 3, ["a", "b", "c"]
+    (run / "model.json").write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match=r"shape mismatch: .*\(2, \d+\) vs \(3, \d+\)") as e:
+        transferlab.load(str(run))
+    assert "model.safetensors does not fit" in str(e.value)
