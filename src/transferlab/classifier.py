@@ -20,6 +20,10 @@ from .models import BlockNet, create_model
 from .preprocess import Preprocessing
 
 PROGRESS_MIN_IMAGES = 8
+# On CPU, convolutions run faster on channels-last tensors and in small chunks that stay in cache:
+# measured on 2 cores with efficientnet_lite0, 4-image chunks in channels-last ran ~2x the
+# throughput of one 32-image NCHW batch. The loader still batches batch_size images.
+CPU_CHUNK = 4
 
 
 _PIL_FILTERS = {
@@ -134,6 +138,22 @@ class Classifier:
         paths = find_images(images)
         dev = pick_device(device)
         model = self.model.to(dev).eval()
+        cpu = dev.type == "cpu"
+        if cpu:
+            model.to(memory_format=torch.channels_last)
+        try:
+            return self._predict(model, paths, dev, top, batch_size, num_workers, progress)
+        finally:
+            if cpu:
+                model.to(memory_format=torch.contiguous_format)
+
+    def _forward(self, model, batch: torch.Tensor, dev: torch.device) -> torch.Tensor:
+        if dev.type != "cpu":
+            return model(batch.to(dev, non_blocking=True))
+        chunks = [model(c.contiguous(memory_format=torch.channels_last)) for c in batch.split(CPU_CHUNK)]
+        return torch.cat(chunks) if len(chunks) > 1 else chunks[0]
+
+    def _predict(self, model, paths, dev, top, batch_size, num_workers, progress) -> list[dict]:
         top = max(1, min(top, len(self.classes)))
         workers = default_workers(len(paths), batch_size) if num_workers is None else num_workers
         loader = DataLoader(
@@ -153,7 +173,7 @@ class Classifier:
                 for i, reason in errors:
                     records[i] = {"path": str(paths[i]), "status": reason, "top": []}
                 if batch is not None:
-                    probs = torch.softmax(model(batch.to(dev, non_blocking=True)).float(), dim=1)
+                    probs = torch.softmax(self._forward(model, batch, dev).float(), dim=1)
                     values, idx = probs.topk(top, dim=1)
                     for row, i in enumerate(indices):
                         records[i] = {"path": str(paths[i]), "status": "ok", "top": self._top(values[row], idx[row])}
