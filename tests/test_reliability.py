@@ -394,9 +394,12 @@ def kill_and_resume(data: Path, out: Path, reference: Path, rng: random.Random, 
             _wait_for(lambda: (out / "checkpoints" / "last.pt").is_file(), proc)
             time.sleep(rng.uniform(0.0, 8.0))
         else:
-            time.sleep(rng.uniform(3.0, 35.0))
+            time.sleep(rng.uniform(2.0, 30.0))
         finished = proc.poll() is not None
-        os.killpg(proc.pid, signal.SIGKILL)
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:  # it finished first: the resume must then just rewrite the artifacts
+            pass
     finally:
         proc.wait(timeout=60)
         proc.stderr.close()
