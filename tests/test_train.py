@@ -62,11 +62,18 @@ def test_two_stage_phase_two_has_rising_per_block_learning_rates():
     assert ordered == sorted(ordered) and ordered[0] == pytest.approx(1e-4) and ordered[-1] == pytest.approx(1e-3)
 
 
-def test_bn_train_policy_leaves_frozen_batchnorm_training():
+def test_bn_policies():
     model = create_model("resnet18", num_classes=3, weights="none")
     model.freeze(3, "train")
     model.train()
     assert _bn_modes(model.blocks["stem"]) == {True}
+    model.freeze(3, "eval")  # statistics kept everywhere, affine weights of trainable blocks still learn
+    model.train()
+    assert _bn_modes(model.blocks["stem"]) == _bn_modes(model.blocks["layer4"]) == {False}
+    assert all(p.requires_grad for p in model.blocks["layer4"].parameters())
+    model.freeze(3, "frozen")
+    model.train()
+    assert _bn_modes(model.blocks["stem"]) == {False} and _bn_modes(model.blocks["layer4"]) == {True}
 
 
 @pytest.mark.parametrize("strategy", ["feature-extract", "partial", "finetune", "scratch", "two-stage"])
@@ -81,7 +88,8 @@ def test_every_strategy_learns_digits(strategy, digits_folder, tmp_path):
     chance = 0.25
     assert run.metrics["val_acc"] >= (0.7 if strategy != "scratch" else chance + 0.15), run.history
     meta = json.loads((tmp_path / "run" / "model.json").read_text())
-    assert meta["strategy"] == strategy and meta["bn_policy"] == "frozen"
+    assert meta["strategy"] == strategy
+    assert meta["bn_policy"] == ("frozen" if strategy == "scratch" else "eval")
     assert meta["classes"] == [f"digit_{i}" for i in range(4)]
     assert len(run.history) == options["epochs"]
 

@@ -14,6 +14,7 @@ from .errors import CheckpointError, TransferlabError
 from .io import atomic_write_json, load_state_dict_file, save_weights
 from .models import BlockNet, create_model
 from .preprocess import Preprocessing
+from .strategies import effective_bn_policy
 from .weights import load_user_weights
 
 FORMAT = "transferlab-run/1"
@@ -87,7 +88,7 @@ def write_run(out: Path, model: BlockNet, scan, cfg, phases, metrics: dict, hist
         "freeze": phases[-1].freeze,
         "frozen_blocks": model.block_names[: phases[-1].freeze],
         "blocks": model.block_names,
-        "bn_policy": cfg.bn,
+        "bn_policy": effective_bn_policy(cfg.strategy, cfg.bn),
         "config": asdict(cfg),
         "dataset": scan.to_dict(),
         "metrics": metrics,

@@ -121,7 +121,8 @@ def _add_train(sub) -> None:
     p.add_argument("--patience", type=int, default=d.patience, help="early stopping on val loss; 0 disables")
     p.add_argument("--augment", default=d.augment, choices=AUGMENT_LEVELS)
     p.add_argument("--balance", default=d.balance, choices=BALANCE)
-    p.add_argument("--bn", default=d.bn, choices=("frozen", "train"), help="BatchNorm in frozen blocks")
+    p.add_argument("--bn", default=d.bn, choices=("frozen", "eval", "train"),
+                   help="BatchNorm statistics: eval (kept everywhere), frozen (kept in frozen blocks), train (updated)")
     p.add_argument("--val-split", type=float, default=d.val_split)
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--device", default=d.device)

@@ -68,6 +68,11 @@ def plan_phases(
     raise TransferlabError(f"unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
 
 
+def effective_bn_policy(strategy: str, requested: str) -> str:
+    """'eval' keeps ImageNet statistics; a network trained from scratch has none worth keeping."""
+    return "frozen" if strategy == "scratch" and requested == "eval" else requested
+
+
 def _freeze_point(model: BlockNet, freeze) -> int:
     try:
         n = model.block_index(freeze)

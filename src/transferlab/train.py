@@ -25,7 +25,7 @@ from .features import FeatureStore, TensorBatches, cache_fits, feature_cache_key
 from .io import atomic_torch_save, safe_torch_load, save_weights
 from .models import BN_POLICIES, BlockNet, create_model
 from .preprocess import AUGMENT_LEVELS
-from .strategies import STRATEGIES, Phase, param_groups, plan_phases
+from .strategies import STRATEGIES, Phase, effective_bn_policy, param_groups, plan_phases
 
 SCHEDULES = ("cosine", "onecycle", "constant")
 BALANCE = ("none", "weights", "sampler")
@@ -51,7 +51,7 @@ class TrainConfig:
     patience: int = 5  # early stopping on val loss, per phase; 0 disables
     augment: str = "light"
     balance: str = "none"
-    bn: str = "frozen"
+    bn: str = "eval"  # BatchNorm statistics: see models.blocks.BN_POLICIES
     val_split: float = 0.2
     seed: int = 0
     device: str = "auto"
@@ -397,7 +397,7 @@ class Trainer:
     def _run_phase(self, pi: int, first_epoch: int, epoch_offset: int, loss_fn, state: dict | None) -> None:
         cfg = self.cfg
         phase = self.phases[pi]
-        self.model.freeze(phase.freeze, cfg.bn)
+        self.model.freeze(phase.freeze, effective_bn_policy(cfg.strategy, cfg.bn))
         cached = self._use_feature_cache(phase)
         if cached:
             views, val_features = self._cached_batches(phase)
@@ -527,7 +527,7 @@ class Trainer:
             from safetensors.torch import load_file
 
             self.model.load_state_dict(load_file(str(best_path)))
-        self.model.freeze(0, self.cfg.bn)
+        self.model.freeze(0, effective_bn_policy(self.cfg.strategy, self.cfg.bn))
         self.model.eval()
         metrics = {"best_epoch": self.best["epoch"], "val_acc": self.best["val_acc"], "val_loss": self.best["val_loss"],
                    "epochs_run": len(self.history)}

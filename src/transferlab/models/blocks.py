@@ -10,7 +10,11 @@ from collections import OrderedDict
 import torch
 from torch import nn
 
-BN_POLICIES = ("frozen", "train")
+# frozen: BatchNorm in frozen blocks keeps ImageNet statistics (eval mode), trainable blocks update theirs;
+# eval:   every BatchNorm keeps its statistics, only its affine weights train (Keras' advice for
+#         fine-tuning on small data: batch statistics of a few images are noisier than ImageNet's);
+# train:  every BatchNorm updates its statistics, frozen blocks included.
+BN_POLICIES = ("frozen", "eval", "train")
 
 
 class BlockNet(nn.Module):
@@ -99,10 +103,11 @@ class BlockNet(nn.Module):
 
     def train(self, mode: bool = True):
         super().train(mode)
-        if mode and self.bn_policy == "frozen":
+        if mode and self.bn_policy != "train":
             # Frozen BatchNorm keeps its ImageNet statistics: updating running stats of a layer
             # whose weights cannot adapt shifts every activation downstream of it.
-            for module in list(self.blocks.values())[: self.frozen_blocks]:
+            stop = len(self.blocks) if self.bn_policy == "eval" else self.frozen_blocks
+            for module in list(self.blocks.values())[:stop]:
                 for m in module.modules():
                     if isinstance(m, nn.modules.batchnorm._BatchNorm):
                         m.eval()
