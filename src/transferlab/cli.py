@@ -77,12 +77,15 @@ def _add_models(sub) -> None:
 
 
 def cmd_models(args) -> int:
+    import torch
+
     from .models import count_parameters, create_model, get_spec, list_models
 
     rows = []
     for name in list_models():
         spec = get_spec(name)
-        params = count_parameters(create_model(name, weights="none"))
+        with torch.device("meta"):  # shapes only: no memory, no initialisation work
+            params = count_parameters(create_model(name, weights="none"))
         status = "available" if spec.weights.available() else "needs download"
         rows.append({"name": name, "weights": status, "source": spec.weights.describe(), "params": params,
                      "input_size": spec.preprocessing.input_size, "description": spec.description})
@@ -269,6 +272,9 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("transferlab: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # output piped into `head` and the like: stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":
