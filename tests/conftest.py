@@ -2,11 +2,16 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
-import numpy as np
-import pytest
-from PIL import Image
+# Idle OpenMP threads spin by default and steal the cores from DataLoader workers and other
+# processes (measured ~20x slower on a busy 2-core machine); set before torch is imported.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+from PIL import Image  # noqa: E402
 
 os.environ.setdefault("MPLBACKEND", "Agg")
 

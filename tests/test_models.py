@@ -17,14 +17,6 @@ TIMM = ["timm:resnet18", "timm:vit_tiny_patch16_224"]
 ALL = REGISTRY + TIMM
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """2-core machine shared with other jobs: OpenMP's spin-waiting threads make 2 threads ~20x slower than 1."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def build_original(name: str) -> nn.Module:
     """The reference network, independent of transferlab's builders (torchvision/timm defaults)."""

@@ -96,8 +96,8 @@ def test_every_strategy_learns_digits(strategy, digits_folder, tmp_path):
 
 def test_run_folder_is_complete_and_loads(digits_folder, tmp_path):
     out = tmp_path / "run"
-    run = train(digits_folder, model="efficientnet_lite0", strategy="feature-extract", out=out, epochs=3,
-                progress=False, **FAST)
+    train(digits_folder, model="efficientnet_lite0", strategy="feature-extract", out=out, epochs=3,
+          progress=False, **FAST)
     for name in ("model.safetensors", "model.json", "checkpoints/last.pt", "checkpoints/best.safetensors",
                  "metrics.csv", "curves.png", "confusion.png", "report.md"):
         assert (out / name).is_file(), name

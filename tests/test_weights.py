@@ -18,13 +18,6 @@ from transferlab.io import load_state_dict_file
 from transferlab.models import create_model, get_spec
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 @pytest.fixture(scope="module")
 def batch():

@@ -37,7 +37,7 @@ def export(run, format: str = "onnx", out=None, batch: int = 2, check: bool = Tr
         "output": {"name": "logits", "shape": ["batch", len(clf.classes)], "apply": "softmax for probabilities"},
         "preprocessing": {
             **clf.preprocessing.to_dict(),
-            "steps": [f"decode to RGB, apply EXIF orientation",
+            "steps": ["decode to RGB, apply EXIF orientation",
                       f"resize shorter side to {clf.preprocessing.resize} ({clf.preprocessing.interpolation})",
                       f"centre-crop {size}x{size}", "scale to [0,1]",
                       f"normalise with mean {list(clf.preprocessing.mean)} and std {list(clf.preprocessing.std)}"],
@@ -66,7 +66,7 @@ def _export_torchscript(model, example, path: Path, reference, check: bool) -> f
 
 def _export_onnx(model, example, path: Path, reference, check: bool) -> float | None:
     try:
-        import onnx  # noqa: F401
+        import onnx  # noqa: F401  (torch.onnx needs it; fail with an install hint instead)
     except ImportError:
         raise TransferlabError("ONNX export needs the onnx package: pip install 'transferlab[export]'") from None
     with atomic_path(path) as tmp, warnings.catch_warnings():

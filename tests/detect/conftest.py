@@ -11,8 +11,6 @@ try:
 except ImportError:  # running from a plain checkout without `pip install -e .`
     sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "src"))
 
-import torch  # noqa: E402
-
 from .synthetic import write_csv_dataset  # noqa: E402
 
 
@@ -26,15 +24,6 @@ def _isolated_cache(tmp_path_factory):
         os.environ.pop("TRANSFERLAB_CACHE")
     else:
         os.environ["TRANSFERLAB_CACHE"] = old
-
-
-@pytest.fixture(scope="package", autouse=True)
-def _one_thread():
-    # on a small shared CPU, intra-op threads fighting other processes make these convs ~10x slower
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 @pytest.fixture(scope="package")

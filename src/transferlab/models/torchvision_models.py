@@ -4,7 +4,7 @@ from __future__ import annotations
 import torchvision.models as tvm
 
 from ..preprocess import Preprocessing
-from ..weights import PackageWeights, TimmWeights, TorchvisionWeights
+from ..weights import PackageWeights, TorchvisionWeights
 from . import architectures as A
 from .registry import ModelSpec, register_model
 
