@@ -658,7 +658,7 @@ def test_absurd_learning_rate_is_reported(tiny_data, tmp_path, capsys):
 
 def test_config_errors_are_one_line(tiny_data, tmp_path, capsys):
     for args, word in [(["--lr", "fast"], "--lr"), (["--lr", "-1"], "positive"), (["--batch-size", "0"], "at least")]:
-        rc, err = main_in_process(capsys, "train", tiny_data, "--out", tmp_path / "r", *args, *FAST_CLI)
+        rc, err = main_in_process(capsys, "train", tiny_data, "--out", tmp_path / "r", *FAST_CLI, *args)
         assert_one_line_error(rc, err, word)
 
 
