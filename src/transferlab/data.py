@@ -202,23 +202,89 @@ def stratified_split(samples: list[Sample], fraction: float, seed: int) -> tuple
     return train, val
 
 
+IMAGE_CACHE_FORMAT = 1
+
+
+class ImageCache:
+    """Decoded, resized images on disk (uint8 .npy), reused across epochs and runs.
+
+    The key is the file's content (sha256, not its name or date), the target shorter side and the
+    resampling, so an edited image or another model's resize never reads a stale entry. A damaged
+    entry is decoded again and rewritten, never trusted.
+    """
+
+    def __init__(self, root):
+        self.root = Path(root) / "images"
+
+    def key(self, content: bytes, max_side: int) -> str:
+        import hashlib
+
+        digest = hashlib.sha256(content).hexdigest()[:40]
+        return f"{digest}-{max_side}-bilinear-v{IMAGE_CACHE_FORMAT}"
+
+    def path(self, key: str) -> Path:
+        return self.root / key[:2] / f"{key}.npy"
+
+    def get(self, key: str) -> Image.Image | None:
+        import numpy as np
+
+        try:
+            arr = np.load(self.path(key), allow_pickle=False)
+        except Exception:  # missing or damaged
+            return None
+        if arr.dtype != np.uint8 or arr.ndim != 3 or arr.shape[2] != 3:
+            return None
+        return Image.fromarray(arr, mode="RGB")
+
+    def put(self, key: str, img: Image.Image) -> None:
+        import numpy as np
+
+        from .io import atomic_path
+
+        try:
+            with atomic_path(self.path(key)) as tmp, open(tmp, "wb") as f:
+                np.save(f, np.asarray(img, dtype=np.uint8), allow_pickle=False)
+        except Exception:  # a cache that cannot be written only costs speed
+            pass
+
+
 class DecodedImages:
     """Decode every image once, downscaled so its shorter side is at most `max_side`, kept in memory.
 
     Later epochs (and augmentation) start from these, not from the JPEG again. Unreadable images
-    found here are reported and dropped.
+    found here are reported and dropped. With `cache_dir`, the resized images are also kept on disk
+    (ImageCache) so that later runs skip decoding and resizing.
     """
 
-    def __init__(self, paths: list[Path], max_side: int, threads: int | None = None):
+    def __init__(self, paths: list[Path], max_side: int, threads: int | None = None, cache_dir=None):
         self.max_side = max_side
         self.images: dict[str, Image.Image] = {}
         self.failed: dict[str, str] = {}
+        self.cache = ImageCache(cache_dir) if cache_dir else None
+        self.cache_hits = 0
         with ThreadPoolExecutor(max_workers=threads or available_cpus()) as pool:
-            for path, result in zip(paths, pool.map(self._decode, paths)):
+            for path, result in zip(paths, pool.map(self._load, paths)):
                 if isinstance(result, str):
                     self.failed[str(path)] = result
                 else:
                     self.images[str(path)] = result
+
+    def _load(self, path: Path):
+        if self.cache is None:
+            return self._decode(path)
+        try:
+            with open(path, "rb") as f:
+                key = self.cache.key(f.read(), self.max_side)
+        except OSError:
+            return self._decode(path)  # reports the reason
+        img = self.cache.get(key)
+        if img is not None:
+            self.cache_hits += 1
+            return img
+        img = self._decode(path)
+        if not isinstance(img, str):
+            self.cache.put(key, img)
+        return img
 
     def _decode(self, path: Path):
         try:

@@ -1,0 +1,85 @@
+"""The on-disk cache of decoded, resized images: same pixels as decoding, reused, invalidated by content."""
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+from PIL import Image
+
+from transferlab.data import DecodedImages, ImageCache
+
+
+def _photos(sample_photos, tmp_path):
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    paths = []
+    for name, src in sample_photos.items():
+        dst = folder / f"{name}.jpg"
+        shutil.copy(src, dst)
+        paths.append(dst)
+    (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    return paths, folder / "broken.jpg"
+
+
+def test_disk_cache_gives_the_decoded_pixels_and_is_reused(sample_photos, tmp_path):
+    paths, broken = _photos(sample_photos, tmp_path)
+    cache = tmp_path / "cache"
+    plain = DecodedImages(paths + [broken], max_side=96)
+    first = DecodedImages(paths + [broken], max_side=96, cache_dir=cache)
+    entries = sorted((cache / "images").rglob("*.npy"))
+    assert len(entries) == len(paths) and first.cache_hits == 0
+    assert set(first.failed) == set(plain.failed) == {str(broken)}
+    stamps = {e: e.stat().st_mtime_ns for e in entries}
+    second = DecodedImages(paths + [broken], max_side=96, cache_dir=cache)
+    assert second.cache_hits == len(paths)
+    assert {e: e.stat().st_mtime_ns for e in entries} == stamps, "a hit must read, not rewrite"
+    for p in paths:
+        a, b, c = (np.asarray(d[p]) for d in (plain, first, second))
+        assert min(a.shape[:2]) == 96 and a.dtype == np.uint8
+        assert np.array_equal(a, b) and np.array_equal(a, c)
+
+
+def test_disk_cache_is_keyed_by_content_and_size(sample_photos, tmp_path):
+    paths, _ = _photos(sample_photos, tmp_path)
+    cache = tmp_path / "cache"
+    DecodedImages(paths, max_side=96, cache_dir=cache)
+    assert DecodedImages(paths, max_side=64, cache_dir=cache).cache_hits == 0  # another size: new entries
+    # same name, new content: decoded again, with the new pixels
+    Image.new("RGB", (300, 200), (255, 0, 0)).save(paths[0])
+    again = DecodedImages(paths, max_side=96, cache_dir=cache)
+    assert again.cache_hits == len(paths) - 1
+    r, g, b = np.asarray(again[paths[0]])[0, 0].tolist()
+    assert r > 240 and g < 15 and b < 15  # red (JPEG-rounded)
+
+
+def test_damaged_cache_entry_is_decoded_again(sample_photos, tmp_path):
+    paths, _ = _photos(sample_photos, tmp_path)
+    cache = tmp_path / "cache"
+    ref = DecodedImages(paths, max_side=96, cache_dir=cache)
+    for entry in (cache / "images").rglob("*.npy"):
+        entry.write_bytes(entry.read_bytes()[:50])
+    redo = DecodedImages(paths, max_side=96, cache_dir=cache)
+    assert redo.cache_hits == 0
+    assert all(np.array_equal(np.asarray(ref[p]), np.asarray(redo[p])) for p in paths)
+    assert DecodedImages(paths, max_side=96, cache_dir=cache).cache_hits == len(paths)  # rewritten
+
+
+def test_image_cache_key_ignores_name_not_content(tmp_path):
+    cache = ImageCache(tmp_path)
+    assert cache.key(b"abc", 256) == cache.key(b"abc", 256)
+    assert cache.key(b"abc", 256) != cache.key(b"abd", 256)
+    assert cache.key(b"abc", 256) != cache.key(b"abc", 224)
+
+
+def test_training_with_cache_dir_fills_the_image_cache(digits_folder, tmp_path):
+    from transferlab.train import train
+
+    cache = tmp_path / "cache"
+    opts = dict(model="efficientnet_lite0", strategy="feature-extract", image_size=48, batch_size=16, augment="none",
+                epochs=1, progress=False, cache_dir=str(cache), cache_features="off", workers=0)
+    first = train(digits_folder, out=tmp_path / "r1", **opts)
+    n = len(list((cache / "images").rglob("*.npy")))
+    assert n == sum(1 for _ in digits_folder.rglob("*.png"))
+    second = train(digits_folder, out=tmp_path / "r2", **opts)
+    assert len(list((cache / "images").rglob("*.npy"))) == n
+    assert [r["val_loss"] for r in first.history] == [r["val_loss"] for r in second.history]
