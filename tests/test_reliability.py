@@ -362,9 +362,14 @@ def test_labels_file_that_does_not_match_the_model(trained_run, tiny_data, tmp_p
 def reference_run(tiny_data, tmp_path_factory) -> Path:
     """The uninterrupted run every killed-and-resumed run must reproduce exactly."""
     out = tmp_path_factory.mktemp("reference") / "run"
+    t0 = time.monotonic()
     cp = run_cli("train", tiny_data, "--out", out, *KILL_CLI)
+    RUN_SECONDS["reference"] = time.monotonic() - t0
     assert cp.returncode == 0, cp.stderr
     return out
+
+
+RUN_SECONDS = {"reference": 30.0}  # how long an uninterrupted run takes here: random kills land inside it
 
 
 def _wait_for(predicate, proc, timeout=120.0) -> bool:
@@ -394,7 +399,7 @@ def kill_and_resume(data: Path, out: Path, reference: Path, rng: random.Random, 
             _wait_for(lambda: (out / "checkpoints" / "last.pt").is_file(), proc)
             time.sleep(rng.uniform(0.0, 8.0))
         else:
-            time.sleep(rng.uniform(2.0, 30.0))
+            time.sleep(rng.uniform(0.5, RUN_SECONDS["reference"]))
         finished = proc.poll() is not None
         try:
             os.killpg(proc.pid, signal.SIGKILL)
