@@ -14,6 +14,7 @@ Cases (each in a fresh subprocess, so peak RSS is per case):
   fxaug-ours     the same with light augmentation: `cache_views` cached augmented views
   fxaug-plain    the tutorial loop with the same augmentation, recomputed every epoch
   ft-ours        transferlab finetune: images/s of a training epoch (the second one)
+  ft-ours-accum  the same at batch 16 with --accum-steps 2 (same effective batch, less activation memory)
   ft-minimal     a minimal hand-written loop (DataLoader, forward, loss, backward, step), same data
 """
 from __future__ import annotations
@@ -183,7 +184,7 @@ def minimal_finetune(data: Path, epochs: int, workers: int) -> dict:
     return {"epoch_s": epoch_s, "images_per_s": len(ds) / epoch_s[-1], "train_images": len(ds)}
 
 
-def ours_finetune(data: Path, epochs: int) -> dict:
+def ours_finetune(data: Path, epochs: int, batch_size: int = BATCH, accum_steps: int = 1) -> dict:
     """transferlab's trainer; the time of the training part of each epoch (validation excluded)."""
     import transferlab.train as tt
 
@@ -196,8 +197,8 @@ def ours_finetune(data: Path, epochs: int) -> dict:
             epoch_s.append(time.perf_counter() - t)
             return out
 
-    cfg = tt.TrainConfig(model=MODEL, strategy="finetune", epochs=epochs, batch_size=BATCH, augment="light",
-                         seed=0, patience=0)
+    cfg = tt.TrainConfig(model=MODEL, strategy="finetune", epochs=epochs, batch_size=batch_size, augment="light",
+                         seed=0, patience=0, accum_steps=accum_steps)
     with tempfile.TemporaryDirectory() as out:
         trainer = TimedTrainer(data, cfg, out=Path(out) / "run", progress=False)
         trainer.fit()
@@ -211,6 +212,7 @@ CASES = {
     "fxaug-ours": lambda a: ours_feature_extract(a.data, a.epochs, "light", a.cache_views),
     "fxaug-plain": lambda a: plain_feature_extract(a.data, a.epochs, "light", a.workers),
     "ft-ours": lambda a: ours_finetune(a.data, a.ft_epochs),
+    "ft-ours-accum": lambda a: ours_finetune(a.data, a.ft_epochs, BATCH // 2, 2),
     "ft-minimal": lambda a: minimal_finetune(a.data, a.ft_epochs, a.workers),
 }
 
@@ -261,7 +263,8 @@ def measure(train_per_class=30, val_per_class=20, epochs=10, ft_epochs=2, ft_per
                           ("fxaug-plain", data, {"epochs": epochs}),
                           ("fxaug-ours", data, {"epochs": epochs, "cache_views": cache_views}),
                           ("ft-minimal", ft_data, {"ft_epochs": ft_epochs}),
-                          ("ft-ours", ft_data, {"ft_epochs": ft_epochs})):
+                          ("ft-ours", ft_data, {"ft_epochs": ft_epochs}),
+                          ("ft-ours-accum", ft_data, {"ft_epochs": ft_epochs})):
         t = time.perf_counter()
         results[name] = run_case(name, d, **opts)
         log(f"  {name}: {time.perf_counter() - t:.0f}s", file=sys.stderr)
@@ -288,6 +291,8 @@ def table(results: dict, epochs: int) -> list[str]:
                  f"{100 * (o['images_per_s'] / p['images_per_s'] - 1):+.0f}%", "within -10%"))
     rows.append(("fine-tune batch 32: peak RSS MiB", f"{o['peak_rss_mib']:.0f}", f"{p['peak_rss_mib']:.0f}", "",
                  "< 3072"))
+    rows.append(("fine-tune batch 16 x accum 2 (same effective batch): peak RSS MiB",
+                 f"{r['ft-ours-accum']['peak_rss_mib']:.0f}", "", "", f"{r['ft-ours-accum']['images_per_s']:.1f} img/s"))
     w = max(len(x[0]) for x in rows)
     out = [f"{'measure':<{w}} {'transferlab':>11} {'baseline':>9} {'ratio':>8}  target",
            "-" * (w + 42)]
