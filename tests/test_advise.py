@@ -87,11 +87,11 @@ def test_playbook_cells_from_separability_and_size(features, per_class, expected
         assert 1 <= d.freeze <= len(LITE0_BLOCKS) - 3 and d.freeze_block == LITE0_BLOCKS[d.freeze]
 
 
-def test_domain_shift_makes_separable_features_different_only_when_both_signals_agree():
-    shifted = _measured(*SEPARABLE, SMALL, bn_shift=2 * A.BN_SHIFT_FAR, head_confidence=A.LOW_HEAD_CONFIDENCE / 2)
-    assert A.decide(shifted).strategy == "partial"
-    one_signal = _measured(*SEPARABLE, SMALL, bn_shift=2 * A.BN_SHIFT_FAR, head_confidence=0.6)
-    assert A.decide(one_signal).strategy == "feature-extract"
+def test_domain_shift_alone_does_not_overrule_separable_features():
+    shifted = dict(bn_shift=2 * A.BN_SHIFT_FAR, head_confidence=A.LOW_HEAD_CONFIDENCE / 2)
+    d = A.decide(_measured(*SEPARABLE, SMALL, **shifted))
+    assert d.strategy == "feature-extract" and "unlike ImageNet" in d.reasons[-2]
+    assert A.decide(_measured(*ENTANGLED, SMALL, **shifted)).strategy == "partial"
 
 
 def test_scratch_only_when_very_large_and_very_far():
@@ -113,19 +113,34 @@ def test_partial_freeze_point_follows_the_first_shifted_block():
 
 
 @pytest.fixture(scope="module")
-def pretrained_and_random(digits_folder):
-    """Real measurements of sklearn digits: pretrained efficientnet_lite0 vs the same net untrained."""
-    return (A.measure(digits_folder, "efficientnet_lite0", image_size=112),
-            A.measure(digits_folder, "efficientnet_lite0", weights="none", image_size=112))
+def faces_folder(tmp_path_factory):
+    """scikit-image's LFW subset: 30 faces (of the first 100) and 30 non-faces (of the next 100), 25x25."""
+    from PIL import Image
+    from skimage.data import lfw_subset
+
+    root = tmp_path_factory.mktemp("faces") / "data"
+    images = lfw_subset()
+    for name, start in (("face", 0), ("not_face", 100)):
+        (root / name).mkdir(parents=True)
+        for i in range(start, start + 30):
+            Image.fromarray((255 * images[i]).astype(np.uint8), mode="L").save(root / name / f"{i:03d}.png")
+    return root
+
+
+@pytest.fixture(scope="module")
+def pretrained_and_random(faces_folder):
+    """Real measurements of faces vs non-faces: pretrained efficientnet_lite0 vs the same net untrained."""
+    return (A.measure(faces_folder, "efficientnet_lite0", image_size=112),
+            A.measure(faces_folder, "efficientnet_lite0", weights="none", image_size=112))
 
 
 def test_pretrained_features_transfer_better_than_random_init(pretrained_and_random):
     pretrained, random_init = pretrained_and_random
-    assert pretrained.sampled == 4 * 32 and pretrained.min_per_class == 32
+    assert pretrained.sampled == 2 * 24 and pretrained.min_per_class == 24
     assert pretrained.logme > random_init.logme + 0.1
     assert pretrained.probe_accuracy > 0.9
     # the untrained net's "ImageNet head" is near-uniform: the confidence measures the weights
-    assert pretrained.head_confidence > 5 * random_init.head_confidence
+    assert pretrained.head_confidence > 3 * random_init.head_confidence
     assert set(pretrained.bn_shift_per_block) <= set(pretrained.blocks)
 
 
