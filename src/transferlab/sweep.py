@@ -58,10 +58,10 @@ class _SharedTrainer(Trainer):
             drop_failed(self.scan, self.shared["decoded"])
         return self.shared["decoded"]
 
-    def _cached_batches(self, phase, phase_index):
-        key = ("features", phase.freeze, phase_index)
+    def _cached_batches(self, phase):
+        key = ("features", phase.freeze)
         if key not in self.shared:
-            self.shared[key] = super()._cached_batches(phase, phase_index)
+            self.shared[key] = super()._cached_batches(phase)
         return self.shared[key]
 
 
