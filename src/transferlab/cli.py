@@ -246,7 +246,20 @@ def _add_detect(sub) -> None:
     register(sub)
 
 
-COMMANDS = [_add_demo, _add_predict, _add_models, _add_train, _add_evaluate, _add_export, _add_detect]
+def _add_advise(sub) -> None:
+    from .advise import register
+
+    register(sub)
+
+
+def _add_sweep(sub) -> None:
+    from .sweep import register
+
+    register(sub)
+
+
+COMMANDS = [_add_demo, _add_predict, _add_models, _add_train, _add_evaluate, _add_export, _add_detect, _add_advise,
+            _add_sweep]
 
 
 def build_parser() -> argparse.ArgumentParser:
