@@ -60,7 +60,8 @@ def format_predictions(records) -> str:
 def write_predictions_csv(records, path) -> None:
     from .io import atomic_path
 
-    with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
+    # surrogateescape: file names that are not valid UTF-8 are written back byte for byte
+    with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8", errors="surrogateescape") as f:
         w = csv.writer(f)
         w.writerow(["path", "status", "rank", "label", "index", "prob"])
         for r in records:
@@ -174,6 +175,9 @@ def cmd_train(args) -> int:
     from .distributed import is_main_process
 
     if is_main_process():
+        skipped = run.classifier.meta["dataset"]["skipped"] if run.classifier else []
+        if skipped:
+            print(f"skipped {len(skipped)} unusable file(s), listed in {run.path / 'model.json'}")
         print(f"run folder: {run.path}")
         print(f"best val accuracy {run.metrics['val_acc']:.4f} at epoch {run.metrics['best_epoch']}")
     return 0

@@ -109,9 +109,12 @@ def walk_images(root: Path) -> list[Path]:
     """Image files under `root`, sorted; symlink loops and unreadable folders are skipped."""
     out = []
     seen_dirs = set()
+    root_real = os.path.realpath(root)
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True, onerror=lambda e: None):
         real = os.path.realpath(dirpath)
-        if real in seen_dirs:  # a symlink loop would otherwise recurse forever
+        # a symlink loop would recurse forever; a link to an ancestor would pull in sibling folders
+        is_ancestor = real != root_real and root_real.startswith(real.rstrip(os.sep) + os.sep)
+        if real in seen_dirs or is_ancestor:
             dirnames[:] = []
             continue
         seen_dirs.add(real)

@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader, DistributedSampler, Subset, WeightedRan
 from tqdm.auto import tqdm
 
 from . import artifact
-from .data import DatasetScan, DecodedImages, ImageSamples, class_weights, drop_failed, scan_dataset
+from .data import DecodedImages, ImageSamples, class_weights, drop_failed, scan_dataset
 from .device import default_workers, pick_device
 from .distributed import (all_reduce_sums, barrier, broadcast_object, gather_shards, init_distributed,
                           process_device, shutdown)
@@ -448,6 +448,7 @@ class Trainer:
             row = {"epoch": epoch, "phase": phase.name, "lr": optimizer.param_groups[-1]["lr"]}
             row.update(self._train_epoch(train_batches, net, optimizer, scheduler, loss_fn, scaler, desc))
             row.update(self._validate(val_batches, start, loss_fn))
+            self._check_divergence(row)
             row["time_s"] = round(time.perf_counter() - t0, 3)
             self.history.append(row)
             improved = row["val_loss"] < phase_best - 1e-4
@@ -468,6 +469,17 @@ class Trainer:
                 callback(self, row)
             if cfg.patience and patience_left <= 0 and e + 1 < phase.epochs:
                 self.log(f"early stopping: val loss has not improved for {cfg.patience} epochs")
+
+    def _check_divergence(self, row: dict) -> None:
+        """A finite but exploded loss (far above chance level, log K) means the lr is too high:
+        stop before such weights overwrite the last good checkpoint."""
+        limit = 100 * math.log(max(2, len(self.scan.classes))) + 10
+        if not (math.isfinite(row["val_loss"]) and row["val_loss"] <= limit and row["train_loss"] <= limit):
+            raise NonFiniteLoss(
+                f"training diverged at epoch {row['epoch']} (val loss {row['val_loss']:.3g}): the learning rate "
+                f"{row['lr']:.2g} is too high; retry with a lower --lr or --lr find. The last good checkpoint is "
+                f"kept in {self.out / 'checkpoints'}"
+            )
 
     def _find_lr(self, pi: int, phase: Phase, features, start: int, loss_fn) -> Phase:
         from .lr_finder import lr_range_test
