@@ -152,3 +152,19 @@ def test_balance_options_train(balance, digits_folder, tmp_path):
     run = train(digits_folder, model="efficientnet_lite0", strategy="feature-extract", out=tmp_path / "run",
                 epochs=2, balance=balance, progress=False, **FAST)
     assert run.metrics["val_acc"] > 0.5
+
+
+def test_public_api_names_stay_functions_after_submodule_imports():
+    import importlib
+
+    for name in ("train", "evaluate", "export", "advise"):
+        importlib.import_module(f"transferlab.{name}")
+        assert callable(getattr(transferlab, name)) and not isinstance(getattr(transferlab, name), type(json))
+
+
+def test_partial_trains_the_head_at_the_head_rate_and_upper_blocks_lower():
+    model = create_model("efficientnet_lite0", num_classes=3, weights="none")
+    (phase,) = plan_phases("partial", model, epochs=2, freeze="stage6")
+    model.freeze(phase.freeze)
+    lrs = {g["block"]: g["lr"] for g in param_groups(model, phase, 0.01)}
+    assert lrs["head"] == pytest.approx(3e-3) and lrs["stage6"] == pytest.approx(3e-4)

@@ -1,23 +1,14 @@
 """transferlab: turn a pretrained vision model into your own."""
-from __future__ import annotations
-
-import importlib
-
 __version__ = "0.1.0"
 
-# The public API, imported on first use so that `transferlab --help` does not pay for torch.
-_API = {
-    "Classifier": "classifier", "load": "classifier", "predict": "classifier",
-    "create_model": "models", "list_models": "models",
-    "train": "train", "TrainConfig": "train",
-    "evaluate": "evaluate", "export": "export",
-    "advise": "advise",
-}
+# Bound eagerly on purpose: `from .train import train` rebinds the package attribute `train` from the
+# submodule to the function, so `transferlab.train(...)` keeps working after any submodule import.
+from .advise import advise  # noqa: E402
+from .classifier import Classifier, load, predict  # noqa: E402
+from .evaluate import evaluate  # noqa: E402
+from .export import export  # noqa: E402
+from .models import create_model, list_models  # noqa: E402
+from .train import TrainConfig, train  # noqa: E402
 
-__all__ = [*_API, "__version__"]
-
-
-def __getattr__(name: str):
-    if name in _API:
-        return getattr(importlib.import_module(f".{_API[name]}", __name__), name)
-    raise AttributeError(f"module 'transferlab' has no attribute {name!r}")
+__all__ = ["Classifier", "TrainConfig", "__version__", "advise", "create_model", "evaluate", "export", "list_models",
+           "load", "predict", "train"]

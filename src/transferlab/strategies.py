@@ -49,7 +49,8 @@ def plan_phases(
                 f"--strategy partial needs --freeze N (0..{all_but_head}) or a block name: {', '.join(model.block_names)}"
             )
         n = _freeze_point(model, freeze)
-        return [Phase("partial", epochs, n, lr or (DEFAULT_LR["head"] if n == all_but_head else DEFAULT_LR["finetune"]))]
+        # the new head needs the head's rate; the retrained upper blocks get less (lr_mult), as in two-stage
+        return [Phase("partial", epochs, n, lr or DEFAULT_LR["head"], lr_mult if n < all_but_head else 1.0)]
     if strategy == "finetune":
         return [Phase("finetune", epochs, 0, lr or DEFAULT_LR["finetune"])]
     if strategy == "scratch":
