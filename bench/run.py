@@ -131,7 +131,8 @@ def main(argv=None) -> int:
     ap.add_argument("--train-per-class", type=int, default=None)
     ap.add_argument("--val-per-class", type=int, default=None)
     ap.add_argument("--epochs", type=int, default=10)
-    ap.add_argument("--keep", type=Path, help="write the generated data here and keep it")
+    ap.add_argument("--keep", type=Path, help="write the generated data (and each case's result) here and keep it")
+    ap.add_argument("--reuse", action="store_true", help="with --keep: reuse the saved results of finished cases")
     a = ap.parse_args(argv)
     quick = a.quick
     sections = []
@@ -145,7 +146,7 @@ def main(argv=None) -> int:
 
         log("train ...")
         results = bt.measure(a.train_per_class or (6 if quick else 15), a.val_per_class or (4 if quick else 10),
-                             a.epochs, keep=a.keep, log=log)
+                             a.epochs, keep=a.keep, log=log, reuse=a.reuse)
         n_train = results["fx-plain"]["train_images"]
         head = (f"MNIST digits as 400 px JPEGs, 10 classes, {n_train} train images; efficientnet_lite0 at 224, "
                 f"batch {bt.BATCH}, seed 0; baseline = plain PyTorch loop")

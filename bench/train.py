@@ -186,18 +186,18 @@ def minimal_finetune(data: Path, epochs: int, workers: int) -> dict:
 
 def ours_finetune(data: Path, epochs: int, batch_size: int = BATCH, accum_steps: int = 1) -> dict:
     """transferlab's trainer; the time of the training part of each epoch (validation excluded)."""
-    import transferlab.train as tt
+    from transferlab.train import TrainConfig, Trainer
 
     epoch_s = []
 
-    class TimedTrainer(tt.Trainer):
+    class TimedTrainer(Trainer):
         def _train_epoch(self, batches, *args, **kw):
             t = time.perf_counter()
             out = super()._train_epoch(batches, *args, **kw)
             epoch_s.append(time.perf_counter() - t)
             return out
 
-    cfg = tt.TrainConfig(model=MODEL, strategy="finetune", epochs=epochs, batch_size=batch_size, augment="light",
+    cfg = TrainConfig(model=MODEL, strategy="finetune", epochs=epochs, batch_size=batch_size, augment="light",
                          seed=0, patience=0, accum_steps=accum_steps)
     with tempfile.TemporaryDirectory() as out:
         trainer = TimedTrainer(data, cfg, out=Path(out) / "run", progress=False)
@@ -251,7 +251,8 @@ def case_main(argv) -> int:
 
 # --- the table --------------------------------------------------------------------------------
 def measure(train_per_class=30, val_per_class=20, epochs=10, ft_epochs=2, ft_per_class=None, cache_views=None,
-            keep: Path | None = None, log=print) -> list[dict]:
+            keep: Path | None = None, log=print, reuse: bool = False) -> dict:
+    """Run every case; with `reuse` (and `keep`), cases whose result is saved in keep/results are not rerun."""
     tmp = None
     if keep is None:
         tmp = tempfile.TemporaryDirectory(prefix="tl_bench_train_")
@@ -265,9 +266,16 @@ def measure(train_per_class=30, val_per_class=20, epochs=10, ft_epochs=2, ft_per
                           ("ft-minimal", ft_data, {"ft_epochs": ft_epochs}),
                           ("ft-ours", ft_data, {"ft_epochs": ft_epochs}),
                           ("ft-ours-accum", ft_data, {"ft_epochs": ft_epochs})):
+        saved = keep / "results" / f"{name}.json"
+        if reuse and saved.is_file():
+            results[name] = json.loads(saved.read_text())
+            log(f"  {name}: saved result reused")
+            continue
         t = time.perf_counter()
         results[name] = run_case(name, d, **opts)
-        log(f"  {name}: {time.perf_counter() - t:.0f}s", file=sys.stderr)
+        saved.parent.mkdir(parents=True, exist_ok=True)
+        saved.write_text(json.dumps(results[name]))
+        log(f"  {name}: {time.perf_counter() - t:.0f}s")
     if tmp is not None:
         tmp.cleanup()
     return results
