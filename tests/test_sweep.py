@@ -3,15 +3,17 @@ from __future__ import annotations
 
 import argparse
 import csv
+import importlib
 import json
 
 import pytest
 
-import transferlab.train as train_module
 from transferlab import sweep as S
 from transferlab.errors import TransferlabError
 from transferlab.models import create_model
 from transferlab.train import TrainConfig, train
+
+train_module = importlib.import_module("transferlab.train")  # the module, not transferlab.train()
 
 FAST = dict(image_size=32, batch_size=32, augment="none", seed=0, workers=0)
 
