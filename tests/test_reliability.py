@@ -167,7 +167,7 @@ def make_bad_images(folder: Path) -> dict[str, str]:
         "zero.jpg": "empty", "truncated.jpg": "truncated", "text.jpg": "identify", "animated.gif": "ok",
         "one_pixel.png": "ok", "wide_10000x50.png": "ok", "deep16.png": "ok", "cmyk.jpg": "ok",
         "exif_rotated.jpg": "ok", "ünïcödé 画像.png": "ok", os.fsdecode(b"latin1_\xe9\xff.png"): "ok",
-        "loop_to_parent": "symlink loop",
+        "loop_to_parent": "symlink loop", "loop_to_self": "symlink loop",
     }
 
 

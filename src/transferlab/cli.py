@@ -136,7 +136,7 @@ def _add_train(sub) -> None:
     p.add_argument("--image-size", type=int, help="train at another input size (e.g. 128 for small images)")
     p.add_argument("--cache-features", default=d.cache_features, choices=("auto", "on", "off"))
     p.add_argument("--cache-views", type=int, default=d.cache_views, help="augmented views cached per image")
-    p.add_argument("--cache-dir", help="keep cached frozen-prefix features here, reused across runs")
+    p.add_argument("--cache-dir", help="keep decoded images and frozen-prefix features here, reused across runs")
     p.add_argument("--grad-clip", type=float, default=d.grad_clip)
     p.add_argument("--accum-steps", type=int, default=d.accum_steps, help="gradient accumulation steps")
     p.add_argument("--sync-bn", action="store_true", help="several GPUs: synchronise trainable BatchNorm")

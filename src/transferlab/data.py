@@ -1,7 +1,6 @@
 """Image-folder datasets: scanning, splitting, decoding once, and the loaders the trainer uses."""
 from __future__ import annotations
 
-import os
 import random
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -98,41 +97,14 @@ def check_image(path: Path) -> str | None:
     return None
 
 
-def _loop_link(f: Path, class_dir: Path, cache: dict) -> Path | None:
-    """The symlinked folder on f's path that points back to class_dir or one of its parents, if any.
-
-    Following such a link would give the class the images of its siblings (e.g. `cats/up -> ..`).
-    """
-    class_real = os.path.realpath(class_dir)
-    cur = class_dir
-    for part in f.relative_to(class_dir).parts[:-1]:
-        cur = cur / part
-        if cur in cache:
-            return cur
-        if cur.is_symlink():
-            real = os.path.realpath(cur)
-            if class_real == real or class_real.startswith(real.rstrip(os.sep) + os.sep):
-                cache[cur] = True
-                return cur
-    return None
-
-
 def _collect(folder: Path, classes: list[str], skipped: list, require_all: bool) -> list[Sample]:
     samples = []
     for label, name in enumerate(classes):
         class_dir = folder / name
         if not class_dir.is_dir():
             continue
-        files = walk_images(class_dir)
         good = []
-        loops: dict[Path, bool] = {}
-        for f in files:
-            link = _loop_link(f, class_dir, loops)
-            if link is not None:
-                if loops[link]:
-                    loops[link] = False  # list each looping link once, not every file behind it
-                    skipped.append((str(link), "symlink loop (points to a folder that contains the class folder)"))
-                continue
+        for f in walk_images(class_dir, skipped):
             reason = check_image(f)
             if reason:
                 skipped.append((str(f), reason))

@@ -105,19 +105,26 @@ def find_images(inputs) -> list[Path]:
     return list(found.values())
 
 
-def walk_images(root: Path) -> list[Path]:
-    """Image files under `root`, sorted; symlink loops and unreadable folders are skipped."""
+def walk_images(root: Path, skipped: list | None = None) -> list[Path]:
+    """Image files under `root`, sorted; unreadable folders are passed over.
+
+    Folder links that loop, or that point to `root` or one of its ancestors (e.g. `cats/up -> ..`,
+    which would give a class its siblings' images), are not followed; each is appended to
+    `skipped` as (path, reason) when a list is given.
+    """
     out = []
     seen_dirs = set()
     root_real = os.path.realpath(root)
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True, onerror=lambda e: None):
-        real = os.path.realpath(dirpath)
-        # a symlink loop would recurse forever; a link to an ancestor would pull in sibling folders
-        is_ancestor = real != root_real and root_real.startswith(real.rstrip(os.sep) + os.sep)
-        if real in seen_dirs or is_ancestor:
-            dirnames[:] = []
-            continue
-        seen_dirs.add(real)
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        seen_dirs.add(os.path.realpath(dirpath))
+        kept = []
+        for d in sorted(d for d in dirnames if not d.startswith(".")):
+            real = os.path.realpath(os.path.join(dirpath, d))
+            if real in seen_dirs or real == root_real or root_real.startswith(real.rstrip(os.sep) + os.sep):
+                if skipped is not None:
+                    skipped.append((os.path.join(dirpath, d), "symlink loop (points to a folder that contains it)"))
+                continue
+            kept.append(d)
+        dirnames[:] = kept
         out.extend(Path(dirpath) / f for f in filenames if not f.startswith(".") and is_image_file(Path(f)))
     return sorted(out)
