@@ -247,11 +247,12 @@ class Trainer:
     def _cached_batches(self, phase: Phase):
         """Train views and val features of the frozen prefix, computed once for this phase."""
         n = phase.freeze
-        augmented = self.cfg.augment != "none"
-        views = []
-        for v in tqdm(range(self.cfg.cache_views if augmented else 1), desc="caching features",
-                      disable=not self.progress, leave=False):
-            views.append(self._cached_prefix("train", n, f"{self.cfg.augment}-{v}" if augmented else "eval", v))
+        # With augmentation, view 0 is the un-augmented image (what validation and prediction see);
+        # the others are random augmentations, cycled over the epochs.
+        count = self.cfg.cache_views if self.cfg.augment != "none" else 1
+        names = ["eval"] + [f"{self.cfg.augment}-{v}" for v in range(1, count)]
+        views = [self._cached_prefix("train", n, name, v)
+                 for v, name in enumerate(tqdm(names, desc="caching features", disable=not self.progress, leave=False))]
         return views, self._cached_prefix("val", n, "eval", 0)
 
     def _cached_prefix(self, split: str, n: int, view: str, view_index: int) -> torch.Tensor:
