@@ -146,7 +146,7 @@ def main(argv=None) -> int:
     from transferlab.device import default_workers, inference_threads, pick_device
 
     dev = pick_device(None)
-    workers = default_workers(n_images := len(paths), args.batch_size) if args.workers is None else args.workers
+    workers = default_workers(len(paths), args.batch_size) if args.workers is None else args.workers
     if dev.type == "cpu":
         model.to(memory_format=torch.channels_last)
     with inference_threads(dev, workers):
