@@ -10,6 +10,7 @@ import errno
 import io
 import json
 import os
+import re
 import pickle
 import random
 import shutil
@@ -28,10 +29,10 @@ from safetensors.torch import load_file
 import transferlab
 from transferlab import cli
 from transferlab.data import DecodedImages, check_image, drop_failed, scan_dataset
-from transferlab.errors import CheckpointError, ImageReadError, TransferlabError
+from transferlab.errors import CheckpointError, ImageReadError
 from transferlab.images import open_image, walk_images
 from transferlab.io import safe_torch_load
-from transferlab.train import TrainConfig, Trainer, train
+from transferlab.train import Trainer, train
 
 FAST = dict(image_size=48, batch_size=16, augment="none", seed=0, device="cpu", workers=0)
 FAST_CLI = ["--image-size", "48", "--batch-size", "16", "--augment", "none", "--seed", "0", "--device", "cpu",
@@ -79,7 +80,8 @@ def write_digits(root: Path, per_class: int = 12, classes: int = 2, size: int = 
 
 
 def is_temp_name(name: str) -> bool:
-    return name.startswith(".") and name.endswith(".tmp")
+    # ours: .NAME.XXXX.tmp; safetensors' own atomic writer (Rust tempfile): .tmpXXXXXX
+    return name.startswith(".") and (name.endswith(".tmp") or re.fullmatch(r"\.tmp[A-Za-z0-9]{6}", name) is not None)
 
 
 def check_run_folder_intact(run: Path) -> list[str]:

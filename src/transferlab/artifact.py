@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import platform
+import re
 import sys
 from dataclasses import asdict
 from datetime import datetime, timezone
@@ -43,7 +44,16 @@ def prepare_run_dir(path: Path) -> None:
 
 
 def _is_temp(name: str) -> bool:
-    return name.startswith(".") and name.endswith(".tmp")
+    """Our atomic writes' temporary names (.NAME.XXXX.tmp), and those of safetensors' own atomic
+    writer (Rust tempfile: .tmpXXXXXX), which a killed run can leave behind."""
+    return name.startswith(".") and (name.endswith(".tmp") or re.fullmatch(r"\.tmp[A-Za-z0-9]{6}", name) is not None)
+
+
+def remove_stale_temp_files(run: Path) -> None:
+    """Leftovers of a killed write are never read; resuming clears them from the run folder."""
+    for p in Path(run).rglob(".*"):
+        if p.is_file() and _is_temp(p.name):
+            p.unlink(missing_ok=True)
 
 
 def _restartable(path: Path) -> bool:

@@ -144,6 +144,8 @@ class Trainer:
         self.resume = resume
         if not resume:
             self._on_main(artifact.prepare_run_dir, self.out)
+        elif self.dist.is_main:
+            artifact.remove_stale_temp_files(self.out)
         if self.dist.enabled and config.balance == "sampler":
             raise TransferlabError("--balance sampler is not supported with several processes; use --balance weights")
         self.scan = scan_dataset(data, config.val_split, config.seed)
