@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import json
+import os
 import platform
 import re
 import sys
+import tempfile
 from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
@@ -33,9 +35,6 @@ def prepare_run_dir(path: Path) -> None:
     except OSError as e:
         raise TransferlabError(f"cannot create run folder {path}: {e.strerror}; choose a writable --out") from None
     try:  # the probe has a temporary name, so a run killed right here can still be started again
-        import os
-        import tempfile
-
         fd, probe = tempfile.mkstemp(prefix=".write-test.", suffix=".tmp", dir=path)
         os.close(fd)
         os.unlink(probe)

@@ -7,9 +7,7 @@ from pathlib import Path
 
 from .device import default_workers, inference_threads, pick_device  # first: sets OpenMP defaults before torch
 
-import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
@@ -17,61 +15,13 @@ from .errors import ImageReadError, TransferlabError
 from .imagenet import imagenet_classes
 from .images import find_images, open_image
 from .models import BlockNet, create_model
-from .preprocess import Preprocessing
+from .preprocess import EvalTransform, Preprocessing
 
 PROGRESS_MIN_IMAGES = 8
 # On CPU, convolutions run faster on channels-last tensors and in small chunks that stay in cache:
 # measured on 2 cores with efficientnet_lite0, 4-image chunks in channels-last ran ~2x the
 # throughput of one 32-image NCHW batch. The loader still batches batch_size images.
 CPU_CHUNK = 4
-
-
-_PIL_FILTERS = {
-    "nearest": Image.NEAREST, "bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC, "lanczos": Image.LANCZOS,
-    "box": Image.BOX, "hamming": Image.HAMMING,
-}
-
-
-class EvalTransform:
-    """Preprocessing.eval_transform() for PIL images, computed with less work and the same result.
-
-    The reference resizes the whole image (shorter side to `resize`), centre-crops `input_size`, then
-    converts and normalises. Here Pillow resamples only the crop window (its `box` argument keeps the
-    same scale and the same source pixels under every filter tap, the full image stays available at
-    the window's edges), so the largest step shrinks by about (resize/input_size) * aspect ratio.
-    Anything this cannot reproduce (crop larger than the resized image, other inputs) uses the
-    reference transform.
-    """
-
-    def __init__(self, preprocessing: Preprocessing):
-        self.pre = preprocessing
-        self.reference = preprocessing.eval_transform()
-        self.filter = _PIL_FILTERS.get(preprocessing.interpolation)
-        self.mean = torch.tensor(preprocessing.mean, dtype=torch.float32).view(3, 1, 1)
-        self.std = torch.tensor(preprocessing.std, dtype=torch.float32).view(3, 1, 1)
-
-    def __call__(self, img):
-        pre = self.pre
-        if not isinstance(img, Image.Image) or img.mode != "RGB" or self.filter is None or pre.input_size > pre.resize:
-            return self.reference(img)
-        w, h = img.size
-        short, long = (w, h) if w <= h else (h, w)
-        if short < 1 or int(pre.resize * long / short) < pre.input_size:
-            return self.reference(img)
-        # torchvision's Resize(int): shorter side -> resize, longer side -> int(resize * long / short)
-        new_short, new_long = pre.resize, int(pre.resize * long / short)
-        new_w, new_h = (new_short, new_long) if w <= h else (new_long, new_short)
-        crop = pre.input_size
-        top, left = int(round((new_h - crop) / 2.0)), int(round((new_w - crop) / 2.0))  # torchvision's CenterCrop
-        if (new_w, new_h) == (w, h):
-            img = img.crop((left, top, left + crop, top + crop))
-        else:
-            sx, sy = w / new_w, h / new_h
-            box = (left * sx, top * sy, (left + crop) * sx, (top + crop) * sy)
-            img = img.resize((crop, crop), self.filter, box=box)
-        x = torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1)
-        # the same float32 operations, in the same order, as ToDtype(scale=True) + Normalize
-        return x.to(torch.float32).div_(255.0).sub_(self.mean).div_(self.std)
 
 
 class ImageFiles(Dataset):
