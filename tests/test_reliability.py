@@ -31,7 +31,7 @@ from transferlab import cli
 from transferlab.data import DecodedImages, check_image, drop_failed, scan_dataset
 from transferlab.errors import CheckpointError, ImageReadError
 from transferlab.images import open_image, walk_images
-from transferlab.io import safe_torch_load
+from transferlab.io import atomic_torch_save, safe_torch_load
 from transferlab.train import Trainer, train
 
 FAST = dict(image_size=48, batch_size=16, augment="none", seed=0, device="cpu", workers=0)
@@ -456,6 +456,26 @@ def test_sigint_saves_and_exits_130(tiny_data, tmp_path):
     assert "interrupted" in err
     check_run_folder_intact(out)
     assert safe_torch_load(out / "checkpoints" / "last.pt")["history"]
+
+
+class _CtrlCWhilePickled:
+    """Sends SIGINT to this process while torch.save is half-way through writing."""
+
+    def __reduce_ex__(self, protocol):
+        signal.raise_signal(signal.SIGINT)
+        return torch.zeros(1).__reduce_ex__(protocol)  # stored as a plain tensor, loadable with weights_only
+
+
+def test_ctrl_c_in_the_middle_of_a_checkpoint_write_lets_the_write_finish(tmp_path):
+    path = tmp_path / "last.pt"
+    atomic_torch_save({"epoch": 1}, path)
+    with pytest.raises(KeyboardInterrupt):
+        atomic_torch_save({"epoch": 2, "weights": torch.ones(1000), "late": _CtrlCWhilePickled()}, path)
+    # the interrupt arrived after the rename: the new checkpoint is complete and nothing is left over
+    assert safe_torch_load(path)["epoch"] == 2
+    assert torch.equal(safe_torch_load(path)["weights"], torch.ones(1000))
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
 # --- disk full / read-only output --------------------------------------------------------------------
