@@ -68,14 +68,13 @@ def peak_rss_mb() -> tuple[float, float]:
             resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * scale)
 
 
-def bench_api(clf, folder, batch_size, workers, repeats):
-    best = float("inf")
-    for _ in range(repeats):
-        t = time.perf_counter()
-        records = clf.predict(folder, top=5, batch_size=batch_size, num_workers=workers, progress=False)
-        best = min(best, time.perf_counter() - t)
+def bench_api(clf, folder, batch_size, workers, backend):
+    t = time.perf_counter()
+    records = clf.predict(folder, top=5, batch_size=batch_size, num_workers=workers, progress=False,
+                          backend=backend)
+    seconds = time.perf_counter() - t
     assert all(r["status"] == "ok" for r in records), [r for r in records if r["status"] != "ok"][:3]
-    return best, records
+    return seconds, records
 
 
 def bench_naive(model, transform, paths):
@@ -92,18 +91,15 @@ def bench_naive(model, transform, paths):
     return time.perf_counter() - t, tops
 
 
-def bench_forward(forward, batches, repeats):
+def bench_forward(forward, batches):
     import torch
 
-    best = float("inf")
     with torch.inference_mode():
         forward(batches[0])  # warm-up
-        for _ in range(repeats):
-            t = time.perf_counter()
-            for b in batches:
-                forward(b)
-            best = min(best, time.perf_counter() - t)
-    return best
+        t = time.perf_counter()
+        for b in batches:
+            forward(b)
+    return time.perf_counter() - t
 
 
 def main(argv=None) -> int:
@@ -112,7 +108,8 @@ def main(argv=None) -> int:
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--workers", type=int, default=None, help="predict's decoding workers (default: automatic)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: transferlab's choice)")
-    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=3, help="interleaved rounds; each measure keeps its best")
+    ap.add_argument("--backends", nargs="+", default=["torch", "onnxruntime"], choices=["torch", "onnxruntime"])
     ap.add_argument("--keep", type=Path, help="write the images here and keep them")
     args = ap.parse_args(argv)
 
@@ -136,34 +133,45 @@ def main(argv=None) -> int:
     model = clf.model.eval()
     transform = clf.transform
 
-    # (c) forward only, on tensors made beforehand with the same transform
     from PIL import Image
+
+    from transferlab.device import default_workers, inference_threads, pick_device
 
     tensors = [transform(Image.open(p).convert("RGB")) for p in paths]
     batches = [torch.stack(tensors[i:i + args.batch_size]) for i in range(0, len(tensors), args.batch_size)]
-    c_s = bench_forward(model, batches, args.repeats)
-    # (c') the same forward the way predict runs it on this device (memory format, chunking, threads)
-    from transferlab.device import default_workers, inference_threads, pick_device
-
     dev = pick_device(None)
     workers = default_workers(len(paths), args.batch_size) if args.workers is None else args.workers
-    if dev.type == "cpu":
+    plain = transferlab.create_model("efficientnet_lite0").eval()
+    naive_transform = clf.preprocessing.eval_transform()
+    engine = clf.onnx_forward(torch.get_num_threads()) if "onnxruntime" in args.backends else None
+
+    def forward_as_predict_runs_it(backend):
+        if backend == "onnxruntime":
+            return bench_forward(engine, batches)
         model.to(memory_format=torch.channels_last)
+        with inference_threads(dev, workers):
+            seconds = bench_forward(lambda b: clf._torch_forward(model, b, dev), batches)
+        model.to(memory_format=torch.contiguous_format)
+        return seconds
+
+    # The machine's speed drifts by tens of percent over minutes, so every measure runs once per
+    # round, rounds interleave them, and each keeps its best round.
+    best: dict[str, float] = {}
+    records, naive_top1 = {}, []
+    for _ in range(args.repeats):
+        timings = {"b": None, "c": bench_forward(model, batches)}
+        timings["b"], naive_top1 = bench_naive(plain, naive_transform, paths)
+        for backend in args.backends:
+            timings[f"c' {backend}"] = forward_as_predict_runs_it(backend)
+            timings[f"a {backend}"], records[backend] = bench_api(clf, folder, args.batch_size, args.workers,
+                                                                  backend)
+        best = {k: min(v, best.get(k, float("inf"))) for k, v in timings.items()}
     with inference_threads(dev, workers):
         threads_in_predict = torch.get_num_threads()
-        c2_s = bench_forward(lambda b: clf._forward(model, b, dev), batches, args.repeats)
-    model.to(memory_format=torch.contiguous_format)
-    del batches
-    del tensors
+    b_s, c_s = best["b"], best["c"]
+    a_s = {b: best[f"a {b}"] for b in args.backends}
+    forward_s = {b: best[f"c' {b}"] for b in args.backends}
 
-    # (a) transferlab.predict over the folder
-    a_s, records = bench_api(clf, folder, args.batch_size, args.workers, args.repeats)
-    # (b) the naive loop, on a freshly loaded model and the reference torchvision transform
-    plain = transferlab.create_model("efficientnet_lite0").eval()
-    b_s, naive_top1 = bench_naive(plain, clf.preprocessing.eval_transform(), paths)
-
-    api_top1 = {r["path"]: r["top"][0]["index"] for r in records}
-    agree = np.mean([api_top1[str(p)] == k for p, k in zip(paths, naive_top1)])
     rss_self, rss_child = peak_rss_mb()
     n = len(paths)
 
@@ -171,15 +179,20 @@ def main(argv=None) -> int:
           f"batch {args.batch_size}; workers {workers}; torch threads {torch.get_num_threads()} "
           f"({threads_in_predict} while predicting); {os.cpu_count()} CPUs; OMP_WAIT_POLICY="
           f"{os.environ.get('OMP_WAIT_POLICY')}")
-    print(f"{'measure':<52} {'seconds':>8} {'images/s':>9}")
-    for label, s in (("(a) transferlab.predict(folder)", a_s), ("(b) naive loop, batch of 1", b_s),
-                     ("(c) forward only, pre-made tensors, plain model", c_s),
-                     ("(c') forward only, as predict runs it", c2_s)):
-        print(f"{label:<52} {s:8.2f} {n / s:9.1f}")
-    print(f"speed-up a/b: {b_s / a_s:.2f}x (target >= 3x)")
-    print(f"data-handling overhead of a over c: {100 * (a_s / c_s - 1):+.0f}%, over c': "
-          f"{100 * (a_s / c2_s - 1):+.0f}% (target <= +25%)")
-    print(f"top-1 agreement of a with b (full-size decode): {100 * agree:.1f}%")
+    rows = [("(b) naive loop, batch of 1", b_s), ("(c) forward only, pre-made tensors, plain model", c_s)]
+    for backend in args.backends:
+        rows += [(f"(a) transferlab.predict(folder), {backend}", a_s[backend]),
+                 (f"(c') forward only, as predict runs it, {backend}", forward_s[backend])]
+    print(f"{'measure':<56} {'seconds':>8} {'images/s':>9}")
+    for label, s in rows:
+        print(f"{label:<56} {s:8.2f} {n / s:9.1f}")
+    for backend in args.backends:
+        top1 = {r["path"]: r["top"][0]["index"] for r in records[backend]}
+        agree = np.mean([top1[str(p)] == k for p, k in zip(paths, naive_top1)])
+        print(f"{backend}: speed-up a/b {b_s / a_s[backend]:.2f}x (target >= 3x); time of a vs raw forward c "
+              f"{100 * (a_s[backend] / c_s - 1):+.0f}% (target <= +25%), vs its own engine's forward c' "
+              f"{100 * (a_s[backend] / forward_s[backend] - 1):+.0f}%; "
+              f"top-1 agreement with b (full-size decode) {100 * agree:.1f}%")
     print(f"peak RSS: main process {rss_self:.0f} MiB, largest worker {rss_child:.0f} MiB")
     if tmp is not None:
         tmp.cleanup()

@@ -16,6 +16,7 @@ from .imagenet import imagenet_classes
 from .images import find_images, open_image
 from .models import BlockNet, create_model
 from .preprocess import EvalTransform, Preprocessing
+from .runtime import OnnxRuntimeForward, resolve_backend, weights_fingerprint
 
 PROGRESS_MIN_IMAGES = 8
 # On CPU, convolutions run faster on channels-last tensors and in small chunks that stay in cache:
@@ -57,6 +58,7 @@ class Classifier:
     preprocessing: Preprocessing
     name: str = ""
     meta: dict = field(default_factory=dict)
+    _onnx: tuple = field(default=(None, None), init=False, repr=False, compare=False)  # (key, engine)
 
     def __post_init__(self):
         if len(self.classes) != self.model.num_classes:
@@ -79,33 +81,53 @@ class Classifier:
         num_workers: int | None = None,
         device: str | None = None,
         progress: bool | None = None,
+        backend: str = "auto",
     ) -> list[dict]:
         """Top-k labels for image files, folders or globs: one record per image, errors included.
 
         Records: {"path", "status" ("ok" or the reason it could not be read), "top": [{"label",
-        "index", "prob"}]}.
+        "index", "prob"}]}. backend: "auto" (ONNX Runtime on CPU when installed, else PyTorch),
+        "torch" or "onnxruntime" (see transferlab.runtime).
         """
         paths = find_images(images)
         dev = pick_device(device)
+        workers = default_workers(len(paths), batch_size) if num_workers is None else num_workers
+        threads = torch.get_num_threads()
+        engine_ready = self._onnx[0] is not None and self._onnx_key(threads) == self._onnx[0]
+        if resolve_backend(backend, dev, len(paths), engine_ready) == "onnxruntime":
+            # the engine uses every core while the loader's workers decode: measured as fast as an
+            # engine per worker, and an ONNX Runtime session must not be used across fork() anyway
+            return self._predict(paths, dev, top, batch_size, workers, progress, self.onnx_forward(threads))
         model = self.model.to(dev).eval()
         cpu = dev.type == "cpu"
         if cpu:
             model.to(memory_format=torch.channels_last)
         try:
-            return self._predict(model, paths, dev, top, batch_size, num_workers, progress)
+            return self._predict(paths, dev, top, batch_size, workers, progress,
+                                 lambda batch: self._torch_forward(model, batch, dev))
         finally:
             if cpu:
                 model.to(memory_format=torch.contiguous_format)
 
-    def _forward(self, model, batch: torch.Tensor, dev: torch.device) -> torch.Tensor:
+    def onnx_forward(self, threads: int) -> OnnxRuntimeForward:
+        """The ONNX Runtime engine for the current weights, rebuilt only when they (or `threads`) change."""
+        key = self._onnx_key(threads)
+        if self._onnx[0] != key:
+            self._onnx = (key, OnnxRuntimeForward(self.model, self.preprocessing.input_size, threads))
+        return self._onnx[1]
+
+    def _onnx_key(self, threads: int) -> tuple:
+        return weights_fingerprint(self.model), threads
+
+    @staticmethod
+    def _torch_forward(model, batch: torch.Tensor, dev: torch.device) -> torch.Tensor:
         if dev.type != "cpu":
             return model(batch.to(dev, non_blocking=True))
         chunks = [model(c.contiguous(memory_format=torch.channels_last)) for c in batch.split(CPU_CHUNK)]
         return torch.cat(chunks) if len(chunks) > 1 else chunks[0]
 
-    def _predict(self, model, paths, dev, top, batch_size, num_workers, progress) -> list[dict]:
+    def _predict(self, paths, dev, top, batch_size, workers, progress, forward) -> list[dict]:
         top = max(1, min(top, len(self.classes)))
-        workers = default_workers(len(paths), batch_size) if num_workers is None else num_workers
         loader = DataLoader(
             ImageFiles(paths, self.transform, min_size=self.preprocessing.resize),
             batch_size=batch_size,
@@ -123,7 +145,7 @@ class Classifier:
                 for i, reason in errors:
                     records[i] = {"path": str(paths[i]), "status": reason, "top": []}
                 if batch is not None:
-                    probs = torch.softmax(self._forward(model, batch, dev).float(), dim=1)
+                    probs = torch.softmax(forward(batch).float(), dim=1)
                     values, idx = probs.topk(top, dim=1)
                     for row, i in enumerate(indices):
                         records[i] = {"path": str(paths[i]), "status": "ok", "top": self._top(values[row], idx[row])}

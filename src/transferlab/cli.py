@@ -21,6 +21,9 @@ def _add_predict(sub) -> None:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--workers", type=int, default=None, help="decoding processes (default: from the machine)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
+    p.add_argument("--backend", default="auto", choices=["auto", "torch", "onnxruntime"],
+                   help="inference engine; auto: ONNX Runtime on CPU for 128 images or more (about "
+                        "twice as fast once exported), PyTorch otherwise")
     out = p.add_mutually_exclusive_group()
     out.add_argument("--json", action="store_true", help="print JSON records instead of a table")
     out.add_argument("--csv", metavar="FILE", help="write a CSV file (path,status,rank,label,index,prob)")
@@ -32,7 +35,7 @@ def cmd_predict(args) -> int:
 
     clf = load(args.model, weights=args.weights, labels=args.labels)
     records = clf.predict(args.images, top=args.top, batch_size=args.batch_size, num_workers=args.workers,
-                          device=args.device)
+                          device=args.device, backend=args.backend)
     if args.json:
         print(json.dumps(records, indent=2))
     elif args.csv:

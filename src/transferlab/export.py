@@ -9,6 +9,7 @@ import torch
 from .classifier import Classifier, load
 from .errors import TransferlabError
 from .io import atomic_path, atomic_write_json
+from .runtime import cpu_session, export_onnx
 
 FORMATS = ("torchscript", "onnx")
 
@@ -65,21 +66,9 @@ def _export_torchscript(model, example, path: Path, reference, check: bool) -> f
 
 
 def _export_onnx(model, example, path: Path, reference, check: bool) -> float | None:
-    try:
-        import onnx  # noqa: F401  (torch.onnx needs it; fail with an install hint instead)
-    except ImportError:
-        raise TransferlabError("ONNX export needs the onnx package: pip install 'transferlab[export]'") from None
-    with atomic_path(path) as tmp, warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(model, (example,), str(tmp), input_names=["image"], output_names=["logits"],
-                          dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}}, opset_version=17,
-                          dynamo=False)
+    with atomic_path(path) as tmp:
+        export_onnx(model, example, tmp)
     if not check:
         return None
-    try:
-        import onnxruntime as ort
-    except ImportError:
-        raise TransferlabError("checking the ONNX export needs onnxruntime: pip install 'transferlab[export]'") from None
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    out = session.run(["logits"], {"image": example.numpy()})[0]
+    out = cpu_session(path).run(["logits"], {"image": example.numpy()})[0]
     return float((torch.from_numpy(out) - reference).abs().max())
