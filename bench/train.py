@@ -15,6 +15,7 @@ Cases (each in a fresh subprocess, so peak RSS is per case):
   fxaug-plain    the tutorial loop with the same augmentation, recomputed every epoch
   ft-ours        transferlab finetune: images/s of a training epoch (the second one)
   ft-ours-accum  the same at batch 16 with --accum-steps 2 (same effective batch, less activation memory)
+  ft-ours-nockpt the same at batch 32 without gradient checkpointing (--grad-checkpointing off)
   ft-minimal     a minimal hand-written loop (DataLoader, forward, loss, backward, step), same data
 """
 from __future__ import annotations
@@ -183,7 +184,8 @@ def minimal_finetune(data: Path, epochs: int, workers: int) -> dict:
     return {"epoch_s": epoch_s, "images_per_s": len(ds) / epoch_s[-1], "train_images": len(ds)}
 
 
-def ours_finetune(data: Path, epochs: int, batch_size: int = BATCH, accum_steps: int = 1) -> dict:
+def ours_finetune(data: Path, epochs: int, batch_size: int = BATCH, accum_steps: int = 1,
+                  grad_checkpointing: str = "auto") -> dict:
     """transferlab's trainer; the time of the training part of each epoch (validation excluded)."""
     from transferlab.train import TrainConfig, Trainer
 
@@ -197,7 +199,7 @@ def ours_finetune(data: Path, epochs: int, batch_size: int = BATCH, accum_steps:
             return out
 
     cfg = TrainConfig(model=MODEL, strategy="finetune", epochs=epochs, batch_size=batch_size, augment="light",
-                         seed=0, patience=0, accum_steps=accum_steps)
+                      seed=0, patience=0, accum_steps=accum_steps, grad_checkpointing=grad_checkpointing)
     with tempfile.TemporaryDirectory() as out:
         trainer = TimedTrainer(data, cfg, out=Path(out) / "run", progress=False)
         trainer.fit()
@@ -212,6 +214,7 @@ CASES = {
     "fxaug-plain": lambda a: plain_feature_extract(a.data, a.epochs, "light", a.workers),
     "ft-ours": lambda a: ours_finetune(a.data, a.ft_epochs),
     "ft-ours-accum": lambda a: ours_finetune(a.data, a.ft_epochs, BATCH // 2, 2),
+    "ft-ours-nockpt": lambda a: ours_finetune(a.data, a.ft_epochs, grad_checkpointing="off"),
     "ft-minimal": lambda a: minimal_finetune(a.data, a.ft_epochs, a.workers),
 }
 
@@ -264,7 +267,8 @@ def measure(train_per_class=30, val_per_class=20, epochs=10, ft_epochs=2, ft_per
                           ("fxaug-ours", data, {"epochs": epochs, "cache_views": cache_views}),
                           ("ft-minimal", ft_data, {"ft_epochs": ft_epochs}),
                           ("ft-ours", ft_data, {"ft_epochs": ft_epochs}),
-                          ("ft-ours-accum", ft_data, {"ft_epochs": ft_epochs})):
+                          ("ft-ours-accum", ft_data, {"ft_epochs": ft_epochs}),
+                          ("ft-ours-nockpt", ft_data, {"ft_epochs": ft_epochs})):
         saved = keep / "results" / f"{name}.json"
         if reuse and saved.is_file():
             results[name] = json.loads(saved.read_text())
@@ -298,6 +302,9 @@ def table(results: dict, epochs: int) -> list[str]:
                  f"{100 * (o['images_per_s'] / p['images_per_s'] - 1):+.0f}%", "within -10%"))
     rows.append(("fine-tune batch 32: peak RSS MiB", f"{o['peak_rss_mib']:.0f}", f"{p['peak_rss_mib']:.0f}", "",
                  "< 3072"))
+    n = r["ft-ours-nockpt"]
+    rows.append(("fine-tune batch 32 without gradient checkpointing: peak RSS MiB", f"{n['peak_rss_mib']:.0f}", "",
+                 "", f"{n['images_per_s']:.1f} img/s"))
     rows.append(("fine-tune batch 16 x accum 2 (same effective batch): peak RSS MiB",
                  f"{r['ft-ours-accum']['peak_rss_mib']:.0f}", "", "", f"{r['ft-ours-accum']['images_per_s']:.1f} img/s"))
     w = max(len(x[0]) for x in rows)

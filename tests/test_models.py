@@ -240,3 +240,35 @@ def test_block_index_errors():
     with pytest.raises(ValueError, match="out of range"):
         model.freeze(-(n + 1))
     assert model.block_index(-1) == n - 1
+
+
+def test_high_resolution_blocks_are_those_fed_a_quarter_of_the_image_side_or_more():
+    # efficientnet_lite0 at 64 px: stem (64), stage1 (32), stage2 (32), stage3 (16) | stage4 (8)
+    assert create_model("efficientnet_lite0", num_classes=3, weights="none").high_resolution_blocks(64) == 4
+    # resnet18 at 224 px: stem (224), layer1 (56), layer2 (56) | layer3 (28)
+    assert create_model("resnet18", num_classes=3, weights="none").high_resolution_blocks(224) == 3
+
+
+def test_gradient_checkpointing_gives_the_same_step_and_batchnorm_statistics():
+    import copy
+
+    torch.manual_seed(0)
+    plain = create_model("efficientnet_lite0", num_classes=3, weights="none")
+    plain.freeze(1, bn_policy="train")  # frozen stem, trainable rest, every BatchNorm updating
+    recomputed = copy.deepcopy(plain)
+    recomputed.checkpointed_blocks = 4
+    calls = {"plain": 0, "recomputed": 0}
+    plain.blocks["stage1"].register_forward_pre_hook(lambda *a: calls.__setitem__("plain", calls["plain"] + 1))
+    recomputed.blocks["stage1"].register_forward_pre_hook(
+        lambda *a: calls.__setitem__("recomputed", calls["recomputed"] + 1))
+    x, y = torch.randn(4, 3, 64, 64), torch.tensor([0, 1, 2, 1])
+    for net in (plain, recomputed):
+        net.train()
+        nn.functional.cross_entropy(net(x), y).backward()
+    assert calls == {"plain": 1, "recomputed": 2}  # stage1 really was recomputed in backward
+    for (name, a), b in zip(plain.named_parameters(), recomputed.parameters()):
+        assert (a.grad is None) == (b.grad is None), name
+        if a.grad is not None:
+            torch.testing.assert_close(a.grad, b.grad, atol=1e-5, rtol=1e-4, msg=name)
+    for (name, a), b in zip(plain.named_buffers(), recomputed.buffers()):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5, msg=name)  # statistics moved once, not twice

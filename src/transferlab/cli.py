@@ -142,6 +142,8 @@ def _add_train(sub) -> None:
     p.add_argument("--cache-dir", help="keep decoded images and frozen-prefix features here, reused across runs")
     p.add_argument("--grad-clip", type=float, default=d.grad_clip)
     p.add_argument("--accum-steps", type=int, default=d.accum_steps, help="gradient accumulation steps")
+    p.add_argument("--grad-checkpointing", default=d.grad_checkpointing, metavar="auto|off|N",
+                   help="recompute the first N blocks in backward to save memory (auto: the high-resolution ones)")
     p.add_argument("--sync-bn", action="store_true", help="several GPUs: synchronise trainable BatchNorm")
     p.add_argument("--quiet", action="store_true", help="no progress bars or epoch lines")
     p.set_defaults(func=cmd_train)

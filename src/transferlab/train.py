@@ -64,6 +64,9 @@ class TrainConfig:
     cache_dir: str | None = None  # keep cached features on disk here, reused across runs
     grad_clip: float = 0.0
     accum_steps: int = 1  # gradient accumulation: optimizer step every N batches
+    # auto: recompute the high-resolution blocks in backward instead of keeping their activations
+    # (models.blocks.BlockNet.high_resolution_blocks); off; or how many leading blocks
+    grad_checkpointing: str = "auto"
     sync_bn: bool = False  # several GPUs: SyncBatchNorm for the trainable BatchNorm layers
     max_bad_steps: int = 10  # consecutive non-finite losses before the run stops
     advice: dict | None = None  # set by --strategy auto: the advisor's numbers and reasons
@@ -79,6 +82,8 @@ class TrainConfig:
             (self.amp in ("auto", "on", "off"), "--amp must be auto, on or off"),
             (self.batch_size >= 1, "--batch-size must be at least 1"),
             (self.accum_steps >= 1, "--accum-steps must be at least 1"),
+            (str(self.grad_checkpointing) in ("auto", "off") or str(self.grad_checkpointing).isdigit(),
+             "--grad-checkpointing must be auto, off or a number of blocks"),
             (self.lr is None or self.lr == "find" or float(self.lr) > 0, "--lr must be positive or 'find'"),
         ]
         for ok, message in checks:
@@ -161,12 +166,19 @@ class Trainer:
         if config.image_size:
             self.model.preprocessing = self.model.preprocessing.resized(config.image_size)
         self.pre = self.model.preprocessing
+        self.model.checkpointed_blocks = self._checkpointed_blocks()
         self.decoded = self._decode_once()
         self.history: list[dict] = []
         self.best = {"val_loss": math.inf, "val_acc": -1.0, "epoch": 0}
         self.phases: list[Phase] = []
 
     # --- set-up ------------------------------------------------------------------------------
+    def _checkpointed_blocks(self) -> int:
+        value = str(self.cfg.grad_checkpointing)
+        if value == "off":
+            return 0
+        return self.model.high_resolution_blocks(self.pre.input_size) if value == "auto" else int(value)
+
     def _on_main(self, fn, *args):
         """Run fn on rank 0 only; a user error there is raised on every rank (none is left waiting)."""
         error = None
