@@ -29,7 +29,7 @@ from safetensors.torch import load_file
 import transferlab
 from transferlab import cli
 from transferlab.data import DecodedImages, check_image, drop_failed, scan_dataset
-from transferlab.errors import CheckpointError, ImageReadError
+from transferlab.errors import CheckpointError, ImageReadError, TransferlabError
 from transferlab.images import open_image, walk_images
 from transferlab.io import atomic_torch_save, safe_torch_load
 from transferlab.train import Trainer, train
@@ -692,3 +692,26 @@ def test_run_weights_with_another_class_count_name_the_head(trained_run, tmp_pat
     with pytest.raises(CheckpointError, match=r"shape mismatch: .*\(2, \d+\) vs \(3, \d+\)") as e:
         transferlab.load(str(run))
     assert "model.safetensors does not fit" in str(e.value)
+
+
+def test_a_run_killed_between_its_first_best_weights_and_first_checkpoint_can_be_started_again(tmp_path):
+    """Epoch 1 writes checkpoints/best.safetensors, then last.pt: a kill in between leaves a folder
+    that --resume cannot use, so a plain restart must accept it (the 20-kill slow test found this)."""
+    from transferlab.artifact import prepare_run_dir
+    from transferlab.io import save_weights
+
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    save_weights({"w": torch.zeros(2)}, run / "checkpoints" / "best.safetensors")
+    (run / "checkpoints" / ".last.pt.abc123.tmp").write_bytes(b"partial")
+    with pytest.raises(TransferlabError, match="nothing to resume"):
+        transferlab.train(tmp_path / "unused", out=run, resume=True)
+    prepare_run_dir(run)
+    assert [p for p in run.rglob("*") if p.is_file()] == []
+
+    # anything else in the folder (a user's file, a finished run) is never removed
+    save_weights({"w": torch.zeros(2)}, run / "checkpoints" / "best.safetensors")
+    (run / "notes.txt").write_text("mine")
+    with pytest.raises(TransferlabError, match="already exists and is not empty"):
+        prepare_run_dir(run)
+    assert (run / "notes.txt").read_text() == "mine" and (run / "checkpoints" / "best.safetensors").is_file()

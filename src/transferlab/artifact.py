@@ -55,13 +55,20 @@ def remove_stale_temp_files(run: Path) -> None:
             p.unlink(missing_ok=True)
 
 
+# Written at the end of the first epoch just before checkpoints/last.pt: alone, it is the remains
+# of a run killed before its first checkpoint, which resume cannot use.
+_BEFORE_FIRST_CHECKPOINT = {Path("checkpoints") / "best.safetensors"}
+
+
 def _restartable(path: Path) -> bool:
-    """True when `path` holds no run data: nothing, empty folders, or temporary files of a run killed
-    before its first checkpoint (which are removed). Such a run can simply be started again."""
+    """True when `path` holds no run data: nothing, empty folders, or the temporary files and first
+    best weights of a run killed before its first checkpoint (which are removed). Such a run can
+    simply be started again."""
     if not path.is_dir():
         return False
     entries = list(path.rglob("*"))
-    if any(p.is_file() and not _is_temp(p.name) for p in entries):
+    if any(p.is_file() and not _is_temp(p.name) and p.relative_to(path) not in _BEFORE_FIRST_CHECKPOINT
+           for p in entries):
         return False
     for p in entries:
         if p.is_file():
