@@ -168,3 +168,51 @@ def test_partial_trains_the_head_at_the_head_rate_and_upper_blocks_lower():
     model.freeze(phase.freeze)
     lrs = {g["block"]: g["lr"] for g in param_groups(model, phase, 0.01)}
     assert lrs["head"] == pytest.approx(3e-3) and lrs["stage6"] == pytest.approx(3e-4)
+
+
+def _one_batch_gradients(trainer: Trainer, micro_batch: str) -> dict:
+    trainer.cfg.micro_batch = micro_batch
+    model = trainer.model
+    model.freeze(0, "eval")
+    model.train()
+    model.zero_grad(set_to_none=True)
+    x, y = next(iter(trainer.image_loader("train", train=False)))
+    passes = []
+    hook = model.blocks["stem"].register_forward_pre_hook(lambda m, args: passes.append(len(args[0])))
+    loss_fn = trainer._loss_fn()
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    loss, correct, finite = trainer._backward(trainer._training_net(0), x, y, loss_fn, scaler, 1.0, True)
+    hook.remove()
+    assert finite
+    return {"passes": passes, "loss": loss / len(y), "correct": correct,
+            "grads": {n: p.grad.clone() for n, p in model.named_parameters()}}
+
+
+@pytest.mark.parametrize("balance", ["none", "weights"])
+def test_micro_batches_give_the_whole_batch_gradient(balance, digits_folder, tmp_path):
+    cfg = TrainConfig(model="efficientnet_lite0", strategy="finetune", balance=balance, workers=0,
+                      **dict(FAST, batch_size=12))
+    trainer = Trainer(digits_folder, cfg, out=tmp_path / "run", progress=False)
+    whole = _one_batch_gradients(trainer, "off")
+    split = _one_batch_gradients(trainer, "5")
+    auto = _one_batch_gradients(trainer, "auto")
+    assert whole["passes"] == [12] and split["passes"] == [5, 5, 2] and auto["passes"] == [8, 4]
+    for other in (split, auto):
+        assert other["loss"] == pytest.approx(whole["loss"], rel=1e-5) and other["correct"] == whole["correct"]
+        for name, g in whole["grads"].items():
+            torch.testing.assert_close(other["grads"][name], g, atol=1e-6, rtol=1e-4, msg=name)
+
+
+def test_batches_stay_whole_and_are_recomputed_when_batchnorm_learns_statistics(digits_folder, tmp_path):
+    cfg = TrainConfig(model="efficientnet_lite0", strategy="scratch", epochs=1, workers=0, **FAST)
+    trainer = Trainer(digits_folder, cfg, out=tmp_path / "run", progress=False)
+    trainer.fit()
+    x = torch.zeros(16, 3, 48, 48)
+    trainer.model.train()  # as in a training epoch
+    assert trainer._micro_batch(x) == 16  # batch statistics over 8 images would change the model
+    assert trainer.model.checkpointed_blocks == trainer.model.high_resolution_blocks(48) > 0
+    finetune = Trainer(digits_folder, TrainConfig(model="efficientnet_lite0", strategy="finetune", epochs=1,
+                                                  workers=0, **FAST), out=tmp_path / "ft", progress=False)
+    finetune.fit()
+    finetune.model.train()
+    assert finetune._micro_batch(x) == 8 and finetune.model.checkpointed_blocks == 0

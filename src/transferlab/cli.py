@@ -142,8 +142,12 @@ def _add_train(sub) -> None:
     p.add_argument("--cache-dir", help="keep decoded images and frozen-prefix features here, reused across runs")
     p.add_argument("--grad-clip", type=float, default=d.grad_clip)
     p.add_argument("--accum-steps", type=int, default=d.accum_steps, help="gradient accumulation steps")
+    p.add_argument("--micro-batch", default=d.micro_batch, metavar="auto|off|N",
+                   help="images per forward/backward pass within a batch (auto: 8 on CPU when the gradient is "
+                        "unchanged by splitting, i.e. BatchNorm statistics are frozen)")
     p.add_argument("--grad-checkpointing", default=d.grad_checkpointing, metavar="auto|off|N",
-                   help="recompute the first N blocks in backward to save memory (auto: the high-resolution ones)")
+                   help="recompute the first N blocks in backward to save memory (auto: the high-resolution "
+                        "ones, on CPU when the batch stays whole)")
     p.add_argument("--sync-bn", action="store_true", help="several GPUs: synchronise trainable BatchNorm")
     p.add_argument("--quiet", action="store_true", help="no progress bars or epoch lines")
     p.set_defaults(func=cmd_train)
