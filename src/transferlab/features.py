@@ -11,6 +11,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader
 
+from .device import channels_last_on_cpu, forward_in_passes
 from .io import atomic_path
 from .models import BlockNet
 
@@ -25,10 +26,12 @@ def prefix_features(model: BlockNet, n: int, loader: DataLoader, device: torch.d
     was_training = model.training
     model.eval()
     chunks = []
-    for x, _ in loader:
-        chunks.append(model.forward_blocks(x.to(device, non_blocking=True), 0, n).float().cpu())
+    with channels_last_on_cpu(model, device):
+        for x, _ in loader:
+            x = x.to(device, non_blocking=True)
+            chunks.append(forward_in_passes(lambda part: model.forward_blocks(part, 0, n), x, device).float().cpu())
     model.train(was_training)
-    return torch.cat(chunks)
+    return torch.cat(chunks).contiguous()
 
 
 @torch.inference_mode()

@@ -17,7 +17,8 @@ from tqdm.auto import tqdm
 
 from . import artifact
 from .data import DecodedImages, ImageSamples, class_weights, drop_failed, scan_dataset
-from .device import default_workers, pick_device
+from .device import (CPU_PASS_IMAGES, channels_last_on_cpu, cpu_layout, default_workers, forward_in_passes,
+                     pick_device)
 from .distributed import (all_reduce_sums, barrier, broadcast_object, gather_shards, init_distributed,
                           process_device, shutdown)
 from .errors import TransferlabError
@@ -30,10 +31,6 @@ from .strategies import STRATEGIES, Phase, effective_bn_policy, param_groups, pl
 SCHEDULES = ("cosine", "onecycle", "constant")
 BALANCE = ("none", "weights", "sampler")
 DECODE_BUDGET_PIXELS = 400_000_000  # ~1.2 GB of RGB: above this, images are decoded per epoch
-# Images per forward/backward pass on CPU: a batch of 32 224-px images has activations far beyond the
-# caches; passes of 8 were the fastest measured (lite0 +33%, mobilenet_v2 +87%, resnet18 +31% images/s
-# over whole batches of 32) and hold a quarter of the activation memory.
-CPU_MICRO_BATCH = 8
 
 
 @dataclass
@@ -69,7 +66,7 @@ class TrainConfig:
     grad_clip: float = 0.0
     accum_steps: int = 1  # gradient accumulation: optimizer step every N batches
     # images per forward/backward pass within a batch (the optimizer still steps on the whole batch).
-    # auto: CPU_MICRO_BATCH on CPU when splitting is exact (no BatchNorm layer computes batch
+    # auto: device.CPU_PASS_IMAGES on CPU when splitting is exact (no BatchNorm layer computes batch
     # statistics), else the whole batch; off: the whole batch; or a number
     micro_batch: str = "auto"
     # auto: when a CPU batch cannot be split exactly, recompute the high-resolution blocks in backward
@@ -350,7 +347,8 @@ class Trainer:
             return int(value)
         if value == "off" or self.device.type != "cpu" or x.dim() < 4 or self._batch_statistics_computed():
             return len(x)
-        return CPU_MICRO_BATCH
+        # also a quarter of the activation memory of a batch of 32 (lite0: 3.6 -> 1.6 GiB)
+        return CPU_PASS_IMAGES
 
     def _checkpointed_blocks(self, micro_batch: int) -> int:
         """Recomputation costs time, so by default it is the fallback for CPU batches that stay whole."""
@@ -375,7 +373,7 @@ class Trainer:
             reduce_now = sync_last and k == len(passes) - 1
             sync = net.no_sync() if (self.dist.enabled and not reduce_now) else contextlib.nullcontext()
             with sync:
-                logits = self._forward(net, xs)
+                logits = self._forward(net, cpu_layout(xs) if self.device.type == "cpu" else xs)
                 loss = loss_fn(logits.float(), ys)
                 if not torch.isfinite(loss):
                     return total_loss, correct, False
@@ -432,7 +430,7 @@ class Trainer:
         total_loss, correct, seen = 0.0, 0, 0
         for x, y in batches:
             x, y = x.to(self.device), y.to(self.device)
-            logits = self._forward(net, x)
+            logits = forward_in_passes(lambda part: self._forward(net, part), x, self.device)
             total_loss += loss_fn(logits.float(), y).item() * len(y)
             correct += (logits.argmax(1) == y).sum().item()
             seen += len(y)
@@ -452,10 +450,11 @@ class Trainer:
         loss_fn = self._loss_fn()
         epoch_offset = sum(p.epochs for p in self.phases[:start_phase])
         try:
-            for pi in range(start_phase, len(self.phases)):
-                resumed = state if (state is not None and pi == start_phase and start_epoch > 0) else None
-                self._run_phase(pi, start_epoch if resumed else 0, epoch_offset, loss_fn, resumed)
-                epoch_offset += self.phases[pi].epochs
+            with channels_last_on_cpu(self.model, self.device):
+                for pi in range(start_phase, len(self.phases)):
+                    resumed = state if (state is not None and pi == start_phase and start_epoch > 0) else None
+                    self._run_phase(pi, start_epoch if resumed else 0, epoch_offset, loss_fn, resumed)
+                    epoch_offset += self.phases[pi].epochs
         except KeyboardInterrupt:
             self.log(f"interrupted: the last completed epoch is saved; resume with "
                      f"`transferlab train {self.scan.root} --resume {self.out}`")
