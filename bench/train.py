@@ -100,7 +100,7 @@ def _loader(ds, shuffle, workers, seed=0):
                       persistent_workers=workers > 0)
 
 
-def plain_feature_extract(data: Path, epochs: int, augment: str, workers: int) -> dict:
+def plain_feature_extract(data: Path, epochs: int, augment: str, workers: int, seed: int = 0) -> dict:
     """The tutorial's feature extraction: freeze the backbone, new head, recompute the backbone every epoch."""
     import torch
     from torch import nn
@@ -109,7 +109,7 @@ def plain_feature_extract(data: Path, epochs: int, augment: str, workers: int) -
     from transferlab.strategies import DEFAULT_LR
 
     t0 = time.perf_counter()
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     model = transferlab.create_model(MODEL, num_classes=10)
     pre = model.preprocessing
     train_ds = Files(data / "train", pre.train_transform(augment))
@@ -121,7 +121,7 @@ def plain_feature_extract(data: Path, epochs: int, augment: str, workers: int) -
         p.requires_grad = True
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=DEFAULT_LR["head"], weight_decay=0.01)
-    train_loader, val_loader = _loader(train_ds, True, workers), _loader(val_ds, False, workers)
+    train_loader, val_loader = _loader(train_ds, True, workers, seed), _loader(val_ds, False, workers, seed)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs * len(train_loader))
     loss_fn = nn.CrossEntropyLoss()
     epoch_s, accs = [], []
@@ -146,14 +146,15 @@ def plain_feature_extract(data: Path, epochs: int, augment: str, workers: int) -
             "train_images": len(train_ds)}
 
 
-def ours_feature_extract(data: Path, epochs: int, augment: str, cache_views: int | None) -> dict:
+def ours_feature_extract(data: Path, epochs: int, augment: str, cache_views: int | None, seed: int = 0) -> dict:
     import transferlab
 
     t0 = time.perf_counter()
     extra = {} if cache_views is None else {"cache_views": cache_views}
     with tempfile.TemporaryDirectory() as out:
         run = transferlab.train(data, model=MODEL, strategy="feature-extract", epochs=epochs, augment=augment,
-                                batch_size=BATCH, seed=0, patience=0, out=Path(out) / "run", progress=False, **extra)
+                                batch_size=BATCH, seed=seed, patience=0, out=Path(out) / "run", progress=False,
+                                **extra)
     total = time.perf_counter() - t0
     epoch_s = [r["time_s"] for r in run.history]
     accs = [r["val_acc"] for r in run.history]
@@ -211,8 +212,8 @@ def ours_finetune(data: Path, epochs: int, micro_batch: str = "auto", grad_check
 CASES = {
     "fx-ours": lambda a: ours_feature_extract(a.data, a.epochs, "none", None),
     "fx-plain": lambda a: plain_feature_extract(a.data, a.epochs, "none", a.workers),
-    "fxaug-ours": lambda a: ours_feature_extract(a.data, a.epochs, "light", a.cache_views),
-    "fxaug-plain": lambda a: plain_feature_extract(a.data, a.epochs, "light", a.workers),
+    "fxaug-ours": lambda a: ours_feature_extract(a.data, a.epochs, "light", a.cache_views, a.seed),
+    "fxaug-plain": lambda a: plain_feature_extract(a.data, a.epochs, "light", a.workers, a.seed),
     "ft-ours": lambda a: ours_finetune(a.data, a.ft_epochs),
     "ft-ours-whole": lambda a: ours_finetune(a.data, a.ft_epochs, micro_batch="off"),
     "ft-ours-plain": lambda a: ours_finetune(a.data, a.ft_epochs, micro_batch="off", grad_checkpointing="off"),
@@ -240,6 +241,7 @@ def case_main(argv) -> int:
     ap.add_argument("--ft-epochs", type=int, default=2)
     ap.add_argument("--cache-views", type=int, default=None)
     ap.add_argument("--workers", type=int, default=None)
+    ap.add_argument("--seed", type=int, default=0)
     a = ap.parse_args(argv)
     import transferlab  # noqa: F401  (its OpenMP defaults, before torch)
     from transferlab.device import available_cpus

@@ -83,3 +83,32 @@ def test_training_with_cache_dir_fills_the_image_cache(digits_folder, tmp_path):
     second = train(digits_folder, out=tmp_path / "r2", **opts)
     assert len(list((cache / "images").rglob("*.npy"))) == n
     assert [r["val_loss"] for r in first.history] == [r["val_loss"] for r in second.history]
+
+
+def test_decoded_validation_images_give_the_files_own_tensors(sample_photos, tmp_path):
+    import torch
+
+    from transferlab.images import open_image
+    from transferlab.models import create_model
+
+    paths, _ = _photos(sample_photos, tmp_path)
+    pre = create_model("efficientnet_lite0", num_classes=2, weights="none").preprocessing  # bicubic, 256 -> 224
+    decoded = DecodedImages(paths, max_side=pre.decode_side("none"), interpolation=pre.interpolation)
+    transform = pre.eval_transform()
+    for p in paths:
+        assert torch.equal(transform(decoded[p]), transform(open_image(p))), p.name
+
+
+def test_training_images_keep_the_pixels_augmentation_crops_need(sample_photos, tmp_path):
+    from transferlab.models import create_model
+    from transferlab.preprocess import CROP_SCALES
+
+    pre = create_model("efficientnet_lite0", num_classes=2, weights="none").preprocessing
+    assert pre.decode_side("none") == pre.resize == 256
+    light = pre.decode_side("light")
+    # the smallest light crop (35% of the area) still has input_size pixels across: no upsampling
+    assert light * CROP_SCALES["light"][0] ** 0.5 >= pre.input_size and light == 379
+    assert pre.decode_side("strong") == 2 * pre.resize
+    paths, _ = _photos(sample_photos, tmp_path)
+    decoded = DecodedImages(paths, max_side=light, interpolation=pre.interpolation)
+    assert all(min(decoded[p].size) == min(light, min(Image.open(p).size)) for p in paths)

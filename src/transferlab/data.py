@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 from torch.utils.data import Dataset
+from torchvision.transforms.v2.functional import InterpolationMode, resize
 
 from .device import available_cpus
 from .errors import DatasetError, ImageReadError
@@ -174,7 +175,7 @@ def stratified_split(samples: list[Sample], fraction: float, seed: int) -> tuple
     return train, val
 
 
-IMAGE_CACHE_FORMAT = 1
+IMAGE_CACHE_FORMAT = 2  # 2: resized as the eval transform resizes (torchvision's size rule, the model's filter)
 
 
 class ImageCache:
@@ -188,11 +189,11 @@ class ImageCache:
     def __init__(self, root):
         self.root = Path(root) / "images"
 
-    def key(self, content: bytes, max_side: int) -> str:
+    def key(self, content: bytes, max_side: int, interpolation: str = "bilinear") -> str:
         import hashlib
 
         digest = hashlib.sha256(content).hexdigest()[:40]
-        return f"{digest}-{max_side}-bilinear-v{IMAGE_CACHE_FORMAT}"
+        return f"{digest}-{max_side}-{interpolation}-v{IMAGE_CACHE_FORMAT}"
 
     def path(self, key: str) -> Path:
         return self.root / key[:2] / f"{key}.npy"
@@ -223,13 +224,16 @@ class ImageCache:
 class DecodedImages:
     """Decode every image once, downscaled so its shorter side is at most `max_side`, kept in memory.
 
-    Later epochs (and augmentation) start from these, not from the JPEG again. Unreadable images
-    found here are reported and dropped. With `cache_dir`, the resized images are also kept on disk
-    (ImageCache) so that later runs skip decoding and resizing.
+    Later epochs (and augmentation) start from these, not from the JPEG again. The downscale is the
+    evaluation transform's own (torchvision's size rule and the model's filter), so at
+    max_side = Preprocessing.resize an image gives exactly the tensor it gives from its file.
+    Unreadable images found here are reported and dropped. With `cache_dir`, the resized images are
+    also kept on disk (ImageCache) so that later runs skip decoding and resizing.
     """
 
-    def __init__(self, paths: list[Path], max_side: int, threads: int | None = None, cache_dir=None):
-        self.max_side = max_side
+    def __init__(self, paths: list[Path], max_side: int, threads: int | None = None, cache_dir=None,
+                 interpolation: str = "bilinear"):
+        self.max_side, self.interpolation = max_side, interpolation
         self.images: dict[str, Image.Image] = {}
         self.failed: dict[str, str] = {}
         self.cache = ImageCache(cache_dir) if cache_dir else None
@@ -246,7 +250,7 @@ class DecodedImages:
             return self._decode(path)
         try:
             with open(path, "rb") as f:
-                key = self.cache.key(f.read(), self.max_side)
+                key = self.cache.key(f.read(), self.max_side, self.interpolation)
         except OSError:
             return self._decode(path)  # reports the reason
         img = self.cache.get(key)
@@ -263,10 +267,8 @@ class DecodedImages:
             img = open_image(path)
         except ImageReadError as e:
             return e.reason
-        short = min(img.size)
-        if short > self.max_side:
-            scale = self.max_side / short
-            img = img.resize((max(1, round(img.width * scale)), max(1, round(img.height * scale))), Image.BILINEAR)
+        if min(img.size) > self.max_side:
+            img = resize(img, self.max_side, InterpolationMode(self.interpolation), antialias=True)
         return img
 
     def __getitem__(self, path) -> Image.Image:

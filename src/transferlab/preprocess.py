@@ -1,6 +1,7 @@
 """A model's own preprocessing, and the transforms built from it for inference and training."""
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -12,6 +13,7 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 AUGMENT_LEVELS = ("none", "light", "strong")
+CROP_SCALES = {"light": (0.35, 1.0), "strong": (0.08, 1.0)}  # RandomResizedCrop's share of the image area
 
 
 @dataclass(frozen=True)
@@ -42,6 +44,19 @@ class Preprocessing:
         resize = int(round(input_size * self.resize / self.input_size))
         return Preprocessing(input_size, resize, self.mean, self.std, self.interpolation)
 
+    def decode_side(self, augment: str) -> int:
+        """The shorter side an image needs for this transform to see the pixels it would see in the file.
+
+        Evaluation resizes to `resize`. A random crop of the smallest area share s is then scaled to
+        `input_size`, so below input_size / sqrt(s) it would be upsampled from fewer pixels than the
+        original gives: blurrier training images than the validation ones. Capped at twice `resize`
+        (strong augmentation's smallest crops are upsampled from most photos anyway).
+        """
+        if augment == "none":
+            return self.resize
+        need = math.ceil(self.input_size / math.sqrt(CROP_SCALES[augment][0]))
+        return max(self.resize, min(need, 2 * self.resize))
+
     @property
     def interpolation_mode(self) -> T.InterpolationMode:
         return T.InterpolationMode(self.interpolation)
@@ -66,10 +81,11 @@ class Preprocessing:
             return self.eval_transform()
         size, mode = self.input_size, self.interpolation_mode
         if augment == "light":
-            ops = [T.RandomResizedCrop(size, scale=(0.35, 1.0), interpolation=mode, antialias=True), T.RandomHorizontalFlip()]
+            ops = [T.RandomResizedCrop(size, scale=CROP_SCALES["light"], interpolation=mode, antialias=True),
+                   T.RandomHorizontalFlip()]
         else:
             ops = [
-                T.RandomResizedCrop(size, scale=(0.08, 1.0), interpolation=mode, antialias=True),
+                T.RandomResizedCrop(size, scale=CROP_SCALES["strong"], interpolation=mode, antialias=True),
                 T.RandomHorizontalFlip(),
                 T.TrivialAugmentWide(interpolation=mode),
                 T.ColorJitter(0.2, 0.2, 0.2),

@@ -198,15 +198,22 @@ class Trainer:
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         return torch.bfloat16
 
-    def _decode_once(self) -> DecodedImages | None:
-        samples = [s for split in self.scan.splits.values() for s in split]
-        side = self.pre.resize
-        if len(samples) * side * side * 1.5 > DECODE_BUDGET_PIXELS:
-            return None
-        decoded = DecodedImages([s.path for s in samples], max_side=side, cache_dir=self.cfg.cache_dir)
-        drop_failed(self.scan, decoded)
-        if decoded.failed:
-            self.log(f"skipped {len(decoded.failed)} image(s) that failed to decode")
+    def _decode_once(self) -> dict[str, DecodedImages]:
+        """Each split decoded once, at the resolution its transform needs (Preprocessing.decode_side):
+        validation exactly as from the files, training with the pixels augmentation crops need."""
+        sides = {"train": self.pre.decode_side(self.cfg.augment), "val": self.pre.decode_side("none")}
+        pixels = sum(len(self.scan.splits[split]) * side * side * 1.5 for split, side in sides.items())
+        if pixels > DECODE_BUDGET_PIXELS:
+            return {}
+        decoded = {}
+        for side in sorted(set(sides.values())):
+            splits = [split for split in sides if sides[split] == side]
+            images = DecodedImages([s.path for split in splits for s in self.scan.splits[split]], max_side=side,
+                                   cache_dir=self.cfg.cache_dir, interpolation=self.pre.interpolation)
+            drop_failed(self.scan, images)
+            if images.failed:
+                self.log(f"skipped {len(images.failed)} image(s) that failed to decode")
+            decoded.update({split: images for split in splits})
         return decoded
 
     def log(self, message: str) -> None:
@@ -226,7 +233,7 @@ class Trainer:
     def image_loader(self, split: str, train: bool, generator: torch.Generator | None = None,
                      epoch: int = 0) -> DataLoader:
         transform = self.pre.train_transform(self.cfg.augment) if train else self.pre.eval_transform()
-        dataset = ImageSamples(self.scan.splits[split], transform, self.decoded)
+        dataset = ImageSamples(self.scan.splits[split], transform, self.decoded.get(split))
         weights = self._sample_weights() if train else None
         sampler = WeightedRandomSampler(weights, len(weights), generator=generator) if weights is not None else None
         if self.dist.enabled:
@@ -290,7 +297,7 @@ class Trainer:
         samples = self.scan.splits[split]
         transform = self.pre.train_transform(self.cfg.augment) if augmented else self.pre.eval_transform()
         rows = list(range(self.dist.rank, len(samples), self.dist.world_size))
-        dataset = Subset(ImageSamples(samples, transform, self.decoded), rows)
+        dataset = Subset(ImageSamples(samples, transform, self.decoded.get(split)), rows)
         loader = DataLoader(dataset, batch_size=self.cfg.batch_size, num_workers=self._workers(len(rows)),
                             pin_memory=self.device.type == "cuda")
         return gather_shards(prefix_features(self.model, n, loader, self.device), rows, len(samples), self.dist)
