@@ -54,8 +54,9 @@ class _SharedTrainer(Trainer):
     def _decode_once(self):
         if "decoded" not in self.shared:
             self.shared["decoded"] = super()._decode_once()
-        elif self.shared["decoded"] is not None:
-            drop_failed(self.scan, self.shared["decoded"])
+        else:
+            for images in set(self.shared["decoded"].values()):
+                drop_failed(self.scan, images)
         return self.shared["decoded"]
 
     def _cached_batches(self, phase):

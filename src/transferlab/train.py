@@ -61,7 +61,10 @@ class TrainConfig:
     weights: str = "default"
     image_size: int | None = None  # override the model's input size (CNNs accept others; faster when small)
     cache_features: str = "auto"  # auto | on | off: train from cached frozen-prefix activations
-    cache_views: int = 4  # augmented views cached per image when augment is on
+    # views cached per image when augment is on: view 0 is the clean image, the others augmented, cycled
+    # over the epochs. bench/train.py, light augmentation, 3 seeds: 2 views 77.7% mean val accuracy,
+    # 4 views 76.4%, the plain loop (a fresh augmentation every epoch) 77.8%
+    cache_views: int = 2
     cache_dir: str | None = None  # keep cached features on disk here, reused across runs
     grad_clip: float = 0.0
     accum_steps: int = 1  # gradient accumulation: optimizer step every N batches
@@ -371,7 +374,7 @@ class Trainer:
         one pass over the batch. Returns the summed per-image loss, the correct count and whether the loss
         was finite (a non-finite pass stops the batch)."""
         chunk = self._micro_batch(x)
-        weight = loss_fn.weight
+        weight = getattr(loss_fn, "weight", None)  # class weights make the loss a weighted mean
         batch_weight = weight[y].sum() if weight is not None else len(y)
         total_loss, correct = 0.0, 0
         passes = list(zip(x.split(chunk), y.split(chunk)))
