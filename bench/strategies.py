@@ -11,7 +11,7 @@ from pathlib import Path
 
 from transferlab.demo import write_mnist_folder
 from transferlab.paths import cache_dir
-from transferlab.train import train
+from transferlab.trainer import train
 
 STRATEGIES = ["feature-extract", "partial", "finetune", "scratch", "two-stage"]
 

@@ -189,7 +189,7 @@ def minimal_finetune(data: Path, epochs: int, workers: int) -> dict:
 
 def ours_finetune(data: Path, epochs: int, micro_batch: str = "auto", grad_checkpointing: str = "auto") -> dict:
     """transferlab's trainer; the time of the training part of each epoch (validation excluded)."""
-    from transferlab.train import TrainConfig, Trainer
+    from transferlab.trainer import TrainConfig, Trainer
 
     epoch_s = []
 

@@ -2,7 +2,6 @@
 measurements, and the measurements on real images with real pretrained weights."""
 from __future__ import annotations
 
-import argparse
 import importlib
 import json
 import math
@@ -10,9 +9,10 @@ import math
 import numpy as np
 import pytest
 
-from transferlab.train import TrainConfig, train
+from transferlab.cli import build_parser
+from transferlab.trainer import TrainConfig, train
 
-A = importlib.import_module("transferlab.advise")  # the module (transferlab.advise is the function)
+A = importlib.import_module("transferlab.advisor")
 
 LITE0_BLOCKS = ["stem", "stage1", "stage2", "stage3", "stage4", "stage5", "stage6", "stage7", "conv_head", "pool",
                 "head"]
@@ -152,9 +152,7 @@ def test_advise_api_cli_and_json(digits_folder, capsys):
     json.dumps(d)
     assert d["strategy"] == advice.decision.strategy and d["explanation"].startswith("size:")
     assert d["thresholds"]["small_per_class"] == A.SMALL_PER_CLASS
-    parser = argparse.ArgumentParser()
-    A.register(parser.add_subparsers())
-    args = parser.parse_args(["advise", str(digits_folder), "--models", "efficientnet_lite0,resnet18",
+    args = build_parser().parse_args(["advise", str(digits_folder), "--models", "efficientnet_lite0,resnet18",
                               "--weights", "none", "--image-size", "64", "--json"])
     assert args.func(args) == 0
     out = json.loads(capsys.readouterr().out)

@@ -9,7 +9,7 @@ from PIL import Image
 from transferlab.features import FeatureStore, TensorBatches, feature_cache_key
 from transferlab.models import create_model
 from transferlab.preprocess import Preprocessing
-from transferlab.train import train
+from transferlab.trainer import train
 
 FAST = dict(image_size=48, batch_size=16, augment="none", seed=0, epochs=2)
 

@@ -72,7 +72,7 @@ def test_image_cache_key_ignores_name_not_content(tmp_path):
 
 
 def test_training_with_cache_dir_fills_the_image_cache(digits_folder, tmp_path):
-    from transferlab.train import train
+    from transferlab.trainer import train
 
     cache = tmp_path / "cache"
     opts = dict(model="efficientnet_lite0", strategy="feature-extract", image_size=48, batch_size=16, augment="none",

@@ -32,7 +32,7 @@ from transferlab.data import DecodedImages, check_image, drop_failed, scan_datas
 from transferlab.errors import CheckpointError, ImageReadError, TransferlabError
 from transferlab.images import open_image, walk_images
 from transferlab.io import atomic_torch_save, safe_torch_load
-from transferlab.train import Trainer, train
+from transferlab.trainer import Trainer, train
 
 FAST = dict(image_size=48, batch_size=16, augment="none", seed=0, device="cpu", workers=0)
 FAST_CLI = ["--image-size", "48", "--batch-size", "16", "--augment", "none", "--seed", "0", "--device", "cpu",

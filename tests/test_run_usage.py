@@ -11,8 +11,8 @@ import pytest
 import torch
 
 import transferlab
-from transferlab.evaluate import confusion_matrix, per_class_report
-from transferlab.export import export
+from transferlab.evaluation import confusion_matrix, per_class_report
+from transferlab.exporter import export
 
 
 def cli(*args, cwd=None):

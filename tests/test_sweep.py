@@ -1,7 +1,6 @@
 """Freeze-depth search: candidates, the successive-halving schedule, and a real sweep end to end."""
 from __future__ import annotations
 
-import argparse
 import csv
 import importlib
 import json
@@ -9,11 +8,12 @@ import json
 import pytest
 
 from transferlab import sweep as S
+from transferlab.cli import build_parser
 from transferlab.errors import TransferlabError
 from transferlab.models import create_model
-from transferlab.train import TrainConfig, train
+from transferlab.trainer import TrainConfig, train
 
-train_module = importlib.import_module("transferlab.train")  # the module, not transferlab.train()
+train_module = importlib.import_module("transferlab.trainer")
 
 FAST = dict(image_size=32, batch_size=32, augment="none", seed=0, workers=0)
 
@@ -81,8 +81,7 @@ def test_train_partial_freeze_auto_and_the_cli(digits_folder, tmp_path, capsys):
                 progress=False, **FAST, model="resnet18", weights="none")
     trials = json.loads((run.path / "sweep.json").read_text())
     assert {t["freeze"] for t in trials if t["rung"] == 0} == {0, 2, 3, 4, 6}  # resnet18's 7 blocks
-    parser = argparse.ArgumentParser()
-    S.register(parser.add_subparsers())
+    parser = build_parser()
     args = parser.parse_args(["sweep", str(digits_folder), "--model", "resnet18", "--weights", "none",
                               "--points", "layer4,pool", "--epochs", "1", "--image-size", "32", "--augment", "none",
                               "--out", str(tmp_path / "cli"), "--quiet"])

@@ -11,7 +11,7 @@ from torch import nn
 import transferlab
 from transferlab.models import create_model
 from transferlab.strategies import param_groups, plan_phases
-from transferlab.train import TrainConfig, Trainer, train
+from transferlab.trainer import TrainConfig, Trainer, train
 
 FAST = dict(image_size=48, batch_size=16, augment="none", seed=0)
 
@@ -155,11 +155,32 @@ def test_balance_options_train(balance, digits_folder, tmp_path):
 
 
 def test_public_api_names_stay_functions_after_submodule_imports():
-    import importlib
+    import subprocess
+    import sys
 
-    for name in ("train", "evaluate", "export", "advise"):
-        importlib.import_module(f"transferlab.{name}")
-        assert callable(getattr(transferlab, name)) and not isinstance(getattr(transferlab, name), type(json))
+    # a fresh interpreter: every submodule imported first, then the lazily bound API names
+    code = (
+        "import importlib, pkgutil, types, transferlab, transferlab.detect\n"
+        "for pkg in (transferlab, transferlab.detect):\n"
+        "    for m in pkgutil.iter_modules(pkg.__path__):\n"
+        "        if m.name != '__main__':\n"
+        "            importlib.import_module(f'{pkg.__name__}.{m.name}')\n"
+        "    for name in pkg.__all__:\n"
+        "        assert not isinstance(getattr(pkg, name), types.ModuleType), (pkg.__name__, name)\n"
+        "assert callable(transferlab.train) and callable(transferlab.detect.train)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_the_command_line_parser_imports_no_torch():
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom transferlab.cli import build_parser\nbuild_parser()\n"
+            "assert 'torch' not in sys.modules, 'building the parser imported torch'")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
 
 
 def test_partial_trains_the_head_at_the_head_rate_and_upper_blocks_lower():

@@ -1,14 +1,21 @@
 """transferlab: turn a pretrained vision model into your own."""
+import os as _os
+
 __version__ = "0.1.0"
 
-# Bound eagerly on purpose: `from .train import train` rebinds the package attribute `train` from the
-# submodule to the function, so `transferlab.train(...)` keeps working after any submodule import.
-from .advise import advise  # noqa: E402
-from .classifier import Classifier, load, predict  # noqa: E402
-from .evaluate import evaluate  # noqa: E402
-from .export import export  # noqa: E402
-from .models import create_model, list_models  # noqa: E402
-from .train import TrainConfig, train  # noqa: E402
+# OpenMP threads that finish a parallel region spin-wait for the next one by default. When anything
+# else wants the cores (our own decoding workers, another job), the spinning steals them: on a shared
+# 2-core machine a forward pass measured ~20x slower with 2 spinning threads than with 1. Passive
+# waiting costs little when the machine is idle. Only effective before torch is first imported, which
+# is why it is set here; a value the user set is kept.
+_os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+from .lazy import lazy_exports as _lazy_exports  # noqa: E402
 
 __all__ = ["Classifier", "TrainConfig", "__version__", "advise", "create_model", "evaluate", "export", "list_models",
            "load", "predict", "train"]
+__getattr__, __dir__ = _lazy_exports(__name__, {
+    "Classifier": "classifier", "load": "classifier", "predict": "classifier", "advise": "advisor",
+    "evaluate": "evaluation", "export": "exporter", "create_model": "models", "list_models": "models",
+    "TrainConfig": "config", "train": "trainer",
+})

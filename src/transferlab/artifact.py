@@ -87,7 +87,7 @@ def versions() -> dict:
 
 def write_run(out: Path, model: BlockNet, scan, cfg, phases, metrics: dict, history: list[dict]) -> Classifier:
     """Write weights + model.json, evaluate the validation (and test) split, plot and report."""
-    from .evaluate import evaluate_classifier
+    from .evaluation import evaluate_classifier
     from .report import write_report
 
     out = Path(out)

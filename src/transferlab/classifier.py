@@ -5,13 +5,11 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-# first: device sets the OpenMP defaults before torch is imported
-from .device import channels_last_on_cpu, default_workers, forward_in_passes, inference_threads, pick_device
-
 import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from .device import channels_last_on_cpu, default_workers, forward_in_passes, inference_threads, pick_device
 from .errors import ImageReadError, TransferlabError
 from .imagenet import imagenet_classes
 from .images import find_images, open_image

@@ -3,12 +3,23 @@ from __future__ import annotations
 
 import argparse
 import csv
+import importlib
 import json
 import os
 import sys
 
 from . import __version__
 from .errors import TransferlabError
+
+
+def _command(module: str, name: str):
+    """The handler `name` of transferlab.`module`, imported when the command runs: building the parser
+    imports no torch, so `--help` answers at once."""
+
+    def run(args) -> int:
+        return getattr(importlib.import_module(f"transferlab.{module}"), name)(args)
+
+    return run
 
 
 def _add_predict(sub) -> None:
@@ -104,9 +115,7 @@ def cmd_models(args) -> int:
 
 
 def _add_train(sub) -> None:
-    from .preprocess import AUGMENT_LEVELS
-    from .strategies import STRATEGIES
-    from .train import BALANCE, SCHEDULES, TrainConfig
+    from .config import AUGMENT_LEVELS, BALANCE, BN_POLICIES, SCHEDULES, STRATEGIES, TrainConfig
 
     d = TrainConfig()
     p = sub.add_parser("train", help="transfer-learn a classifier on an image folder (one sub-folder per class)")
@@ -128,7 +137,7 @@ def _add_train(sub) -> None:
     p.add_argument("--patience", type=int, default=d.patience, help="early stopping on val loss; 0 disables")
     p.add_argument("--augment", default=d.augment, choices=AUGMENT_LEVELS)
     p.add_argument("--balance", default=d.balance, choices=BALANCE)
-    p.add_argument("--bn", default=d.bn, choices=("frozen", "eval", "train"),
+    p.add_argument("--bn", default=d.bn, choices=BN_POLICIES,
                    help="BatchNorm statistics: eval (kept everywhere), frozen (kept in frozen blocks), train (updated)")
     p.add_argument("--val-split", type=float, default=d.val_split)
     p.add_argument("--seed", type=int, default=d.seed)
@@ -157,7 +166,7 @@ def train_options(args) -> dict:
     """TrainConfig fields from parsed CLI arguments (only those the user can set)."""
     from dataclasses import fields
 
-    from .train import TrainConfig
+    from .config import TrainConfig
 
     names = {f.name for f in fields(TrainConfig)} - {"model", "strategy"}
     options = {k: v for k, v in vars(args).items() if k in names and v is not None}
@@ -172,7 +181,7 @@ def train_options(args) -> dict:
 
 
 def cmd_train(args) -> int:
-    from .train import train
+    from .trainer import train
 
     options = train_options(args)
     if args.resume:
@@ -205,7 +214,7 @@ def _add_evaluate(sub) -> None:
 def cmd_evaluate(args) -> int:
     from pathlib import Path
 
-    from .evaluate import evaluate, format_evaluation
+    from .evaluation import evaluate, format_evaluation
     from .report import plot_confusion
 
     result = evaluate(args.run, args.data, device=args.device, progress=not args.json)
@@ -220,7 +229,7 @@ def cmd_evaluate(args) -> int:
 
 
 def _add_export(sub) -> None:
-    from .export import FORMATS
+    from .config import EXPORT_FORMATS as FORMATS
 
     p = sub.add_parser("export", help="export a run to TorchScript or ONNX (outputs checked against PyTorch)")
     p.add_argument("run", help="run folder")
@@ -230,7 +239,7 @@ def _add_export(sub) -> None:
 
 
 def cmd_export(args) -> int:
-    from .export import export
+    from .exporter import export
 
     result = export(args.run, format=args.format, out=args.out)
     print(f"exported {result['path']} (preprocessing and classes in {result['sidecar']})")
@@ -260,15 +269,42 @@ def _add_detect(sub) -> None:
 
 
 def _add_advise(sub) -> None:
-    from .advise import register
-
-    register(sub)
+    p = sub.add_parser("advise", help="measure a dataset with a pretrained model and recommend a strategy")
+    p.add_argument("data", help="dataset folder (class sub-folders, or train/ val/ with class sub-folders)")
+    p.add_argument("--model", default="efficientnet_lite0", help="registry name or timm:NAME")
+    p.add_argument("--models", help="comma-separated candidates, ranked by LogME (overrides --model)")
+    p.add_argument("--weights", default="default", help="'default' (pretrained) or a weights file")
+    p.add_argument("--image-size", type=int,
+                   help="measure at this input size (default: the model's own, which the thresholds assume)")
+    p.add_argument("--val-split", type=float, default=0.2)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true", help="print the numbers and the decision as JSON")
+    p.set_defaults(func=_command("advisor", "cmd_advise"))
 
 
 def _add_sweep(sub) -> None:
-    from .sweep import register
+    from .config import AUGMENT_LEVELS, SWEEP_ETA, SWEEP_POINTS, TrainConfig
 
-    register(sub)
+    d = TrainConfig()
+    p = sub.add_parser("sweep", help="find the best freeze point of a partial fine-tune (successive halving)")
+    p.add_argument("data", help="dataset folder (class sub-folders, or train/ val/ with class sub-folders)")
+    p.add_argument("--model", default=d.model, help="registry name or timm:NAME")
+    p.add_argument("--points", help="comma-separated freeze points (counts or block names); "
+                                    f"default: {SWEEP_POINTS} from 0 to all-but-head")
+    p.add_argument("--eta", type=int, default=SWEEP_ETA, help="keep the best 1/eta each rung; runs grow eta-fold")
+    p.add_argument("--epochs", type=int, default=d.epochs, help="epochs of the final run (earlier rungs: fewer)")
+    p.add_argument("--out", help="run folder of the winner (default: runs/DATA-MODEL-partial)")
+    p.add_argument("--lr", type=float, help="learning rate (default: the strategy's)")
+    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--augment", default=d.augment, choices=AUGMENT_LEVELS)
+    p.add_argument("--image-size", type=int, help="train at another input size (e.g. 128 for small images)")
+    p.add_argument("--val-split", type=float, default=d.val_split)
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--device", default=d.device)
+    p.add_argument("--weights", default=d.weights, help="'default' (pretrained) or a weights file")
+    p.add_argument("--workers", type=int)
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+    p.set_defaults(func=_command("sweep", "cmd_sweep"))
 
 
 COMMANDS = [_add_demo, _add_predict, _add_models, _add_train, _add_evaluate, _add_export, _add_detect, _add_advise,

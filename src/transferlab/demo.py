@@ -39,8 +39,8 @@ def write_mnist_folder(root: Path, per_class: int, seed: int = 0) -> Path:
 
 
 def run_demo(out="runs/demo-mnist", per_class: int = 60, epochs: int = 6, progress: bool = True) -> int:
-    from .evaluate import evaluate, format_evaluation
-    from .train import train
+    from .evaluation import evaluate, format_evaluation
+    from .trainer import train
 
     t0 = time.perf_counter()
     data = write_mnist_folder(cache_dir() / "demo" / "mnist", per_class)

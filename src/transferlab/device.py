@@ -4,14 +4,7 @@ from __future__ import annotations
 import os
 from contextlib import contextmanager
 
-# OpenMP threads that finish a parallel region spin-wait for the next one by default. When anything
-# else wants the cores (our own decoding workers, another job), the spinning steals them: on a shared
-# 2-core machine a forward pass measured ~20x slower with 2 spinning threads than with 1. Passive
-# waiting costs little when the machine is idle. Only effective before torch is first imported;
-# a value the user set is kept.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
-import torch  # noqa: E402
+import torch
 
 from .errors import TransferlabError
 

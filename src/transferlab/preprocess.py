@@ -9,10 +9,11 @@ import torch
 from PIL import Image
 from torchvision.transforms import v2 as T
 
+from .config import AUGMENT_LEVELS
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
-AUGMENT_LEVELS = ("none", "light", "strong")
 CROP_SCALES = {"light": (0.35, 1.0), "strong": (0.08, 1.0)}  # RandomResizedCrop's share of the image area
 
 

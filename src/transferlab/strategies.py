@@ -3,10 +3,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .config import STRATEGIES
 from .errors import TransferlabError
 from .models import BlockNet
 
-STRATEGIES = ("feature-extract", "partial", "finetune", "scratch", "two-stage", "auto")
 
 # AdamW learning rates that work without tuning: a new head learns fast, pretrained layers need
 # small steps or they forget ImageNet; from scratch sits in between with no features to keep.

@@ -20,13 +20,12 @@ from pathlib import Path
 
 import numpy as np
 
+from .config import SWEEP_ETA, SWEEP_POINTS
 from .data import drop_failed, scan_dataset
 from .errors import TransferlabError
 from .models import create_model
-from .train import Run, TrainConfig, Trainer, default_run_dir
+from .trainer import Run, TrainConfig, Trainer, default_run_dir
 
-DEFAULT_POINTS = 5  # 0, all-but-head and three in between
-DEFAULT_ETA = 3  # keep the best third each rung (Hyperband's default)
 
 
 @dataclasses.dataclass
@@ -70,7 +69,7 @@ def candidate_points(blocks: list[str], points=None) -> list[int]:
     """Freeze points to try: the user's (counts or block names) or evenly spaced from 0 to all-but-head."""
     all_but_head = len(blocks) - 1
     if not points:
-        return sorted({int(round(x)) for x in np.linspace(0, all_but_head, DEFAULT_POINTS)})
+        return sorted({int(round(x)) for x in np.linspace(0, all_but_head, SWEEP_POINTS)})
     resolved = set()
     for p in points:
         if isinstance(p, str) and not p.lstrip("-").isdigit():
@@ -97,7 +96,7 @@ def rung_schedule(candidates: int, epochs: int, eta: int) -> list[tuple[int, int
 
 
 def freeze_search(data, cfg: TrainConfig, out=None, progress: bool = True, points=None,
-                  eta: int = DEFAULT_ETA) -> Run:
+                  eta: int = SWEEP_ETA) -> Run:
     """Find the best freeze point of a partial fine-tune by successive halving; train it into `out`."""
     cfg = dataclasses.replace(cfg, strategy="partial")
     cfg.validate()
@@ -199,29 +198,6 @@ def plot_sweep(trials: list[Trial], blocks: list[str], path: Path) -> None:
 
 
 # --- the CLI ------------------------------------------------------------------------------------
-def register(sub) -> None:
-    d = TrainConfig()
-    p = sub.add_parser("sweep", help="find the best freeze point of a partial fine-tune (successive halving)")
-    p.add_argument("data", help="dataset folder (class sub-folders, or train/ val/ with class sub-folders)")
-    p.add_argument("--model", default=d.model, help="registry name or timm:NAME")
-    p.add_argument("--points", help="comma-separated freeze points (counts or block names); "
-                                    f"default: {DEFAULT_POINTS} from 0 to all-but-head")
-    p.add_argument("--eta", type=int, default=DEFAULT_ETA, help="keep the best 1/eta each rung; runs grow eta-fold")
-    p.add_argument("--epochs", type=int, default=d.epochs, help="epochs of the final run (earlier rungs: fewer)")
-    p.add_argument("--out", help="run folder of the winner (default: runs/DATA-MODEL-partial)")
-    p.add_argument("--lr", type=float, help="learning rate (default: the strategy's)")
-    p.add_argument("--batch-size", type=int, default=d.batch_size)
-    p.add_argument("--augment", default=d.augment, choices=("none", "light", "strong"))
-    p.add_argument("--image-size", type=int, help="train at another input size (e.g. 128 for small images)")
-    p.add_argument("--val-split", type=float, default=d.val_split)
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--device", default=d.device)
-    p.add_argument("--weights", default=d.weights, help="'default' (pretrained) or a weights file")
-    p.add_argument("--workers", type=int)
-    p.add_argument("--quiet", action="store_true", help="no progress output")
-    p.set_defaults(func=cmd_sweep)
-
-
 def cmd_sweep(args) -> int:
     options = {k: getattr(args, k) for k in ("model", "epochs", "lr", "batch_size", "augment", "image_size",
                                              "val_split", "seed", "device", "weights", "workers")}

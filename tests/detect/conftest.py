@@ -39,7 +39,7 @@ def synthetic_test(tmp_path_factory) -> Path:
 @pytest.fixture(scope="package")
 def trained_run(tmp_path_factory, synthetic_train):
     from transferlab.detect.augment import AugmentConfig
-    from transferlab.detect.train import TrainConfig, train
+    from transferlab.detect.trainer import TrainConfig, train
 
     config = TrainConfig(epochs=8, batch_size=32, augment=AugmentConfig(zoom_out_p=0.0))
     return train(synthetic_train, tmp_path_factory.mktemp("runs") / "faces", config, progress=False)

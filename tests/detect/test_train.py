@@ -10,13 +10,13 @@ from transferlab.detect.augment import AugmentConfig
 from transferlab.detect.data import load_faces
 from transferlab.detect.detector import load_detector
 from transferlab.detect.evaluate import evaluate_detector
-from transferlab.detect.train import TrainConfig, freeze_blocks, train
+from transferlab.detect.trainer import TrainConfig, freeze_blocks, train
 from transferlab.detect.weights import load_pretrained
 from transferlab.errors import CheckpointError, TransferlabError
 from transferlab.io import load_state_dict_file
 
 # the package re-exports the train() function under the module's name
-train_module = importlib.import_module("transferlab.detect.train")
+train_module = importlib.import_module("transferlab.detect.trainer")
 
 
 def test_fine_tuning_beats_pretrained_on_held_out_faces(trained_run, synthetic_test):

@@ -5,11 +5,12 @@
 
 The .tflite weight parser is imported only when pretrained weights are first converted.
 """
-from .data import FaceDataset, load_faces
-from .detector import Detector, detect, load_detector
-from .evaluate import evaluate_detector
-from .export import export_onnx
-from .train import TrainConfig, train
+from ..lazy import lazy_exports as _lazy_exports
 
 __all__ = ["Detector", "FaceDataset", "TrainConfig", "detect", "evaluate_detector", "export_onnx",
            "load_detector", "load_faces", "train"]
+__getattr__, __dir__ = _lazy_exports(__name__, {
+    "FaceDataset": "data", "load_faces": "data", "Detector": "detector", "detect": "detector",
+    "load_detector": "detector", "evaluate_detector": "evaluate", "export_onnx": "export",
+    "TrainConfig": "trainer", "train": "trainer",
+})

@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 from ..errors import ImageReadError, TransferlabError
-from ..io import atomic_path, atomic_write_json
 
 MODEL_HELP = "blazeface_front (128 px, close faces), blazeface_back (256 px, smaller faces) or a run folder"
 
@@ -118,6 +117,8 @@ def predict_command(args) -> int:
 
 
 def _save_drawing(image, out_dir: Path, path: Path, root: Path) -> None:
+    from ..io import atomic_path  # imported here: building the parser needs no torch
+
     rel = path.relative_to(root) if root.is_dir() else Path(path.name)
     target = out_dir / rel
     with atomic_path(target) as tmp:
@@ -130,6 +131,8 @@ _CSV_COLUMNS = ["image", "score", "xmin", "ymin", "xmax", "ymax"] + [
 
 
 def _write_records(records: list[dict], args) -> None:
+    from ..io import atomic_path, atomic_write_json
+
     if args.json:
         if str(args.json) == "-":
             print(json.dumps(records, indent=2))
@@ -149,7 +152,7 @@ def _write_records(records: list[dict], args) -> None:
 
 
 def train_command(args) -> int:
-    from .train import TrainConfig, train
+    from .trainer import TrainConfig, train
 
     config = TrainConfig(architecture=args.model, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
                          freeze=args.freeze, num_workers=args.workers, device=args.device, seed=args.seed)

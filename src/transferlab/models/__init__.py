@@ -1,8 +1,8 @@
 from . import torchvision_models  # noqa: F401  (registers the built-in architectures)
-from .blocks import BN_POLICIES, BlockNet
+from .blocks import BlockNet
 from .registry import ModelSpec, count_parameters, create_model, get_spec, list_models, register_model
 
 __all__ = [
-    "BN_POLICIES", "BlockNet", "ModelSpec", "count_parameters", "create_model", "get_spec", "list_models",
+    "BlockNet", "ModelSpec", "count_parameters", "create_model", "get_spec", "list_models",
     "register_model",
 ]

@@ -12,11 +12,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-# frozen: BatchNorm in frozen blocks keeps ImageNet statistics (eval mode), trainable blocks update theirs;
-# eval:   every BatchNorm keeps its statistics, only its affine weights train (Keras' advice for
-#         fine-tuning on small data: batch statistics of a few images are noisier than ImageNet's);
-# train:  every BatchNorm updates its statistics, frozen blocks included.
-BN_POLICIES = ("frozen", "eval", "train")
+from ..config import BN_POLICIES
 
 
 class BlockNet(nn.Module):

@@ -24,86 +24,11 @@ from .distributed import (all_reduce_sums, barrier, broadcast_object, gather_sha
 from .errors import TransferlabError
 from .features import FeatureStore, TensorBatches, cache_fits, feature_cache_key, prefix_features
 from .io import atomic_torch_save, safe_torch_load, save_weights
-from .models import BN_POLICIES, BlockNet, create_model
-from .preprocess import AUGMENT_LEVELS
-from .strategies import STRATEGIES, Phase, effective_bn_policy, param_groups, plan_phases
+from .config import TrainConfig
+from .models import BlockNet, create_model
+from .strategies import Phase, effective_bn_policy, param_groups, plan_phases
 
-SCHEDULES = ("cosine", "onecycle", "constant")
-BALANCE = ("none", "weights", "sampler")
 DECODE_BUDGET_PIXELS = 400_000_000  # ~1.2 GB of RGB: above this, images are decoded per epoch
-
-
-@dataclass
-class TrainConfig:
-    """Every knob of a training run; the defaults work without tuning."""
-
-    model: str = "efficientnet_lite0"
-    strategy: str = "two-stage"
-    epochs: int = 10
-    head_epochs: int | None = None  # two-stage: epochs of phase 1 (default: a third)
-    freeze: int | str | None = None  # partial: blocks frozen (count or first trainable block's name)
-    lr: float | str | None = None  # None: the strategy's default; "find": a range test picks it
-    lr_mult: float = 10.0  # two-stage phase 2: head lr / stem lr
-    weight_decay: float = 0.01
-    batch_size: int = 32
-    schedule: str = "cosine"
-    warmup_epochs: float = 0.5
-    label_smoothing: float = 0.0
-    patience: int = 5  # early stopping on val loss, per phase; 0 disables
-    augment: str = "light"
-    balance: str = "none"
-    bn: str = "eval"  # BatchNorm statistics: see models.blocks.BN_POLICIES
-    val_split: float = 0.2
-    seed: int = 0
-    device: str = "auto"
-    amp: str = "auto"  # auto: on for CUDA, off on CPU
-    workers: int | None = None
-    weights: str = "default"
-    image_size: int | None = None  # override the model's input size (CNNs accept others; faster when small)
-    cache_features: str = "auto"  # auto | on | off: train from cached frozen-prefix activations
-    # views cached per image when augment is on: view 0 is the clean image, the others augmented, cycled
-    # over the epochs. bench/train.py, light augmentation, 3 seeds: 2 views 77.7% mean val accuracy,
-    # 4 views 76.4%, the plain loop (a fresh augmentation every epoch) 77.8%
-    cache_views: int = 2
-    cache_dir: str | None = None  # keep cached features on disk here, reused across runs
-    grad_clip: float = 0.0
-    accum_steps: int = 1  # gradient accumulation: optimizer step every N batches
-    # images per forward/backward pass within a batch (the optimizer still steps on the whole batch).
-    # auto: device.CPU_PASS_IMAGES on CPU when splitting is exact (no BatchNorm layer computes batch
-    # statistics), else the whole batch; off: the whole batch; or a number
-    micro_batch: str = "auto"
-    # auto: when a CPU batch cannot be split exactly, recompute the high-resolution blocks in backward
-    # instead of keeping their activations (BlockNet.high_resolution_blocks); off; or how many leading blocks
-    grad_checkpointing: str = "auto"
-    sync_bn: bool = False  # several GPUs: SyncBatchNorm for the trainable BatchNorm layers
-    max_bad_steps: int = 10  # consecutive non-finite losses before the run stops
-    advice: dict | None = None  # set by --strategy auto: the advisor's numbers and reasons
-
-    def validate(self) -> None:
-        checks = [
-            (self.strategy in STRATEGIES, f"--strategy must be one of {', '.join(STRATEGIES)}"),
-            (self.schedule in SCHEDULES, f"--schedule must be one of {', '.join(SCHEDULES)}"),
-            (self.balance in BALANCE, f"--balance must be one of {', '.join(BALANCE)}"),
-            (self.bn in BN_POLICIES, f"--bn must be one of {', '.join(BN_POLICIES)}"),
-            (self.augment in AUGMENT_LEVELS, f"--augment must be one of {', '.join(AUGMENT_LEVELS)}"),
-            (self.cache_features in ("auto", "on", "off"), "--cache-features must be auto, on or off"),
-            (self.amp in ("auto", "on", "off"), "--amp must be auto, on or off"),
-            (self.batch_size >= 1, "--batch-size must be at least 1"),
-            (self.accum_steps >= 1, "--accum-steps must be at least 1"),
-            (str(self.grad_checkpointing) in ("auto", "off") or str(self.grad_checkpointing).isdigit(),
-             "--grad-checkpointing must be auto, off or a number of blocks"),
-            (str(self.micro_batch) in ("auto", "off") or str(self.micro_batch).isdigit() and int(self.micro_batch) > 0,
-             "--micro-batch must be auto, off or a positive number of images"),
-            (self.lr is None or self.lr == "find" or float(self.lr) > 0, "--lr must be positive or 'find'"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise TransferlabError(message)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "TrainConfig":
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
 
 
 @dataclass
@@ -650,7 +575,7 @@ def train(data, model: str = "efficientnet_lite0", strategy: str = "two-stage", 
     else:
         cfg = TrainConfig(model=model, strategy=strategy, **options)
         if cfg.strategy == "auto":
-            from .advise import advise_for_training
+            from .advisor import advise_for_training
 
             cfg = advise_for_training(data, cfg, progress=progress)
         if cfg.strategy == "partial" and cfg.freeze == "auto":

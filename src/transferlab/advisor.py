@@ -442,20 +442,6 @@ def format_advice(a: Advice) -> str:
 
 
 # --- the CLI ------------------------------------------------------------------------------------
-def register(sub) -> None:
-    p = sub.add_parser("advise", help="measure a dataset with a pretrained model and recommend a strategy")
-    p.add_argument("data", help="dataset folder (class sub-folders, or train/ val/ with class sub-folders)")
-    p.add_argument("--model", default="efficientnet_lite0", help="registry name or timm:NAME")
-    p.add_argument("--models", help="comma-separated candidates, ranked by LogME (overrides --model)")
-    p.add_argument("--weights", default="default", help="'default' (pretrained) or a weights file")
-    p.add_argument("--image-size", type=int,
-                   help="measure at this input size (default: the model's own, which the thresholds assume)")
-    p.add_argument("--val-split", type=float, default=0.2)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--json", action="store_true", help="print the numbers and the decision as JSON")
-    p.set_defaults(func=cmd_advise)
-
-
 def cmd_advise(args) -> int:
     models = [m.strip() for m in args.models.split(",") if m.strip()] if args.models else None
     if args.models is not None and not models:

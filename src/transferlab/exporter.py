@@ -7,17 +7,16 @@ from pathlib import Path
 import torch
 
 from .classifier import Classifier, load
+from .config import EXPORT_FORMATS
 from .errors import TransferlabError
 from .io import atomic_path, atomic_write_json
 from .runtime import cpu_session, export_onnx
 
-FORMATS = ("torchscript", "onnx")
-
 
 def export(run, format: str = "onnx", out=None, batch: int = 2, check: bool = True) -> dict:
     """Write the exported model (and a .json sidecar); returns {"path", "sidecar", "max_abs_diff"}."""
-    if format not in FORMATS:
-        raise TransferlabError(f"--format must be one of {', '.join(FORMATS)}")
+    if format not in EXPORT_FORMATS:
+        raise TransferlabError(f"--format must be one of {', '.join(EXPORT_FORMATS)}")
     clf = run if isinstance(run, Classifier) else load(str(run))
     model = clf.model.cpu().eval()
     size = clf.preprocessing.input_size
