@@ -202,7 +202,8 @@ def _one_batch_gradients(trainer: Trainer, micro_batch: str) -> dict:
     hook = model.blocks["stem"].register_forward_pre_hook(lambda m, args: passes.append(len(args[0])))
     loss_fn = trainer._loss_fn()
     scaler = torch.amp.GradScaler("cpu", enabled=False)
-    loss, correct, finite = trainer._backward(trainer._training_net(0), x, y, loss_fn, scaler, 1.0, True)
+    loss, correct, finite = trainer._backward(trainer._training_net(0), x, y, loss_fn, scaler, 1.0, True,
+                                              trainer._micro_batch(x))
     hook.remove()
     assert finite
     return {"passes": passes, "loss": loss / len(y), "correct": correct,

@@ -147,7 +147,8 @@ def _add_train(sub) -> None:
     p.add_argument("--weights", default=d.weights, help="'default' (pretrained), 'none', or a weights file")
     p.add_argument("--image-size", type=int, help="train at another input size (e.g. 128 for small images)")
     p.add_argument("--cache-features", default=d.cache_features, choices=("auto", "on", "off"))
-    p.add_argument("--cache-views", type=int, default=d.cache_views, help="views cached per image with augmentation (the first is the clean image)")
+    p.add_argument("--cache-views", type=int, default=d.cache_views,
+                   help="views cached per image with augmentation (the first is the clean image)")
     p.add_argument("--cache-dir", help="keep decoded images and frozen-prefix features here, reused across runs")
     p.add_argument("--grad-clip", type=float, default=d.grad_clip)
     p.add_argument("--accum-steps", type=int, default=d.accum_steps, help="gradient accumulation steps")

@@ -27,7 +27,6 @@ from .models import create_model
 from .trainer import Run, TrainConfig, Trainer, default_run_dir
 
 
-
 @dataclasses.dataclass
 class Trial:
     rung: int

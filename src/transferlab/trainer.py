@@ -21,10 +21,10 @@ from .device import (CPU_PASS_IMAGES, channels_last_on_cpu, cpu_layout, default_
                      pick_device)
 from .distributed import (all_reduce_sums, barrier, broadcast_object, gather_shards, init_distributed,
                           process_device, shutdown)
+from .config import TrainConfig
 from .errors import TransferlabError
 from .features import FeatureStore, TensorBatches, cache_fits, feature_cache_key, prefix_features
 from .io import atomic_torch_save, safe_torch_load, save_weights
-from .config import TrainConfig
 from .models import BlockNet, create_model
 from .strategies import Phase, effective_bn_policy, param_groups, plan_phases
 
@@ -294,11 +294,10 @@ class Trainer:
             return 0
         return self.model.high_resolution_blocks(self.pre.input_size)
 
-    def _backward(self, net, x, y, loss_fn, scaler, scale: float, sync_last: bool):
-        """Forward and backward over x in passes of `_micro_batch` images; the gradients add up to those of
-        one pass over the batch. Returns the summed per-image loss, the correct count and whether the loss
+    def _backward(self, net, x, y, loss_fn, scaler, scale: float, sync_last: bool, chunk: int):
+        """Forward and backward over x in passes of `chunk` images; the gradients add up to those of one
+        pass over the batch. Returns the summed per-image loss, the correct count and whether the loss
         was finite (a non-finite pass stops the batch)."""
-        chunk = self._micro_batch(x)
         weight = getattr(loss_fn, "weight", None)  # class weights make the loss a weighted mean
         batch_weight = weight[y].sum() if weight is not None else len(y)
         total_loss, correct = 0.0, 0
@@ -326,10 +325,12 @@ class Trainer:
         optimizer.zero_grad(set_to_none=True)
         for i, (x, y) in enumerate(bar):
             x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
-            if i == 0:
-                self.model.checkpointed_blocks = self._checkpointed_blocks(self._micro_batch(x))
+            if i == 0:  # the same for every batch of the epoch: decided once, off the per-batch path
+                chunk = self._micro_batch(x)
+                self.model.checkpointed_blocks = self._checkpointed_blocks(chunk)
             step_now = (i + 1) % accum == 0 or i + 1 == len(batches)
-            batch_loss, batch_correct, finite = self._backward(net, x, y, loss_fn, scaler, 1 / accum, step_now)
+            batch_loss, batch_correct, finite = self._backward(net, x, y, loss_fn, scaler, 1 / accum, step_now,
+                                                               chunk)
             if not finite:
                 bad += 1
                 optimizer.zero_grad(set_to_none=True)
