@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from transferlab.advisor import advise, freeze_point
-from transferlab.trainer import train
+from transferlab.advice.advisor import advise, freeze_point
+from transferlab.api import train
 
 STRATEGIES = ("feature-extract", "partial", "finetune", "scratch", "two-stage")
 TRAIN = dict(image_size=64, epochs=3, batch_size=32, augment="none", patience=0, workers=0, seed=0)

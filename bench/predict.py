@@ -135,7 +135,7 @@ def main(argv=None) -> int:
 
     from PIL import Image
 
-    from transferlab.device import default_workers, inference_threads, pick_device
+    from transferlab.core.device import default_workers, inference_threads, pick_device
 
     tensors = [transform(Image.open(p).convert("RGB")) for p in paths]
     batches = [torch.stack(tensors[i:i + args.batch_size]) for i in range(0, len(tensors), args.batch_size)]

@@ -9,9 +9,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from transferlab.demo import write_mnist_folder
-from transferlab.paths import cache_dir
-from transferlab.trainer import train
+from transferlab.cli.demo import write_mnist_folder
+from transferlab.core.paths import cache_dir
+from transferlab.api import train
 
 STRATEGIES = ["feature-extract", "partial", "finetune", "scratch", "two-stage"]
 

@@ -106,7 +106,7 @@ def plain_feature_extract(data: Path, epochs: int, augment: str, workers: int, s
     from torch import nn
 
     import transferlab
-    from transferlab.strategies import DEFAULT_LR
+    from transferlab.training.strategies import DEFAULT_LR
 
     t0 = time.perf_counter()
     torch.manual_seed(seed)
@@ -189,7 +189,8 @@ def minimal_finetune(data: Path, epochs: int, workers: int) -> dict:
 
 def ours_finetune(data: Path, epochs: int, micro_batch: str = "auto", grad_checkpointing: str = "auto") -> dict:
     """transferlab's trainer; the time of the training part of each epoch (validation excluded)."""
-    from transferlab.trainer import TrainConfig, Trainer
+    from transferlab.training.config import TrainConfig
+from transferlab.training.trainer import Trainer
 
     epoch_s = []
 
@@ -244,7 +245,7 @@ def case_main(argv) -> int:
     ap.add_argument("--seed", type=int, default=0)
     a = ap.parse_args(argv)
     import transferlab  # noqa: F401  (its OpenMP defaults, before torch)
-    from transferlab.device import available_cpus
+    from transferlab.core.device import available_cpus
 
     if a.workers is None:  # the tutorial loops get the same worker count transferlab picks
         a.workers = max(1, min(8, available_cpus() - 1))

@@ -56,7 +56,7 @@ def digits_folder(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def trained_run(digits_folder, tmp_path_factory) -> Path:
     """A small finished run (feature extraction on the digits) shared by the tests that use a run."""
-    from transferlab.trainer import train
+    from transferlab.api import train
 
     out = tmp_path_factory.mktemp("trained") / "run"
     train(digits_folder, model="efficientnet_lite0", strategy="feature-extract", epochs=3, image_size=48,

@@ -9,10 +9,11 @@ import math
 import numpy as np
 import pytest
 
-from transferlab.cli import build_parser
-from transferlab.trainer import TrainConfig, train
+from transferlab.cli.main import build_parser
+from transferlab.api import train
+from transferlab.training.config import TrainConfig
 
-A = importlib.import_module("transferlab.advisor")
+A = importlib.import_module("transferlab.advice.advisor")
 
 LITE0_BLOCKS = ["stem", "stage1", "stage2", "stage3", "stage4", "stage5", "stage6", "stage7", "conv_head", "pool",
                 "head"]

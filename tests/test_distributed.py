@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from transferlab.trainer import train
+from transferlab.api import train
 
 TRAIN_ARGS = ["--image-size", "48", "--augment", "none", "--workers", "0", "--quiet", "--seed", "0"]
 

@@ -6,17 +6,17 @@ import shutil
 import torch
 from PIL import Image
 
-from transferlab.features import FeatureStore, TensorBatches, feature_cache_key
+from transferlab.training.features import FeatureStore, TensorBatches, feature_cache_key
 from transferlab.models import create_model
-from transferlab.preprocess import Preprocessing
-from transferlab.trainer import train
+from transferlab.data.transforms import Preprocessing
+from transferlab.api import train
 
 FAST = dict(image_size=48, batch_size=16, augment="none", seed=0, epochs=2)
 
 
 def test_cached_features_equal_the_frozen_prefix_forward(digits_folder, tmp_path):
-    from transferlab.data import ImageSamples, scan_dataset
-    from transferlab.features import prefix_features
+    from transferlab.data.folders import ImageSamples, scan_dataset
+    from transferlab.training.features import prefix_features
     from torch.utils.data import DataLoader
 
     model = create_model("efficientnet_lite0", num_classes=4)

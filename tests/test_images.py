@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from transferlab.errors import DatasetError, ImageReadError
-from transferlab.images import find_images, open_image, walk_images
-from transferlab.preprocess import Preprocessing
+from transferlab.core.errors import DatasetError, ImageReadError
+from transferlab.data.images import find_images, open_image, walk_images
+from transferlab.data.transforms import Preprocessing
 
 
 def rgb_at(img, xy):

@@ -6,7 +6,7 @@ import torch
 import torchvision.models as tvm
 from torch import nn
 
-from transferlab.errors import TransferlabError
+from transferlab.core.errors import TransferlabError
 from transferlab.models import BlockNet, count_parameters, create_model, get_spec, list_models
 
 REGISTRY = [

@@ -6,7 +6,7 @@ import shutil
 import numpy as np
 from PIL import Image
 
-from transferlab.data import DecodedImages, ImageCache
+from transferlab.data.folders import DecodedImages, ImageCache
 
 
 def _photos(sample_photos, tmp_path):
@@ -72,7 +72,7 @@ def test_image_cache_key_ignores_name_not_content(tmp_path):
 
 
 def test_training_with_cache_dir_fills_the_image_cache(digits_folder, tmp_path):
-    from transferlab.trainer import train
+    from transferlab.api import train
 
     cache = tmp_path / "cache"
     opts = dict(model="efficientnet_lite0", strategy="feature-extract", image_size=48, batch_size=16, augment="none",
@@ -88,7 +88,7 @@ def test_training_with_cache_dir_fills_the_image_cache(digits_folder, tmp_path):
 def test_decoded_validation_images_give_the_files_own_tensors(sample_photos, tmp_path):
     import torch
 
-    from transferlab.images import open_image
+    from transferlab.data.images import open_image
     from transferlab.models import create_model
 
     paths, _ = _photos(sample_photos, tmp_path)
@@ -101,7 +101,7 @@ def test_decoded_validation_images_give_the_files_own_tensors(sample_photos, tmp
 
 def test_training_images_keep_the_pixels_augmentation_crops_need(sample_photos, tmp_path):
     from transferlab.models import create_model
-    from transferlab.preprocess import CROP_SCALES
+    from transferlab.data.transforms import CROP_SCALES
 
     pre = create_model("efficientnet_lite0", num_classes=2, weights="none").preprocessing
     assert pre.decode_side("none") == pre.resize == 256

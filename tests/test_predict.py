@@ -14,8 +14,8 @@ import torch
 from PIL import Image
 
 import transferlab
-from transferlab.cli import main
-from transferlab.errors import TransferlabError
+from transferlab.cli.main import main
+from transferlab.core.errors import TransferlabError
 
 
 
@@ -233,7 +233,7 @@ def test_classifier_rejects_wrong_label_count(clf):
 
 @pytest.mark.parametrize("name", ["resnet18", "efficientnet_lite0", "inception_v3", "mobilenet_v2"])
 def test_fast_eval_transform_matches_reference(name, sample_photos):
-    from transferlab.classifier import EvalTransform
+    from transferlab.inference.classifier import EvalTransform
     from transferlab.models import get_spec
 
     pre = get_spec(name).preprocessing
@@ -254,7 +254,7 @@ def test_fast_eval_transform_matches_reference(name, sample_photos):
 
 
 def test_large_jpeg_decoded_at_reduced_scale_predicts_the_same(clf, tmp_path, sample_photos):
-    from transferlab.images import open_image
+    from transferlab.data.images import open_image
 
     big = tmp_path / "big.jpg"
     Image.open(sample_photos["flower"]).resize((2560, 1708), Image.BICUBIC).save(big, quality=95)

@@ -27,12 +27,13 @@ from PIL import Image
 from safetensors.torch import load_file
 
 import transferlab
-from transferlab import cli
-from transferlab.data import DecodedImages, check_image, drop_failed, scan_dataset
-from transferlab.errors import CheckpointError, ImageReadError, TransferlabError
-from transferlab.images import open_image, walk_images
-from transferlab.io import atomic_torch_save, safe_torch_load
-from transferlab.trainer import Trainer, train
+from transferlab.cli import main as cli
+from transferlab.data.folders import DecodedImages, check_image, drop_failed, scan_dataset
+from transferlab.core.errors import CheckpointError, ImageReadError, TransferlabError
+from transferlab.data.images import open_image, walk_images
+from transferlab.core.io import atomic_torch_save, safe_torch_load
+from transferlab.api import train
+from transferlab.training.trainer import Trainer
 
 FAST = dict(image_size=48, batch_size=16, augment="none", seed=0, device="cpu", workers=0)
 FAST_CLI = ["--image-size", "48", "--batch-size", "16", "--augment", "none", "--seed", "0", "--device", "cpu",
@@ -697,8 +698,8 @@ def test_run_weights_with_another_class_count_name_the_head(trained_run, tmp_pat
 def test_a_run_killed_between_its_first_best_weights_and_first_checkpoint_can_be_started_again(tmp_path):
     """Epoch 1 writes checkpoints/best.safetensors, then last.pt: a kill in between leaves a folder
     that --resume cannot use, so a plain restart must accept it (the 20-kill slow test found this)."""
-    from transferlab.artifact import prepare_run_dir
-    from transferlab.io import save_weights
+    from transferlab.runs.folder import prepare_run_dir
+    from transferlab.core.io import save_weights
 
     run = tmp_path / "run"
     (run / "checkpoints").mkdir(parents=True)

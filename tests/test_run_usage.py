@@ -11,8 +11,8 @@ import pytest
 import torch
 
 import transferlab
-from transferlab.evaluation import confusion_matrix, per_class_report
-from transferlab.exporter import export
+from transferlab.inference.evaluation import confusion_matrix, per_class_report
+from transferlab.api import export
 
 
 def cli(*args, cwd=None):
@@ -33,7 +33,7 @@ def test_loaded_run_predicts_like_the_trained_weights(trained_run, digits_folder
     clf = transferlab.load(str(trained_run))
     assert clf.preprocessing.input_size == 48
     image = sorted(digits_folder.glob("digit_0/*.png"))[0]
-    x = clf.transform(transferlab.images.open_image(image)).unsqueeze(0)
+    x = clf.transform(transferlab.data.images.open_image(image)).unsqueeze(0)
     probs = torch.softmax(clf.logits(x), 1)[0]
     record = clf.predict([image], top=1, progress=False)[0]
     assert record["top"][0]["index"] == int(probs.argmax())

@@ -7,9 +7,9 @@ import pytest
 import torch
 
 import transferlab
-from transferlab import runtime
-from transferlab.cli import main
-from transferlab.errors import TransferlabError
+from transferlab.inference import runtime
+from transferlab.cli.main import main
+from transferlab.core.errors import TransferlabError
 from tests.test_predict import write_mode_zoo
 
 

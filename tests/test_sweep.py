@@ -7,13 +7,14 @@ import json
 
 import pytest
 
-from transferlab import sweep as S
-from transferlab.cli import build_parser
-from transferlab.errors import TransferlabError
+from transferlab.advice import sweep as S
+from transferlab.cli.main import build_parser
+from transferlab.core.errors import TransferlabError
 from transferlab.models import create_model
-from transferlab.trainer import TrainConfig, train
+from transferlab.api import train
+from transferlab.training.config import TrainConfig
 
-train_module = importlib.import_module("transferlab.trainer")
+train_module = importlib.import_module("transferlab.training.trainer")
 
 FAST = dict(image_size=32, batch_size=32, augment="none", seed=0, workers=0)
 

@@ -10,8 +10,10 @@ from torch import nn
 
 import transferlab
 from transferlab.models import create_model
-from transferlab.strategies import param_groups, plan_phases
-from transferlab.trainer import TrainConfig, Trainer, train
+from transferlab.training.strategies import param_groups, plan_phases
+from transferlab.api import train
+from transferlab.training.config import TrainConfig
+from transferlab.training.trainer import Trainer
 
 FAST = dict(image_size=48, batch_size=16, augment="none", seed=0)
 
@@ -177,7 +179,7 @@ def test_the_command_line_parser_imports_no_torch():
     import subprocess
     import sys
 
-    code = ("import sys\nfrom transferlab.cli import build_parser\nbuild_parser()\n"
+    code = ("import sys\nfrom transferlab.cli.main import build_parser\nbuild_parser()\n"
             "assert 'torch' not in sys.modules, 'building the parser imported torch'")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr

@@ -13,8 +13,8 @@ import torchvision.models as tvm
 from PIL import Image
 from safetensors.torch import save_file
 
-from transferlab.errors import CheckpointError, WeightsUnavailableError
-from transferlab.io import load_state_dict_file
+from transferlab.core.errors import CheckpointError, WeightsUnavailableError
+from transferlab.core.io import load_state_dict_file
 from transferlab.models import create_model, get_spec
 
 

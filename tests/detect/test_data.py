@@ -6,7 +6,7 @@ import pytest
 from PIL import Image
 
 from transferlab.detect.data import detect_format, load_faces
-from transferlab.errors import DatasetError
+from transferlab.core.errors import DatasetError
 
 W, H = 100, 80
 

@@ -9,7 +9,7 @@ from skimage import data as skdata
 from transferlab.detect.detector import detect, load_detector
 from transferlab.detect.image import letterbox, to_tensor
 from transferlab.detect.weights import load_pretrained, tflite_path
-from transferlab.errors import WeightsUnavailableError
+from transferlab.core.errors import WeightsUnavailableError
 
 Interpreter = pytest.importorskip("ai_edge_litert.interpreter").Interpreter
 

@@ -12,8 +12,8 @@ from transferlab.detect.detector import load_detector
 from transferlab.detect.evaluate import evaluate_detector
 from transferlab.detect.trainer import TrainConfig, freeze_blocks, train
 from transferlab.detect.weights import load_pretrained
-from transferlab.errors import CheckpointError, TransferlabError
-from transferlab.io import load_state_dict_file
+from transferlab.core.errors import CheckpointError, TransferlabError
+from transferlab.core.io import load_state_dict_file
 
 # the package re-exports the train() function under the module's name
 train_module = importlib.import_module("transferlab.detect.trainer")

@@ -1,11 +1,11 @@
 """Face detection: MediaPipe BlazeFace in PyTorch, with fine-tuning, evaluation and ONNX export.
 
     from transferlab.detect import detect
-    detect("group.jpg", model="blazeface_back")   # -> [{"image", "score", "box", "keypoints"}, ...]
+    detect("group.jpg", model="blazeface_back")   # -> [{"path", "status", "detections": [...]}]
 
 The .tflite weight parser is imported only when pretrained weights are first converted.
 """
-from ..lazy import lazy_exports as _lazy_exports
+from ..core.lazy import lazy_exports as _lazy_exports
 
 __all__ = ["Detector", "FaceDataset", "TrainConfig", "detect", "evaluate_detector", "export_onnx",
            "load_detector", "load_faces", "train"]

@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from ..errors import DatasetError
+from ..core.errors import DatasetError
 from .boxes import NUM_KEYPOINTS
-from .image import list_images
+from ..data.images import walk_images
 
 FORMATS = ("wider", "voc", "coco", "yolo", "csv")
 # annotation tools often round a box edge one pixel past the border; more than this is a real error
@@ -236,7 +236,7 @@ def read_yolo(root: Path) -> FaceDataset:
     An image without a label file has no faces (YOLO's convention)."""
     raw: _Raw = {}
     skipped: list[Skipped] = []
-    for image in list_images(root / "images" if (root / "images").is_dir() else root):
+    for image in walk_images(root / "images" if (root / "images").is_dir() else root):
         faces = raw.setdefault(image, [])
         label = _yolo_label_path(image, root)
         if not label.is_file():

@@ -1,19 +1,24 @@
 """Face detection with a pretrained or fine-tuned BlazeFace: `detect()` and `load_detector()`."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
+from tqdm.auto import tqdm
 
-from ..errors import CheckpointError, TransferlabError
-from ..io import load_state_dict_file
+from ..core.errors import CheckpointError, ImageReadError, TransferlabError
+from ..core.io import load_state_dict_file
+from ..data.images import find_images
+from ..runs.folder import read_meta
 from .anchors import generate_anchors
 from .boxes import Detections, decode, weighted_nms
-from .image import letterbox, list_images, load_image, to_tensor
+from .image import letterbox, load_image, to_tensor
 from .model import CONFIGS, BlazeFace, build_model
 from .weights import load_pretrained
+
+PROGRESS_MIN_IMAGES = 8
 
 DEFAULT_SCORE_THRESHOLD = 0.5
 DEFAULT_IOU_THRESHOLD = 0.3
@@ -34,7 +39,38 @@ class Detector:
 
     @property
     def input_size(self) -> int:
+        """The square input side (128 front, 256 back)."""
         return self.model.config.input_size
+
+    @property
+    def kind(self) -> str:
+        """The run kind this model is ("detector")."""
+        return "detector"
+
+    def predict(self, images, score_threshold: float | None = None, batch_size: int = 32,
+                progress: bool | None = None) -> list[dict]:
+        """Faces in image files, folders or globs: one record per image, unreadable ones included.
+
+        Records: {"path", "status" ("ok" or why it could not be read), "detections": [{"score",
+        "box" [xmin, ymin, xmax, ymax], "keypoints" [[x, y] x 6]}]} in the image's upright pixels.
+        """
+        paths = find_images(images)
+        records: list[dict] = []
+        show = progress if progress is not None else len(paths) > PROGRESS_MIN_IMAGES
+        for start in tqdm(range(0, len(paths), batch_size), desc="detect", disable=not show, leave=False):
+            arrays, rows = [], []
+            for path in paths[start:start + batch_size]:
+                try:
+                    arrays.append(load_image(path))
+                    rows.append({"path": str(path), "status": "ok", "detections": []})
+                except ImageReadError as e:
+                    rows.append({"path": str(path), "status": e.reason, "detections": []})
+            found = iter(self.detect_arrays(arrays, score_threshold))
+            for row in rows:
+                if row["status"] == "ok":
+                    row["detections"] = detection_records(next(found))
+            records += rows
+        return records
 
     def postprocess(self, regressors: torch.Tensor, logits: torch.Tensor,
                     score_threshold: float | None = None) -> list[Detections]:
@@ -69,15 +105,11 @@ def load_detector(model: str | Path = "blazeface_front", device: str | torch.dev
     if str(model) in CONFIGS:
         return Detector(load_pretrained(str(model)).to(device))
     run = Path(model)
-    meta_path = run / "model.json"
-    if not meta_path.is_file():
+    if not (run / "model.json").is_file():
         raise TransferlabError(f"{model}: not a detector name ({', '.join(CONFIGS)}) nor a run folder with model.json")
-    try:
-        meta = json.loads(meta_path.read_text())
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{meta_path}: invalid JSON ({e}); re-run training or restore the file") from None
-    if meta.get("kind") != "detector" or meta.get("architecture") not in CONFIGS:
-        raise CheckpointError(f"{meta_path}: not a face-detector run (kind={meta.get('kind')!r})")
+    meta = read_meta(run, kind="detector")
+    if meta.get("architecture") not in CONFIGS:
+        raise CheckpointError(f"{run / 'model.json'}: unknown detector architecture {meta.get('architecture')!r}")
     net = build_model(meta["architecture"])
     try:
         net.load_state_dict(load_state_dict_file(run / "model.safetensors"))
@@ -89,8 +121,9 @@ def load_detector(model: str | Path = "blazeface_front", device: str | torch.dev
                     thresholds.get("iou", DEFAULT_IOU_THRESHOLD), source=str(run))
 
 
-def to_records(name: str, det: Detections) -> list[dict]:
-    return [{"image": name, "score": round(float(s), 4),
+def detection_records(det: Detections) -> list[dict]:
+    """Detections as JSON-ready dicts: score, box, keypoints (pixels, rounded)."""
+    return [{"score": round(float(s), 4),
              "box": [round(float(v), 2) for v in b],
              "keypoints": [[round(float(x), 2), round(float(y), 2)] for x, y in k]}
             for b, k, s in zip(det.boxes, det.keypoints, det.scores)]
@@ -98,16 +131,13 @@ def to_records(name: str, det: Detections) -> list[dict]:
 
 def detect(images, model: str | Path | Detector = "blazeface_front",
            score_threshold: float | None = None) -> list[dict]:
-    """Detect faces; one record per face: image, score, box [xmin, ymin, xmax, ymax] and six keypoints
-    (right eye, left eye, nose, mouth, right ear, left ear) in original image pixels.
-
-    `images`: a path (file or folder), PIL image, uint8 array, or a list of them.
-    """
-    if not isinstance(images, (list, tuple)):
-        images = [images]
-    images = [p for im in images
-              for p in (list_images(im) if isinstance(im, (str, Path)) and Path(im).is_dir() else [im])]
+    """Detect faces: one record per image (see Detector.predict), each face with its score, box
+    [xmin, ymin, xmax, ymax] and six keypoints (right eye, left eye, nose, mouth, right ear, left ear)
+    in the image's upright pixels. `images`: files, folders, globs, or in-memory PIL images / uint8
+    arrays (named image0, image1, ...)."""
     detector = model if isinstance(model, Detector) else load_detector(model)
-    names = [str(im) if isinstance(im, (str, Path)) else f"image{i}" for i, im in enumerate(images)]
-    dets = detector.detect_arrays([load_image(im) for im in images], score_threshold)
-    return [r for name, det in zip(names, dets) for r in to_records(name, det)]
+    items = images if isinstance(images, (list, tuple)) else [images]
+    if not any(isinstance(im, (np.ndarray, Image.Image)) for im in items):
+        return detector.predict(items, score_threshold)
+    dets = detector.detect_arrays([load_image(im) for im in items], score_threshold)
+    return [{"path": f"image{i}", "status": "ok", "detections": detection_records(d)} for i, d in enumerate(dets)]

@@ -10,6 +10,7 @@ from torchvision.ops import box_iou
 
 from .boxes import Detections
 from .data import FaceDataset
+from ..runs.report import plot_pr_curves
 from .detector import Detector
 from .image import load_image
 
@@ -68,21 +69,20 @@ def evaluate_detector(detector: Detector, dataset: FaceDataset, score_threshold:
     return pr_curve(detections, [s.boxes for s in dataset.samples])
 
 
-def plot_pr_curves(curves: dict[str, PRCurve], path: str | Path, title: str = "Face detection, IoU 0.5") -> None:
-    import matplotlib
+def evaluate_faces(detector: Detector, data, format: str = "auto", plot=None) -> dict:
+    """AP@0.5 of a detector on annotated faces, next to its pretrained architecture's when it is a
+    fine-tuned run; a precision/recall plot in RUN/eval_pr_curve.png for a run (or at `plot`)."""
+    from .data import load_faces
+    from .detector import load_detector
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from ..io import atomic_path
-
-    fig, ax = plt.subplots(figsize=(5, 4.5))
-    for name, c in curves.items():
-        ax.plot(c.recall, c.precision, label=f"{name} (AP {c.ap:.3f})")
-    ax.set(xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.02), title=title)
-    ax.grid(alpha=0.3)
-    ax.legend(loc="lower left")
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
+    dataset = load_faces(data, format)
+    arch = detector.model.config.name
+    curves = {detector.source: evaluate_detector(detector, dataset)}
+    if detector.source != arch:
+        curves[f"pretrained {arch}"] = evaluate_detector(load_detector(arch), dataset)
+    plot = plot or (Path(detector.source) / "eval_pr_curve.png" if Path(detector.source).is_dir() else None)
+    if plot:
+        plot_pr_curves(curves, plot)
+    return {"kind": "detector", "data": str(data), "summary": dataset.summary(), "images": len(dataset.samples),
+            "faces": dataset.num_faces, "ap50": {name: c.ap for name, c in curves.items()},
+            "plot": str(plot) if plot else None}

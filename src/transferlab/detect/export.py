@@ -5,31 +5,39 @@ as in MediaPipe, with the anchor settings recorded in the run's model.json.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from ..io import atomic_path
-from ..runtime import cpu_session, export_onnx as export_graph
+from ..core.io import atomic_path, atomic_write_json
+from ..inference.export import ExportResult, check_format, default_export_path
+from ..inference.runtime import cpu_session, export_onnx as export_graph
 from .detector import Detector
 
 
-@dataclass
-class ExportResult:
-    path: Path
-    max_abs_diff: float
-
-
-def export_onnx(detector: Detector, path: str | Path, opset: int = 17, check: bool = True) -> ExportResult:
+def export_onnx(detector: Detector, path: str | Path | None = None, opset: int = 17, check: bool = True,
+                format: str = "onnx") -> ExportResult:
+    """Write the detector's raw heads as ONNX, a sidecar with anchors and thresholds, and check parity."""
+    check_format(format, ("onnx",))
     model = detector.model.eval().cpu()
     size = detector.input_size
-    path = Path(path)
+    path = Path(path) if path else default_export_path(detector.source, "onnx")
     with atomic_path(path) as tmp:
         export_graph(model, torch.zeros(1, 3, size, size), tmp, outputs=("regressors", "logits"), opset=opset)
-    diff = parity(model, path, size) if check else float("nan")
-    return ExportResult(path, diff)
+    diff = parity(model, path, size) if check else None
+    sidecar = path.with_suffix(path.suffix + ".json")
+    atomic_write_json(sidecar, {
+        "format": "onnx",
+        "input": {"name": "image", "shape": ["batch", 3, size, size], "dtype": "float32",
+                  "layout": "NCHW RGB in [-1, 1], letterboxed with a zero border"},
+        "output": {"regressors": ["batch", "anchors", 16], "logits": ["batch", "anchors"],
+                   "apply": "sigmoid(clip(logit, -100, 100)), decode against the anchors, weighted NMS"},
+        "anchors": detector.model.config.anchors.to_dict(),
+        "thresholds": {"score": detector.score_threshold, "iou": detector.iou_threshold},
+        "max_abs_diff_vs_pytorch": diff,
+    })
+    return ExportResult(path, sidecar, "onnx", diff)
 
 
 def parity(model: torch.nn.Module, path: Path, size: int, batch: int = 2, seed: int = 0) -> float:

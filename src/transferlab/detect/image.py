@@ -1,30 +1,26 @@
-"""Image loading and the letterbox BlazeFace expects (aspect kept, zero border, RGB in [-1, 1])."""
+"""The letterbox BlazeFace expects (aspect kept, zero border, RGB in [-1, 1]), and images as arrays.
+
+Files are read by the one image reader (data/images.py): EXIF orientation, any mode, size guards.
+"""
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
-from ..errors import ImageReadError, TransferlabError
-
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
+from ..core.errors import TransferlabError
+from ..data.images import open_image, to_rgb
 
 
 def load_image(source) -> np.ndarray:
-    """A path, PIL image or HxW[x3|4] uint8 array -> HxWx3 uint8 RGB array."""
-    if isinstance(source, (str, Path)):
-        try:
-            with Image.open(source) as im:
-                return np.asarray(im.convert("RGB"))
-        except FileNotFoundError:
-            raise ImageReadError(source, "file not found") from None
-        except (UnidentifiedImageError, OSError) as e:
-            raise ImageReadError(source, f"cannot decode image ({e})") from None
+    """A path, PIL image or HxW[x3|4] uint8 array -> HxWx3 uint8 RGB array, upright."""
+    if isinstance(source, (str, os.PathLike)):
+        return np.asarray(open_image(source))
     if isinstance(source, Image.Image):
-        return np.asarray(source.convert("RGB"))
+        return np.asarray(to_rgb(source))
     if isinstance(source, np.ndarray):
         if source.ndim == 2:
             source = np.repeat(source[..., None], 3, -1)
@@ -51,6 +47,7 @@ class Letterbox:
 
 
 def letterbox(image: np.ndarray, size: int) -> tuple[np.ndarray, Letterbox]:
+    """Resize keeping the aspect ratio into a size x size square, centred on a zero border."""
     h, w = image.shape[:2]
     scale = size / max(h, w)
     nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
@@ -64,7 +61,3 @@ def letterbox(image: np.ndarray, size: int) -> tuple[np.ndarray, Letterbox]:
 def to_tensor(image: np.ndarray) -> torch.Tensor:
     """HxWx3 uint8 -> 3xHxW float in [-1, 1]."""
     return torch.from_numpy(image).permute(2, 0, 1).float() / 127.5 - 1.0
-
-
-def list_images(folder: Path) -> list[Path]:
-    return sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)

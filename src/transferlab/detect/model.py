@@ -108,7 +108,7 @@ class BlazeFace(nn.Module):
 
 
 def build_model(name: str) -> BlazeFace:
-    from ..errors import TransferlabError
+    from ..core.errors import TransferlabError
 
     if name not in CONFIGS:
         raise TransferlabError(f"unknown detector architecture {name!r}; choose one of {', '.join(CONFIGS)}")

@@ -5,8 +5,6 @@ pr_curve.png, skipped.txt (annotations that were dropped, with reasons).
 """
 from __future__ import annotations
 
-import csv
-import io
 import json
 import time
 from dataclasses import asdict, dataclass, field, fields
@@ -17,12 +15,16 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from ..errors import CheckpointError, TransferlabError
-from ..io import atomic_torch_save, atomic_write_json, atomic_write_text, safe_torch_load, save_weights
+from ..core.errors import CheckpointError, TransferlabError
+from ..core.device import pick_device
+from ..core.io import atomic_torch_save, atomic_write_text, safe_torch_load, save_weights
+from ..runs.folder import prepare_run_dir, write_meta
+from ..runs.metrics import write_metrics
+from ..runs.report import plot_pr_curves
 from .augment import AugmentConfig, augment
 from .data import FaceDataset, Sample, load_faces
 from .detector import Detector
-from .evaluate import PRCurve, evaluate_detector, plot_pr_curves
+from .evaluate import PRCurve, evaluate_detector
 from .image import letterbox, load_image, to_tensor
 from .loss import DetectionLoss, LossConfig
 from .weights import load_pretrained
@@ -32,15 +34,17 @@ KEYPOINT_NAMES = ("right_eye", "left_eye", "nose", "mouth", "right_ear_tragion",
 
 @dataclass
 class TrainConfig:
-    architecture: str = "blazeface_front"
+    """Every knob of a detector fine-tuning run; the field names are the classifier's for the same knobs."""
+
+    model: str = "blazeface_front"
     epochs: int = 10
     lr: float = 5e-4                 # higher rates wreck the pretrained features within an epoch
     batch_size: int = 32
     freeze: int = 0                  # leading backbone blocks (stem first) kept at pretrained values
     weight_decay: float = 1e-4
-    val_fraction: float = 0.2        # held out from the training data when no validation set is given
+    val_split: float = 0.2           # held out from the training data when no validation set is given
     seed: int = 0
-    num_workers: int = 0
+    workers: int = 0
     device: str = "auto"
     score_threshold: float = 0.5
     iou_threshold: float = 0.3
@@ -48,11 +52,13 @@ class TrainConfig:
     loss: LossConfig = field(default_factory=LossConfig)
 
     def to_dict(self) -> dict:
+        """Plain data for model.json and checkpoints."""
         # JSON round trip: plain lists/dicts only, so the checkpoint loads with weights_only=True
         return json.loads(json.dumps(asdict(self)))
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
+        """Back from to_dict()."""
         known = {f.name for f in fields(cls)}
         d = {k: v for k, v in d.items() if k in known}
         aug, loss = dict(d.pop("augment", {})), d.pop("loss", {})
@@ -89,14 +95,16 @@ def _collate(batch):
     return torch.stack(images), list(zip(boxes, kps))
 
 
-def split_dataset(dataset: FaceDataset, val_fraction: float, seed: int) -> tuple[list[Sample], list[Sample]]:
+def split_dataset(dataset: FaceDataset, val_split: float, seed: int) -> tuple[list[Sample], list[Sample]]:
+    """A seeded (train, validation) split of the images."""
     n = len(dataset.samples)
-    n_val = int(round(n * val_fraction)) if n >= 5 else 0
+    n_val = int(round(n * val_split)) if n >= 5 else 0
     order = np.random.default_rng(seed).permutation(n)
     return [dataset.samples[i] for i in order[n_val:]], [dataset.samples[i] for i in order[:n_val]]
 
 
 def freeze_blocks(model, n: int) -> None:
+    """Keep the first n backbone blocks at their pretrained values."""
     blocks = model.blocks()
     if not 0 <= n <= len(blocks):
         raise TransferlabError(f"--freeze {n}: {model.config.name} has {len(blocks)} backbone blocks; use 0..{len(blocks)}")
@@ -104,29 +112,21 @@ def freeze_blocks(model, n: int) -> None:
         block.requires_grad_(False)
 
 
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise TransferlabError(f"--device {name!r}: not a device name; use auto, cpu or cuda[:N]") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise TransferlabError(f"--device {name}: CUDA is not available on this machine; use --device cpu")
-    return device
-
-
 @dataclass
 class TrainResult:
+    """What detect.train returns: the run folder, the epochs, and validation AP before and after."""
+
     run_dir: Path
     history: list[dict]
     val: PRCurve | None
     pretrained_val: PRCurve | None
     train_seconds: float
+    meta: dict = field(default_factory=dict)
 
 
 def train(data: str | Path, out: str | Path, config: TrainConfig | None = None, *, fmt: str = "auto",
           val_data: str | Path | None = None, resume: bool = False, progress: bool = True) -> TrainResult:
+    """Fine-tune a pretrained BlazeFace on annotated faces into the run folder `out` (resumable)."""
     out = Path(out)
     ckpt_path = out / "checkpoints" / "last.pt"
     state = None
@@ -135,17 +135,17 @@ def train(data: str | Path, out: str | Path, config: TrainConfig | None = None, 
             raise CheckpointError(f"{ckpt_path}: no checkpoint to resume; train without --resume first")
         state = safe_torch_load(ckpt_path)
         config = TrainConfig.from_dict(state["config"])  # resume continues the run exactly as configured
-    elif ckpt_path.exists() or (out / "model.json").exists():
-        raise TransferlabError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
+    else:
+        prepare_run_dir(out)
     config = config or TrainConfig()
 
     dataset = load_faces(data, fmt)
     if val_data is not None:
         train_samples, val_samples = dataset.samples, load_faces(val_data, fmt).samples
     else:
-        train_samples, val_samples = split_dataset(dataset, config.val_fraction, config.seed)
-    device = _device(config.device)
-    model = load_pretrained(config.architecture).to(device)
+        train_samples, val_samples = split_dataset(dataset, config.val_split, config.seed)
+    device = pick_device(config.device)
+    model = load_pretrained(config.model).to(device)
     freeze_blocks(model, config.freeze)
     train_set = FaceTrainSet(train_samples, model.config.input_size, config.augment, config.seed)
     steps_per_epoch = -(-len(train_set) // config.batch_size)
@@ -174,7 +174,7 @@ def train(data: str | Path, out: str | Path, config: TrainConfig | None = None, 
         elapsed += time.perf_counter() - t0
         row["seconds"] = round(elapsed, 2)
         history.append(row)
-        _write_metrics(out / "metrics.csv", history)
+        write_metrics(out / "metrics.csv", history)
         atomic_torch_save({"epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                            "scheduler": scheduler.state_dict(), "config": config.to_dict(),
                            "history": history, "train_seconds": elapsed}, ckpt_path)
@@ -185,7 +185,7 @@ def train(data: str | Path, out: str | Path, config: TrainConfig | None = None, 
 def _train_epoch(model, criterion, optimizer, scheduler, train_set, config, epoch, device, progress) -> float:
     model.train()
     loader = DataLoader(train_set, batch_size=config.batch_size, shuffle=True, collate_fn=_collate,
-                        num_workers=config.num_workers,
+                        num_workers=config.workers,
                         generator=torch.Generator().manual_seed(config.seed * 1000 + epoch))
     total, n = 0.0, 0
     bar = tqdm(loader, desc=f"epoch {epoch + 1}/{config.epochs}", disable=not progress, leave=False)
@@ -202,15 +202,6 @@ def _train_epoch(model, criterion, optimizer, scheduler, train_set, config, epoc
     return total / max(n, 1)
 
 
-def _write_metrics(path: Path, history: list[dict]) -> None:
-    columns = list(dict.fromkeys(k for row in history for k in row))
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=columns)
-    writer.writeheader()
-    writer.writerows(history)
-    atomic_write_text(path, buf.getvalue())
-
-
 def _finish(out, model, config, dataset, train_samples, val_set, history, elapsed, source) -> TrainResult:
     save_weights(model.state_dict(), out / "model.safetensors")
     val = pretrained = None
@@ -218,34 +209,33 @@ def _finish(out, model, config, dataset, train_samples, val_set, history, elapse
                "train_loss": history[-1]["train_loss"] if history else None}
     if val_set.samples:
         val = evaluate_detector(Detector(model), val_set)
-        pretrained = evaluate_detector(Detector(load_pretrained(config.architecture)), val_set)
+        pretrained = evaluate_detector(Detector(load_pretrained(config.model)), val_set)
         metrics.update(val_ap50=round(val.ap, 5), pretrained_val_ap50=round(pretrained.ap, 5))
         plot_pr_curves({"fine-tuned": val, "pretrained": pretrained}, out / "pr_curve.png")
-    atomic_write_json(out / "model.json", {
-        "kind": "detector",
-        "architecture": config.architecture,
+    meta = write_meta(out, "detector", {
+        "architecture": config.model,
         "input_size": model.config.input_size,
         "anchors": model.config.anchors.to_dict(),
         "thresholds": {"score": config.score_threshold, "iou": config.iou_threshold},
         "box_format": "xyxy pixels; 6 keypoints " + ", ".join(KEYPOINT_NAMES),
-        "hyperparameters": config.to_dict(),
+        "config": config.to_dict(),
         "data": {"source": source, "format": dataset.format, "train_images": len(train_samples),
                  "val_images": len(val_set.samples), "skipped_annotations": len(dataset.skipped)},
         "metrics": metrics,
     })
     atomic_write_text(out / "report.md", _report(config, dataset, train_samples, val_set, history, metrics))
-    return TrainResult(out, history, val, pretrained, elapsed)
+    return TrainResult(out, history, val, pretrained, elapsed, meta)
 
 
 def _report(config, dataset, train_samples, val_set, history, metrics) -> str:
-    lines = [f"# Face detector fine-tuning ({config.architecture})", "",
+    lines = [f"# Face detector fine-tuning ({config.model})", "",
              f"- data: {dataset.summary()}",
              f"- split: {len(train_samples)} train / {len(val_set.samples)} validation images",
              f"- epochs: {metrics['epochs_completed']}, lr {config.lr}, batch {config.batch_size}, "
              f"freeze {config.freeze}, training time {metrics['train_seconds']} s", ""]
     if "val_ap50" in metrics:
         lines += ["| model | AP@0.5 (validation) |", "|---|---|",
-                  f"| pretrained {config.architecture} | {metrics['pretrained_val_ap50']:.4f} |",
+                  f"| pretrained {config.model} | {metrics['pretrained_val_ap50']:.4f} |",
                   f"| fine-tuned | {metrics['val_ap50']:.4f} |", "", "![precision/recall](pr_curve.png)", ""]
     lines += ["| epoch | train loss | val AP@0.5 |", "|---|---|---|"]
     lines += [f"| {r['epoch']} | {r['train_loss']:.4f} | {r.get('val_ap50', '-')} |" for r in history]

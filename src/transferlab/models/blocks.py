@@ -1,7 +1,11 @@
 """Every backbone seen as an ordered list of named blocks: stem .. stages .. pool .. head.
 
-"Freeze the first N blocks" then means the same thing for every architecture, the frozen prefix
-can be run once and cached (features.py), and the head is always the last block.
+"Freeze the first N groups" then means the same thing for every architecture, the frozen prefix
+can be run once and cached (training/features.py), and the head is always the last block.
+
+Freeze groups are the blocks themselves unless the architecture gives finer ones: timm models whose
+body is not a sequence of stages (ViT, ConvNeXt, ...) keep one body block for the forward pass and
+freeze by timm's own group_matcher (stem, each transformer block, norm, head).
 """
 from __future__ import annotations
 
@@ -12,25 +16,48 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from ..config import BN_POLICIES
+from ..core.options import BN_POLICIES
 
 
 class BlockNet(nn.Module):
     """A classifier whose forward is its blocks applied in order."""
 
-    def __init__(self, blocks: "OrderedDict[str, nn.Module]"):
+    def __init__(self, blocks: "OrderedDict[str, nn.Module]", groups: list | None = None):
         super().__init__()
         if not blocks:
             raise ValueError("a BlockNet needs at least one block")
         self.blocks = nn.ModuleDict(blocks)
-        self.frozen_blocks = 0
+        self.groups = self._group_names_of(groups) if groups else [
+            (name, [f"blocks.{name}.{p}" for p, _ in module.named_parameters()]) for name, module in blocks.items()]
+        self.frozen_groups = 0
+        self.frozen_blocks = 0  # leading blocks with every parameter frozen: the prefix that can be cached
         self.bn_policy = "frozen"
         self.checkpointed_blocks = 0  # leading blocks recomputed in backward instead of storing activations
+
+    def _group_names_of(self, groups: list) -> list[tuple[str, list[str]]]:
+        """(name, parameters) groups -> (name, parameter names in this network); parameters no group
+        holds (a classifier the architecture replaced) join the last group, the head."""
+        names = {id(p): n for n, p in self.named_parameters()}
+        out = [(name, [names[id(p)] for p in params if id(p) in names]) for name, params in groups]
+        grouped = {n for _, ns in out for n in ns}
+        out[-1][1].extend(n for n in names.values() if n not in grouped)
+        return [(name, ns) for name, ns in out if ns]
 
     # --- structure -------------------------------------------------------------------------
     @property
     def block_names(self) -> list[str]:
+        """The sequential blocks of the forward pass, stem first, head last."""
         return list(self.blocks.keys())
+
+    @property
+    def group_names(self) -> list[str]:
+        """The freeze groups, stem first, head last: what `freeze(n)` and freeze points count."""
+        return [name for name, _ in self.groups]
+
+    def group_parameters(self, name: str) -> list[nn.Parameter]:
+        """The parameters of one freeze group."""
+        params = dict(self.named_parameters())
+        return [params[n] for group, names in self.groups if group == name for n in names]
 
     @property
     def head(self) -> nn.Module:
@@ -62,18 +89,18 @@ class BlockNet(nn.Module):
                     setattr(parent, name, new)
                     return
 
-    def block_index(self, block: int | str) -> int:
-        """Resolve a freeze point given as a count (0..len) or as the name of the first trainable block."""
-        names = self.block_names
-        if isinstance(block, str) and not block.lstrip("-").isdigit():
-            if block not in names:
-                raise ValueError(f"unknown block {block!r}; blocks are: {', '.join(names)}")
-            return names.index(block)
-        n = int(block)
+    def group_index(self, group: int | str) -> int:
+        """Resolve a freeze point given as a count (0..len) or as the name of the first trainable group."""
+        names = self.group_names
+        if isinstance(group, str) and not group.lstrip("-").isdigit():
+            if group not in names:
+                raise ValueError(f"unknown block {group!r}; blocks are: {', '.join(names)}")
+            return names.index(group)
+        n = int(group)
         if n < 0:
             n += len(names)
         if not 0 <= n <= len(names):
-            raise ValueError(f"freeze point {block} out of range 0..{len(names)} (blocks: {', '.join(names)})")
+            raise ValueError(f"freeze point {group} out of range 0..{len(names)} (blocks: {', '.join(names)})")
         return n
 
     # --- forward ---------------------------------------------------------------------------
@@ -114,14 +141,21 @@ class BlockNet(nn.Module):
 
     # --- freezing --------------------------------------------------------------------------
     def freeze(self, n: int | str, bn_policy: str = "frozen") -> int:
-        """Freeze the first n blocks (requires_grad off); unfreeze the rest. Returns n as an int."""
+        """Freeze the first n groups (requires_grad off); unfreeze the rest. Returns n as an int."""
         if bn_policy not in BN_POLICIES:
             raise ValueError(f"bn policy must be one of {BN_POLICIES}")
-        n = self.block_index(n)
-        for i, module in enumerate(self.blocks.values()):
-            for p in module.parameters():
-                p.requires_grad_(i >= n)
-        self.frozen_blocks = n
+        n = self.group_index(n)
+        frozen = {name for _, names in self.groups[:n] for name in names}
+        for name, p in self.named_parameters():
+            p.requires_grad_(name not in frozen)
+        self.frozen_groups = n
+        self.frozen_blocks = 0
+        for module in self.blocks.values():
+            if any(p.requires_grad for p in module.parameters()):
+                break
+            self.frozen_blocks += 1
+        if n < len(self.groups):  # a trailing block without parameters (pool) still runs with the trainable rest
+            self.frozen_blocks = min(self.frozen_blocks, len(self.blocks) - 1)
         self.bn_policy = bn_policy
         self.train(self.training)
         return n
@@ -139,6 +173,7 @@ class BlockNet(nn.Module):
         return self
 
     def trainable_parameters(self) -> int:
+        """How many parameters will be trained."""
         return sum(p.numel() for p in self.parameters() if p.requires_grad)
 
 

@@ -1,51 +1,38 @@
 """The model registry: a name -> how to build it, its blocks, its preprocessing and its weights."""
 from __future__ import annotations
 
-from collections import OrderedDict
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import torch
 from torch import nn
 
-from ..errors import TransferlabError
-from ..io import load_state_dict_file
-from ..preprocess import Preprocessing
-from ..weights import load_user_weights
+from ..core.errors import TransferlabError
+from ..core.io import load_state_dict_file
+from .weights import load_user_weights
 from .blocks import BlockNet
+from .spec import TIMM_PREFIX, ModelSpec
 
-TIMM_PREFIX = "timm:"
 NO_WEIGHTS = (None, False, "none", "random", "scratch")
 PRETRAINED = (True, "default", "pretrained", "imagenet")
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    name: str
-    build: Callable[[], nn.Module]  # the original architecture, 1000 ImageNet classes, random init
-    blocks: Callable[[nn.Module], "OrderedDict[str, nn.Module]"]
-    preprocessing: Preprocessing
-    weights: object  # a weight source from weights.py
-    description: str = ""
-    aliases: tuple[str, ...] = field(default=())
-    optional_keys: tuple[str, ...] = ()  # prefixes a user's weights file may lack (aux heads)
 
 
 _REGISTRY: dict[str, ModelSpec] = {}
 
 
 def register_model(spec: ModelSpec) -> ModelSpec:
+    """Add a model (and its aliases) to the registry."""
     for key in (spec.name, *spec.aliases):
         _REGISTRY[key] = spec
     return spec
 
 
 def list_models() -> list[str]:
+    """The registered model names (timm models are reachable as timm:NAME besides these)."""
     return sorted({spec.name for spec in _REGISTRY.values()})
 
 
 def get_spec(name: str) -> ModelSpec:
+    """The ModelSpec of a registered name or of timm:NAME."""
     if name.startswith(TIMM_PREFIX):
         from .timm_models import timm_spec
 
@@ -79,7 +66,8 @@ def create_model(
         if not _is_blocknet_state(user_state):
             load_user_weights(raw, user_state, str(weights), spec.optional_keys)
             user_state = None
-    model = BlockNet(spec.blocks(raw))
+    groups = spec.groups(raw) if spec.groups else None  # before blocks(), which may move the classifier
+    model = BlockNet(spec.blocks(raw), groups)
     model.arch = spec.name
     model.preprocessing = spec.preprocessing
     if user_state is not None:
@@ -107,9 +95,11 @@ def _classes_in_state(model: BlockNet, state: dict) -> int:
 
 
 def count_parameters(model: nn.Module) -> int:
+    """All parameters of a model, trainable or not."""
     return sum(p.numel() for p in model.parameters())
 
 
 def example_input(spec_or_model, batch: int = 1) -> torch.Tensor:
+    """A random batch of the model's input size."""
     size = spec_or_model.preprocessing.input_size
     return torch.randn(batch, 3, size, size)

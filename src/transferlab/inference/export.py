@@ -1,29 +1,51 @@
-"""Export a run to TorchScript or ONNX, verified against the PyTorch model, with a preprocessing sidecar."""
+"""Export a model to TorchScript or ONNX, verified against PyTorch, with a sidecar that says how to
+feed it. One result type for every kind of model."""
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from .classifier import Classifier, load
-from .config import EXPORT_FORMATS
-from .errors import TransferlabError
-from .io import atomic_path, atomic_write_json
+from ..core.errors import TransferlabError
+from ..core.io import atomic_path, atomic_write_json
+from ..core.options import EXPORT_FORMATS
+from .classifier import Classifier
 from .runtime import cpu_session, export_onnx
 
 
-def export(run, format: str = "onnx", out=None, batch: int = 2, check: bool = True) -> dict:
-    """Write the exported model (and a .json sidecar); returns {"path", "sidecar", "max_abs_diff"}."""
-    if format not in EXPORT_FORMATS:
-        raise TransferlabError(f"--format must be one of {', '.join(EXPORT_FORMATS)}")
-    clf = run if isinstance(run, Classifier) else load(str(run))
+@dataclass
+class ExportResult:
+    """Where an export went and how closely it reproduces PyTorch (max |difference| on random inputs)."""
+
+    path: Path
+    sidecar: Path
+    format: str
+    max_abs_diff: float | None
+
+
+def default_export_path(model_name: str, format: str) -> Path:
+    """RUN/model.onnx (or .pt) for a run folder, NAME.onnx in the working folder for a registry name."""
+    suffix = ".pt" if format == "torchscript" else ".onnx"
+    return Path(model_name) / f"model{suffix}" if Path(model_name).is_dir() else Path(f"{model_name}{suffix}")
+
+
+def check_format(format: str, allowed=EXPORT_FORMATS) -> None:
+    """One line naming the formats this kind of model exports to."""
+    if format not in allowed:
+        raise TransferlabError(f"--format must be one of {', '.join(allowed)}")
+
+
+def export_classifier(clf: Classifier, format: str = "onnx", out=None, batch: int = 2,
+                      check: bool = True) -> ExportResult:
+    """Write the exported classifier and its .json sidecar (input, output, preprocessing, classes)."""
+    check_format(format)
     model = clf.model.cpu().eval()
     size = clf.preprocessing.input_size
     torch.manual_seed(0)
     example = torch.randn(batch, 3, size, size)
-    suffix = ".pt" if format == "torchscript" else ".onnx"
-    path = Path(out) if out else Path(str(run) if not isinstance(run, Classifier) else ".") / f"model{suffix}"
+    path = Path(out) if out else default_export_path(clf.name.replace(":", "_") or "model", format)
     with torch.inference_mode():
         reference = model(example)
     if format == "torchscript":
@@ -45,7 +67,7 @@ def export(run, format: str = "onnx", out=None, batch: int = 2, check: bool = Tr
         "classes": list(clf.classes),
         "max_abs_diff_vs_pytorch": diff,
     })
-    return {"path": str(path), "sidecar": str(sidecar), "max_abs_diff": diff}
+    return ExportResult(path, sidecar, format, diff)
 
 
 def _export_torchscript(model, example, path: Path, reference, check: bool) -> float | None:

@@ -11,9 +11,9 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader
 
-from .device import channels_last_on_cpu, forward_in_passes
-from .io import atomic_path
-from .models import BlockNet
+from ..core.device import channels_last_on_cpu, forward_in_passes
+from ..core.io import atomic_path
+from ..models import BlockNet
 
 CACHE_FORMAT = 1
 

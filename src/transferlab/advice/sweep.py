@@ -9,9 +9,7 @@ are kept in the winner's run folder, and recorded in its model.json under "advic
 """
 from __future__ import annotations
 
-import csv
 import dataclasses
-import json
 import math
 import sys
 import tempfile
@@ -20,15 +18,23 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import SWEEP_ETA, SWEEP_POINTS
-from .data import drop_failed, scan_dataset
-from .errors import TransferlabError
-from .models import create_model
-from .trainer import Run, TrainConfig, Trainer, default_run_dir
+from ..core.errors import TransferlabError
+from ..core.io import atomic_write_json
+from ..core.options import SWEEP_ETA, SWEEP_POINTS
+from ..data.folders import scan_dataset
+from ..models import create_model
+from ..runs.folder import default_run_dir
+from ..runs.metrics import write_metrics
+from ..runs.report import plot_sweep
+from ..training.batches import TrainingCache
+from ..training.config import TrainConfig
+from ..training.trainer import Run, Trainer
 
 
 @dataclasses.dataclass
 class Trial:
+    """One short training run of the search."""
+
     rung: int
     epochs: int
     freeze: int
@@ -37,31 +43,6 @@ class Trial:
     val_acc: float
     val_loss: float
     seconds: float
-
-
-class _SharedTrainer(Trainer):
-    """A Trainer that reuses decoded images and frozen-prefix features across the sweep's runs.
-
-    Valid because every run starts from the same pretrained weights and the prefix stays frozen:
-    the cached activations of freeze point n (and their seeded augmented views) are identical."""
-
-    def __init__(self, data, config, out, progress, shared: dict):
-        self.shared = shared
-        super().__init__(data, config, out=out, progress=progress)
-
-    def _decode_once(self):
-        if "decoded" not in self.shared:
-            self.shared["decoded"] = super()._decode_once()
-        else:
-            for images in set(self.shared["decoded"].values()):
-                drop_failed(self.scan, images)
-        return self.shared["decoded"]
-
-    def _cached_batches(self, phase):
-        key = ("features", phase.freeze)
-        if key not in self.shared:
-            self.shared[key] = super()._cached_batches(phase)
-        return self.shared[key]
 
 
 def candidate_points(blocks: list[str], points=None) -> list[int]:
@@ -99,13 +80,13 @@ def freeze_search(data, cfg: TrainConfig, out=None, progress: bool = True, point
     """Find the best freeze point of a partial fine-tune by successive halving; train it into `out`."""
     cfg = dataclasses.replace(cfg, strategy="partial")
     cfg.validate()
-    out = Path(out) if out else default_run_dir(data, cfg)
+    out = Path(out) if out else default_run_dir(data, cfg.model, cfg.strategy)
     scan = scan_dataset(data, cfg.val_split, cfg.seed)
     model = create_model(cfg.model, num_classes=len(scan.classes), weights="none")
-    blocks = model.block_names
+    blocks = model.group_names
     alive = candidate_points(blocks, points)
     schedule = rung_schedule(len(alive), cfg.epochs, eta)
-    shared: dict = {}
+    shared = TrainingCache()
     trials: list[Trial] = []
 
     def trial_config(n: int, epochs: int) -> TrainConfig:
@@ -121,14 +102,14 @@ def freeze_search(data, cfg: TrainConfig, out=None, progress: bool = True, point
                 _log(progress, f"sweep rung {rung + 1}/{len(schedule)}: freeze {n} ({blocks[n]} up trains), "
                                f"{epochs} epoch(s)")
                 t0 = time.perf_counter()
-                run = _SharedTrainer(data, trial_config(n, epochs), Path(tmp) / f"r{rung}-f{n}", False, shared).fit()
+                run = Trainer(data, trial_config(n, epochs), Path(tmp) / f"r{rung}-f{n}", progress=False,
+                              cache=shared).fit()
                 trials.append(Trial(rung, epochs, n, blocks[n], params(n), run.metrics["val_acc"],
                                     run.metrics["val_loss"], time.perf_counter() - t0))
             keep = schedule[rung + 1][0]
             ranked = sorted((t for t in trials if t.rung == rung), key=lambda t: (-t.val_acc, t.val_loss, -t.freeze))  # ties: the cheaper, deeper freeze
             alive = sorted(t.freeze for t in ranked[:keep])
-            for key in [k for k in shared if k[0] == "features" and k[1] not in alive]:
-                del shared[key]  # free the cached features of eliminated freeze points
+            shared.keep_only(alive)  # free the cached features of eliminated freeze points
     best, epochs = alive[0], schedule[-1][1]
     final_rung = len(schedule) - 1
     _log(progress, f"sweep: best freeze point {best} ({blocks[best]} up trains); training it for {epochs} epochs")
@@ -142,7 +123,7 @@ def freeze_search(data, cfg: TrainConfig, out=None, progress: bool = True, point
         f"freezing {best} blocks (training from {blocks[best]}) had the best validation accuracy.")
     t0 = time.perf_counter()
     final_cfg = dataclasses.replace(trial_config(best, epochs), freeze=best, advice=advice)
-    run = _SharedTrainer(data, final_cfg, out, progress, shared).fit()
+    run = Trainer(data, final_cfg, out, progress=progress, cache=shared).fit()
     trials.append(Trial(final_rung, epochs, best, blocks[best], params(best), run.metrics["val_acc"],
                         run.metrics["val_loss"], time.perf_counter() - t0))
     write_sweep(out, trials, blocks)
@@ -164,48 +145,8 @@ def format_trials(trials: list[Trial]) -> str:
 
 
 def write_sweep(out: Path, trials: list[Trial], blocks: list[str]) -> None:
+    """sweep.json, sweep.csv and sweep.png in the winner's run folder, each written atomically."""
     rows = [dataclasses.asdict(t) for t in trials]
-    (out / "sweep.json").write_text(json.dumps(rows, indent=2))
-    with open(out / "sweep.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    atomic_write_json(out / "sweep.json", rows)
+    write_metrics(out / "sweep.csv", rows)
     plot_sweep(trials, blocks, out / "sweep.png")
-
-
-def plot_sweep(trials: list[Trial], blocks: list[str], path: Path) -> None:
-    """Validation accuracy against freeze point, one line per rung (longer runs, fewer points)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for rung in sorted({t.rung for t in trials}):
-        ts = sorted((t for t in trials if t.rung == rung), key=lambda t: t.freeze)
-        ax.plot([t.freeze for t in ts], [t.val_acc for t in ts], "o-", label=f"rung {rung + 1}: {ts[0].epochs} epochs")
-    points = sorted({t.freeze for t in trials})
-    ax.set_xticks(points, [f"{n}\n{blocks[n]}" for n in points], fontsize=8)
-    ax.set_xlabel("freeze point (blocks frozen / first trainable block)")
-    ax.set_ylabel("validation accuracy")
-    ax.set_title("freeze-depth search")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-
-
-# --- the CLI ------------------------------------------------------------------------------------
-def cmd_sweep(args) -> int:
-    options = {k: getattr(args, k) for k in ("model", "epochs", "lr", "batch_size", "augment", "image_size",
-                                             "val_split", "seed", "device", "weights", "workers")}
-    cfg = TrainConfig(strategy="partial", freeze="auto", **{k: v for k, v in options.items() if v is not None})
-    points = [p.strip() for p in args.points.split(",") if p.strip()] if args.points else None
-    run = freeze_search(args.data, cfg, out=args.out, progress=not args.quiet, points=points, eta=args.eta)
-    trials = [Trial(**t) for t in json.loads((run.path / "sweep.json").read_text())]
-    print(format_trials(trials))
-    print(f"best freeze point: {trials[-1].freeze} (training from {trials[-1].block}), "
-          f"val accuracy {run.metrics['val_acc']:.4f}")
-    print(f"run folder: {run.path}  (table: sweep.csv, plot: sweep.png)")
-    return 0

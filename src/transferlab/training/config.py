@@ -4,21 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
-from .errors import TransferlabError
+from ..core.errors import TransferlabError
+from ..core.options import AUGMENT_LEVELS, BALANCE, BN_POLICIES, SCHEDULES, STRATEGIES
 
-STRATEGIES = ("feature-extract", "partial", "finetune", "scratch", "two-stage", "auto")
-SCHEDULES = ("cosine", "onecycle", "constant")
-BALANCE = ("none", "weights", "sampler")
-AUGMENT_LEVELS = ("none", "light", "strong")
-# BatchNorm statistics in training:
-# frozen: BatchNorm in frozen blocks keeps ImageNet statistics (eval mode), trainable blocks update theirs;
-# eval:   every BatchNorm keeps its statistics, only its affine weights train (Keras' advice for
-#         fine-tuning on small data: batch statistics of a few images are noisier than ImageNet's);
-# train:  every BatchNorm updates its statistics, frozen blocks included.
-BN_POLICIES = ("frozen", "eval", "train")
-EXPORT_FORMATS = ("torchscript", "onnx")
-SWEEP_POINTS = 5  # freeze points tried by default: 0, all-but-head and three in between
-SWEEP_ETA = 3  # keep the best third each rung (Hyperband's default)
 
 
 @dataclass

@@ -12,8 +12,8 @@ from PIL import Image
 from torch.utils.data import Dataset
 from torchvision.transforms.v2.functional import InterpolationMode, resize
 
-from .device import available_cpus
-from .errors import DatasetError, ImageReadError
+from ..core.device import available_cpus
+from ..core.errors import DatasetError, ImageReadError
 from .images import is_image_file, open_image, walk_images
 
 SPLIT_NAMES = {"train": ("train", "training"), "val": ("val", "valid", "validation"), "test": ("test",)}
@@ -212,7 +212,7 @@ class ImageCache:
     def put(self, key: str, img: Image.Image) -> None:
         import numpy as np
 
-        from .io import atomic_path
+        from ..core.io import atomic_path
 
         try:
             with atomic_path(self.path(key)) as tmp, open(tmp, "wb") as f:

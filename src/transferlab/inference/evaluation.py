@@ -6,8 +6,9 @@ from pathlib import Path
 
 import torch
 
+from ..core.errors import DatasetError
+from ..data.folders import Sample, scan_dataset
 from .classifier import Classifier
-from .data import Sample, scan_dataset
 
 
 def confusion_matrix(y_true: torch.Tensor, y_pred: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -65,19 +66,14 @@ def evaluate_classifier(clf: Classifier, samples: list[Sample], device=None, bat
     }
 
 
-def evaluate(run, data, device=None, progress: bool = True) -> dict:
-    """Evaluate a run (or Classifier) on a labelled folder (class sub-folders; a test/ or val/ split
-    inside it is used when present)."""
-    from .classifier import load
-
-    clf = run if isinstance(run, Classifier) else load(str(run))
+def evaluate_folder(clf: Classifier, data, device=None, progress: bool = True) -> dict:
+    """Evaluate a Classifier on a labelled folder (class sub-folders; a test/ or val/ split inside it
+    is used when present)."""
     root = Path(data)
     scan = scan_dataset(root, require_val=_has_split(root))
     split = "test" if scan.splits.get("test") else ("val" if _has_split(root) else "train")
     unknown = [c for c in scan.classes if c not in clf.classes]
     if unknown:
-        from .errors import DatasetError
-
         raise DatasetError(f"{root} has class folder(s) the model does not know: {', '.join(unknown)}; "
                            f"the model's classes are {', '.join(clf.classes)}")
     remap = [clf.classes.index(c) for c in scan.classes]
@@ -93,6 +89,7 @@ def _has_split(root: Path) -> bool:
 
 
 def format_evaluation(result: dict) -> str:
+    """The evaluation as a table for the terminal."""
     classes = result["classes"]
     lines = [f"accuracy {result['accuracy']:.4f} on {result['images']} images, macro F1 {result['macro_f1']:.4f}"]
     if result.get("unreadable"):

@@ -1,4 +1,6 @@
-"""The run folder, the unit users keep: weights (safetensors), model.json, checkpoints, metrics, report."""
+"""The run folder, the unit users keep, for every kind of model: weights (safetensors), model.json
+(one schema: `format`, `kind`, architecture, preprocessing, config, metrics, versions), checkpoints,
+metrics.csv, report. Writing and reading the parts that do not depend on the kind."""
 from __future__ import annotations
 
 import json
@@ -7,18 +9,17 @@ import platform
 import re
 import sys
 import tempfile
-from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
 
-from . import __version__
-from .classifier import Classifier
-from .errors import CheckpointError, TransferlabError
-from .io import atomic_write_json, load_state_dict_file, save_weights
-from .models import BlockNet, create_model
-from .preprocess import Preprocessing
-from .strategies import effective_bn_policy
-from .weights import load_user_weights
+from .. import __version__
+from ..inference.classifier import Classifier
+from ..core.errors import CheckpointError, TransferlabError
+from ..core.io import atomic_write_json, load_state_dict_file, save_weights
+from ..models import BlockNet, create_model
+from ..data.transforms import Preprocessing
+from ..training.strategies import effective_bn_policy
+from ..models.weights import load_user_weights
 
 FORMAT = "transferlab-run/1"
 
@@ -77,6 +78,7 @@ def _restartable(path: Path) -> bool:
 
 
 def versions() -> dict:
+    """The library versions a run was made with (recorded in model.json)."""
     import timm
     import torch
     import torchvision
@@ -85,46 +87,23 @@ def versions() -> dict:
             "timm": timm.__version__, "python": sys.version.split()[0], "platform": platform.platform()}
 
 
-def write_run(out: Path, model: BlockNet, scan, cfg, phases, metrics: dict, history: list[dict]) -> Classifier:
-    """Write weights + model.json, evaluate the validation (and test) split, plot and report."""
-    from .evaluation import evaluate_classifier
-    from .report import write_report
-
-    out = Path(out)
-    save_weights(model.state_dict(), out / "model.safetensors")
-    meta = {
-        "format": FORMAT,
-        "kind": "classifier",
-        "architecture": cfg.model,
-        "num_classes": len(scan.classes),
-        "classes": scan.classes,
-        "preprocessing": model.preprocessing.to_dict(),
-        "strategy": cfg.strategy,
-        "phases": [p.to_dict() for p in phases],
-        "freeze": phases[-1].freeze,
-        "frozen_blocks": model.block_names[: phases[-1].freeze],
-        "blocks": model.block_names,
-        "bn_policy": effective_bn_policy(cfg.strategy, cfg.bn),
-        "config": asdict(cfg),
-        "dataset": scan.to_dict(),
-        "metrics": metrics,
-        "versions": versions(),
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    }
-    if getattr(cfg, "advice", None):
-        meta["advice"] = cfg.advice
-    clf = Classifier(model, list(scan.classes), model.preprocessing, name=str(out), meta=meta)
-    evaluations = {}
-    for split in ("val", "test"):
-        if scan.splits.get(split):
-            evaluations[split] = evaluate_classifier(clf, scan.splits[split], device=cfg.device, progress=False)
-            metrics[f"{split}_acc_final"] = evaluations[split]["accuracy"]
-    atomic_write_json(out / "model.json", meta)
-    write_report(out, meta, history, evaluations)
-    return clf
+def write_meta(out, kind: str, meta: dict) -> dict:
+    """Write model.json with the fields every run shares (format, kind, versions, created) first."""
+    if kind not in RUN_KINDS:
+        raise ValueError(f"run kind must be one of {RUN_KINDS}")
+    full = {"format": FORMAT, "kind": kind, **meta, "versions": versions(),
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    atomic_write_json(Path(out) / "model.json", full)
+    return full
 
 
-def read_meta(run) -> dict:
+def is_run_folder(path) -> bool:
+    """A folder with a model.json (of any kind)."""
+    return Path(path).is_dir() and (Path(path) / "model.json").is_file()
+
+
+def read_meta(run, kind: str | None = None) -> dict:
+    """model.json of a run, checked: known format, and the expected kind when one is given."""
     path = Path(run) / "model.json"
     if not path.is_file():
         raise TransferlabError(f"{run} is not a transferlab run folder (no model.json)")
@@ -132,8 +111,11 @@ def read_meta(run) -> dict:
         meta = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
         raise CheckpointError(f"{path} is corrupt ({e}); re-run training or restore the file") from None
-    if meta.get("format") != FORMAT:
-        raise CheckpointError(f"{path}: unknown run format {meta.get('format')!r}")
+    if meta.get("format") != FORMAT or meta.get("kind") not in RUN_KINDS:
+        raise CheckpointError(f"{path}: not a transferlab run (format {meta.get('format')!r}, kind {meta.get('kind')!r}); "
+                              f"re-run training with this version of transferlab")
+    if kind is not None and meta["kind"] != kind:
+        raise TransferlabError(f"{run} is a {meta['kind']} run, not a {kind} run")
     return meta
 
 
@@ -150,17 +132,13 @@ def read_config(run) -> dict:
             f"nothing to resume in {run}: no checkpoints/last.pt (the run stopped before its first epoch ended); "
             f"start it again without --resume, e.g. `transferlab train DATA --out {run}`"
         )
-    from .io import safe_torch_load
-
     return dict(safe_torch_load(last)["config"])
 
 
-def load_run(run) -> Classifier:
-    """A trained run as a Classifier; weights load from safetensors, never from a pickle."""
-    run = Path(run)
-    meta = read_meta(run)
-    model = create_model(meta["architecture"], num_classes=meta["num_classes"], weights="none")
-    model.preprocessing = Preprocessing.from_dict(meta["preprocessing"])
-    load_user_weights(model, load_state_dict_file(run / "model.safetensors"), str(run / "model.safetensors"))
-    model.eval()
-    return Classifier(model, list(meta["classes"]), model.preprocessing, name=str(run), meta=meta)
+def default_run_dir(data, model: str, strategy: str) -> Path:
+    """runs/DATA-MODEL-STRATEGY, numbered when taken."""
+    base = Path("runs") / f"{Path(data).resolve().name}-{model.replace(':', '_')}-{strategy}"
+    path, i = base, 2
+    while path.exists():
+        path, i = Path(f"{base}-{i}"), i + 1
+    return path

@@ -15,7 +15,7 @@ import warnings
 import torch
 from torch import nn
 
-from .errors import TransferlabError
+from ..core.errors import TransferlabError
 
 BACKENDS = ("auto", "torch", "onnxruntime")
 ONNX_OPSET = 17

@@ -7,5 +7,6 @@ from importlib import resources
 
 @lru_cache(maxsize=1)
 def imagenet_classes() -> tuple[str, ...]:
-    text = resources.files("transferlab").joinpath("imagenet_classes.txt").read_text(encoding="utf-8")
+    """The 1000 class names in the order of the pretrained heads' outputs."""
+    text = resources.files("transferlab.models").joinpath("imagenet_classes.txt").read_text(encoding="utf-8")
     return tuple(line for line in text.splitlines() if line)

@@ -10,13 +10,16 @@ from __future__ import annotations
 import importlib.util
 import os
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from .errors import CheckpointError, WeightsUnavailableError
-from .io import safe_torch_load
+from ..core.errors import CheckpointError, WeightsUnavailableError
+from ..core.io import safe_torch_load
+from ..data.transforms import Preprocessing
+from .imagenet import imagenet_classes
 
 
 def _torch_checkpoint_dir() -> Path:
@@ -44,13 +47,27 @@ class TorchvisionWeights:
     def path(self) -> Path:
         return _torch_checkpoint_dir() / os.path.basename(self.url)
 
+    @cached_property
+    def preprocessing(self) -> Preprocessing:
+        """torchvision's own evaluation transform for these weights (Weights.transforms())."""
+        t = self._weights.transforms()
+        return Preprocessing(input_size=int(t.crop_size[0]), resize=int(t.resize_size[0]), mean=tuple(t.mean),
+                             std=tuple(t.std), interpolation=t.interpolation.value)
+
+    def labels(self) -> tuple[str, ...]:
+        """The class names of the pretrained head, from the weights' metadata."""
+        return tuple(self._weights.meta["categories"])
+
     def available(self) -> bool:
+        """True when the file is in torch's cache (no download needed)."""
         return self.path.is_file()
 
     def describe(self) -> str:
+        """One line for `transferlab models`."""
         return f"torchvision {self.enum}"
 
     def load_into(self, model: nn.Module, name: str) -> None:
+        """Load the cached file into `model`, downloading it first where the machine is online."""
         if not self.available():
             self._download(name)
         model.load_state_dict(safe_torch_load(self.path))
@@ -75,6 +92,11 @@ class PackageWeights:
     package: str  # import name
     distribution: str  # pip name
     filename: str  # inside the package
+    preprocessing: Preprocessing = Preprocessing()
+
+    def labels(self) -> tuple[str, ...]:
+        """ImageNet's 1000 class names."""
+        return imagenet_classes()
 
     @property
     def path(self) -> Path | None:
@@ -84,13 +106,16 @@ class PackageWeights:
         return Path(list(spec.submodule_search_locations)[0]) / self.filename
 
     def available(self) -> bool:
+        """True when the package and its file are installed."""
         path = self.path
         return path is not None and path.is_file()
 
     def describe(self) -> str:
+        """One line for `transferlab models`."""
         return f"pip package {self.distribution}"
 
     def load_into(self, model: nn.Module, name: str) -> None:
+        """Load the package's state dict into `model` by position, or say which package to install."""
         if not self.available():
             raise WeightsUnavailableError(
                 f"{name}: pretrained weights come from the package {self.distribution}, which is not installed; "
@@ -117,13 +142,32 @@ class TimmWeights:
 
     architecture: str
 
-    def _hf_id(self) -> str | None:
+    @cached_property
+    def _cfg(self):
         import timm
 
-        cfg = timm.models.get_pretrained_cfg(self.architecture)
-        return getattr(cfg, "hf_hub_id", None) if cfg is not None else None
+        return timm.models.get_pretrained_cfg(self.architecture)
+
+    def _hf_id(self) -> str | None:
+        return getattr(self._cfg, "hf_hub_id", None) if self._cfg is not None else None
+
+    @cached_property
+    def preprocessing(self) -> Preprocessing:
+        """From timm's pretrained_cfg: input size, crop_pct, mean/std, interpolation."""
+        cfg, default = self._cfg, Preprocessing()
+        if cfg is None:
+            return default
+        size = int(cfg.input_size[-1])
+        return Preprocessing(input_size=size, resize=int(round(size / (cfg.crop_pct or 0.875))),
+                             mean=tuple(cfg.mean), std=tuple(cfg.std), interpolation=cfg.interpolation or "bicubic")
+
+    def labels(self) -> tuple[str, ...]:
+        """ImageNet's class names for 1000-class weights, else the output indices."""
+        n = getattr(self._cfg, "num_classes", 1000) or 1000
+        return imagenet_classes() if n == 1000 else tuple(str(i) for i in range(n))
 
     def available(self) -> bool:
+        """True when the weights are in the Hugging Face cache."""
         hf_id = self._hf_id()
         if not hf_id:
             return False
@@ -134,9 +178,11 @@ class TimmWeights:
         )
 
     def describe(self) -> str:
+        """One line for `transferlab models`."""
         return f"timm {self.architecture} (Hugging Face hub {self._hf_id()})"
 
     def load_into(self, model: nn.Module, name: str) -> None:
+        """timm's own loader; offline and uncached, one line saying how to get the file."""
         import timm
 
         try:

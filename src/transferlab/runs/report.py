@@ -1,9 +1,9 @@
-"""Plots and a readable summary of a run: curves.png, confusion.png, report.md."""
+"""Plots and a readable summary of a run: curves.png, confusion.png, sweep.png, report.md; every file atomic."""
 from __future__ import annotations
 
 from pathlib import Path
 
-from .io import atomic_path, atomic_write_text
+from ..core.io import atomic_path, atomic_write_text
 
 
 def _pyplot():
@@ -16,6 +16,7 @@ def _pyplot():
 
 
 def plot_curves(history: list[dict], path: Path) -> None:
+    """Loss and accuracy per epoch, train and val, with a dotted line where a new phase starts."""
     plt = _pyplot()
     epochs = [r["epoch"] for r in history]
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
@@ -37,6 +38,7 @@ def plot_curves(history: list[dict], path: Path) -> None:
 
 
 def plot_confusion(confusion: list[list[int]], classes: list[str], path: Path, title: str = "confusion") -> None:
+    """The confusion matrix as a heat map (rows: true class), with counts for up to 30 classes."""
     plt = _pyplot()
     k = len(classes)
     size = min(14, 3 + 0.45 * k)
@@ -56,6 +58,37 @@ def plot_confusion(confusion: list[list[int]], classes: list[str], path: Path, t
     _save(fig, path, plt)
 
 
+def plot_sweep(trials: list, blocks: list[str], path: Path) -> None:
+    """Validation accuracy against freeze point, one line per rung (longer runs, fewer points)."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for rung in sorted({t.rung for t in trials}):
+        ts = sorted((t for t in trials if t.rung == rung), key=lambda t: t.freeze)
+        ax.plot([t.freeze for t in ts], [t.val_acc for t in ts], "o-", label=f"rung {rung + 1}: {ts[0].epochs} epochs")
+    points = sorted({t.freeze for t in trials})
+    ax.set_xticks(points, [f"{n}\n{blocks[n]}" for n in points], fontsize=8)
+    ax.set_xlabel("freeze point (blocks frozen / first trainable block)")
+    ax.set_ylabel("validation accuracy")
+    ax.set_title("freeze-depth search")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    _save(fig, path, plt)
+
+
+def plot_pr_curves(curves: dict, path: Path, title: str = "Face detection, IoU 0.5") -> None:
+    """Precision against recall, one line per model, AP in the legend."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5, 4.5))
+    for name, c in curves.items():
+        ax.plot(c.recall, c.precision, label=f"{name} (AP {c.ap:.3f})")
+    ax.set(xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.02), title=title)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower left")
+    fig.tight_layout()
+    _save(fig, path, plt)
+
+
 def _save(fig, path: Path, plt) -> None:
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=100)
@@ -63,6 +96,7 @@ def _save(fig, path: Path, plt) -> None:
 
 
 def write_report(out: Path, meta: dict, history: list[dict], evaluations: dict) -> None:
+    """curves.png, confusion.png (validation) and report.md."""
     out = Path(out)
     if history:
         plot_curves(history, out / "curves.png")
@@ -74,6 +108,7 @@ def write_report(out: Path, meta: dict, history: list[dict], evaluations: dict) 
 
 
 def render_report(meta: dict, history: list[dict], evaluations: dict) -> str:
+    """report.md's text."""
     m = meta["metrics"]
     lines = [
         f"# transferlab run: {meta['architecture']} / {meta['strategy']}",

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .errors import TransferlabError
-from .paths import cache_dir
+from ..core.errors import TransferlabError
+from ..core.paths import cache_dir
 
 
 def write_mnist_folder(root: Path, per_class: int, seed: int = 0) -> Path:
@@ -38,9 +38,15 @@ def write_mnist_folder(root: Path, per_class: int, seed: int = 0) -> Path:
     return root
 
 
+def cmd_demo(args) -> int:
+    """`transferlab demo`."""
+    return run_demo(args.out, per_class=args.per_class, epochs=args.epochs, progress=not args.quiet)
+
+
 def run_demo(out="runs/demo-mnist", per_class: int = 60, epochs: int = 6, progress: bool = True) -> int:
-    from .evaluation import evaluate, format_evaluation
-    from .trainer import train
+    """Two-stage transfer learning of pretrained EfficientNet-Lite0 on MNIST digits, evaluated and used."""
+    from ..api import evaluate, train
+    from ..inference.evaluation import format_evaluation
 
     t0 = time.perf_counter()
     data = write_mnist_folder(cache_dir() / "demo" / "mnist", per_class)

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .config import STRATEGIES
-from .errors import TransferlabError
-from .models import BlockNet
+from ..core.options import STRATEGIES
+from ..core.errors import TransferlabError
+from ..models import BlockNet
 
 
 # AdamW learning rates that work without tuning: a new head learns fast, pretrained layers need
@@ -40,13 +40,13 @@ def plan_phases(
     """The phases a strategy trains in. `freeze` is a block count or the first trainable block's name."""
     if epochs < 1:
         raise TransferlabError("--epochs must be at least 1")
-    all_but_head = len(model.block_names) - 1
+    all_but_head = len(model.group_names) - 1
     if strategy == "feature-extract":
         return [Phase("feature-extract", epochs, all_but_head, lr or DEFAULT_LR["head"])]
     if strategy == "partial":
         if freeze is None:
             raise TransferlabError(
-                f"--strategy partial needs --freeze N (0..{all_but_head}) or a block name: {', '.join(model.block_names)}"
+                f"--strategy partial needs --freeze N (0..{all_but_head}) or a block name: {', '.join(model.group_names)}"
             )
         n = _freeze_point(model, freeze)
         # the new head needs the head's rate; the retrained upper blocks get less (lr_mult), as in two-stage
@@ -76,25 +76,25 @@ def effective_bn_policy(strategy: str, requested: str) -> str:
 
 def _freeze_point(model: BlockNet, freeze) -> int:
     try:
-        n = model.block_index(freeze)
+        n = model.group_index(freeze)
     except ValueError as e:
         raise TransferlabError(str(e)) from None
-    if n >= len(model.block_names):
-        raise TransferlabError(f"--freeze {freeze} would freeze the head too; the maximum is {len(model.block_names) - 1}")
+    if n >= len(model.group_names):
+        raise TransferlabError(f"--freeze {freeze} would freeze the head too; the maximum is {len(model.group_names) - 1}")
     return n
 
 
 def param_groups(model: BlockNet, phase: Phase, weight_decay: float) -> list[dict]:
-    """One optimizer group per trainable block; learning rates rise geometrically from the first
+    """One optimizer group per trainable freeze group; learning rates rise geometrically from the first
     trainable block (lr / lr_mult) to the head (lr), as in fastai's discriminative fine-tuning.
     Biases and norm weights get no weight decay."""
-    names = model.block_names[phase.freeze:]
+    names = model.group_names[phase.freeze:]
     n = len(names)
     groups = []
     for i, name in enumerate(names):
         scale = phase.lr_mult ** (-(n - 1 - i) / (n - 1)) if n > 1 and phase.lr_mult != 1 else 1.0
         decay, no_decay = [], []
-        for p in model.blocks[name].parameters():
+        for p in model.group_parameters(name):
             if p.requires_grad:
                 (no_decay if p.ndim <= 1 else decay).append(p)
         for params, wd in ((decay, weight_decay), (no_decay, 0.0)):

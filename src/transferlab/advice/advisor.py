@@ -25,9 +25,9 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from .data import ImageSamples, Sample, scan_dataset
-from .errors import TransferlabError
-from .models import BlockNet, create_model
+from ..data.folders import ImageSamples, Sample, scan_dataset
+from ..core.errors import TransferlabError
+from ..models import BlockNet, create_model
 
 # --- thresholds ---------------------------------------------------------------------------------
 # Training images in the smallest class below which a dataset is "small": with fewer, fine-tuning
@@ -220,7 +220,7 @@ def _forward_sample(model: BlockNet, samples: list[Sample], batch_size: int, pro
     """Penultimate features and original-head logits of the sample, collecting BN statistics on the way."""
     loader = DataLoader(ImageSamples(samples, model.preprocessing.eval_transform()), batch_size=batch_size)
     stats = _BNStatistics(model)
-    last = len(model.block_names) - 1
+    last = len(model.block_names) - 1  # the forward's sequence: everything before the head
     features, logits = [], []
     try:
         for i, (x, _) in enumerate(loader):
@@ -267,7 +267,7 @@ def measure(data, model: str = "efficientnet_lite0", weights: str = "default", i
         bn_shift_per_block={b: float(np.mean(v)) for b, v in per_block.items()},
         head_confidence=float(probs.max(1).values.mean()),
         head_entropy=float(entropy.mean()),
-        blocks=net.block_names,
+        blocks=net.group_names,
     )
 
 
@@ -412,10 +412,11 @@ def advise_for_training(data, cfg, progress: bool = True):
         print(format_advice(advice), file=sys.stderr)
     # partial with --freeze auto keeps "auto": the freeze-depth search then measures the point
     freeze = cfg.freeze if cfg.freeze == "auto" or advice.strategy != "partial" else advice.freeze
-    return dataclasses.replace(cfg, strategy=advice.strategy, freeze=freeze, advice=_jsonable(advice.to_dict()))
+    return dataclasses.replace(cfg, strategy=advice.strategy, freeze=freeze, advice=jsonable(advice.to_dict()))
 
 
-def _jsonable(d: dict) -> dict:
+def jsonable(d: dict) -> dict:
+    """A JSON round trip: plain types only (numpy numbers become floats)."""
     return json.loads(json.dumps(d))
 
 
@@ -439,14 +440,3 @@ def format_advice(a: Advice) -> str:
     lines.append(f"cell: {d.cell}  ->  strategy: {d.strategy}{freeze}")
     lines += [f"  - {r}" for r in d.reasons]
     return "\n".join(lines)
-
-
-# --- the CLI ------------------------------------------------------------------------------------
-def cmd_advise(args) -> int:
-    models = [m.strip() for m in args.models.split(",") if m.strip()] if args.models else None
-    if args.models is not None and not models:
-        raise TransferlabError("--models needs at least one model name, e.g. --models resnet18,efficientnet_lite0")
-    advice = advise(args.data, args.model, models, args.weights, args.image_size, args.val_split, args.seed,
-                    progress=not args.json)
-    print(json.dumps(_jsonable(advice.to_dict()), indent=2) if args.json else format_advice(advice))
-    return 0

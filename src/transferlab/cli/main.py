@@ -1,88 +1,74 @@
-"""The command line: a thin layer over the Python API."""
+"""The command line: a thin layer over the Python API (transferlab.api). One grammar for every kind
+of model: inputs are files, folders or globs; a registry name or a run folder of either kind works
+wherever a model is asked for; `--json [FILE]` prints or writes one record per input image."""
 from __future__ import annotations
 
 import argparse
-import csv
 import importlib
 import json
 import os
 import sys
 
-from . import __version__
-from .errors import TransferlabError
+from .. import __version__
+from ..core.errors import TransferlabError
 
 
 def _command(module: str, name: str):
-    """The handler `name` of transferlab.`module`, imported when the command runs: building the parser
-    imports no torch, so `--help` answers at once."""
+    """The handler `name` of transferlab.cli.`module`, imported when the command runs: building the
+    parser imports no torch, so `--help` answers at once."""
 
     def run(args) -> int:
-        return getattr(importlib.import_module(f"transferlab.{module}"), name)(args)
+        return getattr(importlib.import_module(f"transferlab.cli.{module}"), name)(args)
 
     return run
 
 
-def _add_predict(sub) -> None:
-    p = sub.add_parser("predict", help="label images with a pretrained model or a trained run")
+def add_predict(sub, name: str = "predict", default_model: str = "efficientnet_lite0",
+                help: str = "label images, or find faces, with a pretrained model or a trained run"):
+    """The predict command (also `detect predict`, whose default model is a face detector)."""
+    p = sub.add_parser(name, help=help)
     p.add_argument("images", nargs="+", help="image files, folders (recursive) or glob patterns")
-    p.add_argument("--model", default="efficientnet_lite0", help="registry name, timm:NAME, or a run folder")
+    p.add_argument("--model", default=default_model,
+                   help="registry name, timm:NAME, blazeface_front|back, or a run folder of either kind")
     p.add_argument("--weights", default="default", help="'default' (pretrained), 'none', or a weights file")
-    p.add_argument("--top", type=int, default=5, help="how many labels per image")
-    p.add_argument("--labels", help="custom labels file: one class name per line (or a JSON list)")
+    p.add_argument("--top", type=int, default=5, help="classifier: how many labels per image")
+    p.add_argument("--labels", help="classifier: labels file, one class name per line (or a JSON list)")
+    p.add_argument("--threshold", type=_probability, help="detector: minimum face score (default: the model's)")
+    p.add_argument("--draw", metavar="DIR", help="detector: save copies of the images with faces drawn")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--workers", type=int, default=None, help="decoding processes (default: from the machine)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
     p.add_argument("--backend", default="auto", choices=["auto", "torch", "onnxruntime"],
-                   help="inference engine; auto: ONNX Runtime on CPU for 128 images or more (about "
+                   help="classifier engine; auto: ONNX Runtime on CPU for 128 images or more (about "
                         "twice as fast once exported), PyTorch otherwise")
+    add_output_options(p)
+    p.set_defaults(func=_command("predicting", "cmd_predict"))
+    return p
+
+
+def add_output_options(p) -> None:
+    """--json [FILE] and --csv FILE, the same for every command that prints records."""
     out = p.add_mutually_exclusive_group()
-    out.add_argument("--json", action="store_true", help="print JSON records instead of a table")
-    out.add_argument("--csv", metavar="FILE", help="write a CSV file (path,status,rank,label,index,prob)")
-    p.set_defaults(func=cmd_predict)
+    out.add_argument("--json", nargs="?", const="-", metavar="FILE",
+                     help="JSON records: to stdout, or to FILE")
+    out.add_argument("--csv", metavar="FILE", help="write a CSV file ('-' for stdout)")
 
 
-def cmd_predict(args) -> int:
-    from .classifier import load
-
-    clf = load(args.model, weights=args.weights, labels=args.labels)
-    records = clf.predict(args.images, top=args.top, batch_size=args.batch_size, num_workers=args.workers,
-                          device=args.device, backend=args.backend)
-    if args.json:
-        print(json.dumps(records, indent=2))
-    elif args.csv:
-        write_predictions_csv(records, args.csv)
-        print(f"wrote {len(records)} predictions to {args.csv}")
-    else:
-        print(format_predictions(records))
-    return 0 if any(r["status"] == "ok" for r in records) else 1
+def _probability(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a score between 0 and 1")
+    return value
 
 
-def format_predictions(records) -> str:
-    lines = []
-    for r in records:
-        if r["status"] != "ok":
-            lines.append(f"{r['path']}\n  ERROR: {r['status']}")
-            continue
-        lines.append(r["path"])
-        for rank, t in enumerate(r["top"], 1):
-            lines.append(f"  {rank}. {t['label']:<32} {t['prob']:7.2%}  (class {t['index']})")
-    failed = sum(r["status"] != "ok" for r in records)
-    lines.append(f"{len(records) - failed} image(s) labelled, {failed} unreadable")
-    return "\n".join(lines)
-
-
-def write_predictions_csv(records, path) -> None:
-    from .io import atomic_path
-
-    # surrogateescape: file names that are not valid UTF-8 are written back byte for byte
-    with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8", errors="surrogateescape") as f:
-        w = csv.writer(f)
-        w.writerow(["path", "status", "rank", "label", "index", "prob"])
-        for r in records:
-            if r["status"] != "ok":
-                w.writerow([r["path"], r["status"], "", "", "", ""])
-            for rank, t in enumerate(r["top"], 1):
-                w.writerow([r["path"], "ok", rank, t["label"], t["index"], f"{t['prob']:.6f}"])
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive integer")
+    return int(text)
 
 
 def _add_models(sub) -> None:
@@ -94,7 +80,7 @@ def _add_models(sub) -> None:
 def cmd_models(args) -> int:
     import torch
 
-    from .models import count_parameters, create_model, get_spec, list_models
+    from ..models import count_parameters, create_model, get_spec, list_models
 
     rows = []
     for name in list_models():
@@ -114,8 +100,33 @@ def cmd_models(args) -> int:
     return 0
 
 
+def cmd_models(args) -> int:
+    """`transferlab models`: the registry with weight status, size and input size."""
+    import torch
+
+    from ..models import count_parameters, create_model, get_spec, list_models
+
+    rows = []
+    for name in list_models():
+        spec = get_spec(name)
+        with torch.device("meta"):  # shapes only: no memory, no initialisation work
+            params = count_parameters(create_model(name, weights="none"))
+        status = "available" if spec.weights.available() else "needs download"
+        rows.append({"name": name, "weights": status, "source": spec.weights.describe(), "params": params,
+                     "input_size": spec.preprocessing.input_size, "description": spec.description})
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    print(f"{'model':<20} {'weights':<15} {'params':>8} {'input':>6}  source")
+    for r in rows:
+        print(f"{r['name']:<20} {r['weights']:<15} {r['params'] / 1e6:7.1f}M {r['input_size']:>5}px  {r['source']}")
+    print("any timm architecture is also available as timm:NAME; face detectors: transferlab detect")
+    return 0
+
+
 def _add_train(sub) -> None:
-    from .config import AUGMENT_LEVELS, BALANCE, BN_POLICIES, SCHEDULES, STRATEGIES, TrainConfig
+    from ..core.options import AUGMENT_LEVELS, BALANCE, BN_POLICIES, SCHEDULES, STRATEGIES
+    from ..training.config import TrainConfig
 
     d = TrainConfig()
     p = sub.add_parser("train", help="transfer-learn a classifier on an image folder (one sub-folder per class)")
@@ -160,14 +171,14 @@ def _add_train(sub) -> None:
                         "ones, on CPU when the batch stays whole)")
     p.add_argument("--sync-bn", action="store_true", help="several GPUs: synchronise trainable BatchNorm")
     p.add_argument("--quiet", action="store_true", help="no progress bars or epoch lines")
-    p.set_defaults(func=cmd_train)
+    p.set_defaults(func=_command("training", "cmd_train"))
 
 
 def train_options(args) -> dict:
     """TrainConfig fields from parsed CLI arguments (only those the user can set)."""
     from dataclasses import fields
 
-    from .config import TrainConfig
+    from ..training.config import TrainConfig
 
     names = {f.name for f in fields(TrainConfig)} - {"model", "strategy"}
     options = {k: v for k, v in vars(args).items() if k in names and v is not None}
@@ -181,71 +192,32 @@ def train_options(args) -> dict:
     return options
 
 
-def cmd_train(args) -> int:
-    from .trainer import train
-
-    options = train_options(args)
-    if args.resume:
-        run = train(args.data, out=args.resume, resume=True, progress=not args.quiet,
-                    **{k: v for k, v in options.items() if k in ("device", "workers")})
-    else:
-        run = train(args.data, model=args.model, strategy=args.strategy, out=args.out, progress=not args.quiet,
-                    **options)
-    from .distributed import is_main_process
-
-    if is_main_process():
-        skipped = run.classifier.meta["dataset"]["skipped"] if run.classifier else []
-        if skipped:
-            print(f"skipped {len(skipped)} unusable file(s), listed in {run.path / 'model.json'}")
-        print(f"run folder: {run.path}")
-        print(f"best val accuracy {run.metrics['val_acc']:.4f} at epoch {run.metrics['best_epoch']}")
-    return 0
-
-
-def _add_evaluate(sub) -> None:
-    p = sub.add_parser("evaluate", help="accuracy, per-class report and confusion matrix of a run on labelled images")
-    p.add_argument("run", help="run folder")
-    p.add_argument("data", help="labelled folder (class sub-folders; test/ or val/ inside is used when present)")
+def add_evaluate(sub, name: str = "evaluate"):
+    """The evaluate command (also `detect evaluate`)."""
+    p = sub.add_parser(name, help="evaluate a model on labelled data: accuracy and confusion matrix "
+                                  "(classifier), AP@0.5 next to the pretrained model's (detector)")
+    p.add_argument("model", help="run folder of either kind, or a registry name")
+    p.add_argument("data", help="classifier: class sub-folders (test/ or val/ inside is used when present); "
+                                "detector: annotated faces (folder or annotation file)")
+    p.add_argument("--format", default="auto", choices=("auto", "wider", "voc", "coco", "yolo", "csv"),
+                   help="detector: annotation format")
     p.add_argument("--device", default="auto")
-    p.add_argument("--json", action="store_true")
-    p.add_argument("--confusion", metavar="PNG", help="write the confusion matrix image (default: RUN/eval_confusion.png)")
-    p.set_defaults(func=cmd_evaluate)
+    p.add_argument("--json", nargs="?", const="-", metavar="FILE", help="the result as JSON: stdout, or FILE")
+    p.add_argument("--plot", metavar="PNG",
+                   help="confusion matrix (classifier) or precision/recall curve (detector) image; "
+                        "default RUN/eval_confusion.png or RUN/eval_pr_curve.png")
+    p.set_defaults(func=_command("evaluating", "cmd_evaluate"))
 
 
-def cmd_evaluate(args) -> int:
-    from pathlib import Path
+def add_export(sub, name: str = "export"):
+    """The export command (also `detect export`)."""
+    from ..core.options import EXPORT_FORMATS
 
-    from .evaluation import evaluate, format_evaluation
-    from .report import plot_confusion
-
-    result = evaluate(args.run, args.data, device=args.device, progress=not args.json)
-    png = Path(args.confusion) if args.confusion else Path(args.run) / "eval_confusion.png"
-    plot_confusion(result["confusion"], result["classes"], png, title=f"confusion: {result['split']}")
-    if args.json:
-        print(json.dumps(result, indent=2))
-    else:
-        print(format_evaluation(result))
-        print(f"confusion matrix image: {png}")
-    return 0
-
-
-def _add_export(sub) -> None:
-    from .config import EXPORT_FORMATS as FORMATS
-
-    p = sub.add_parser("export", help="export a run to TorchScript or ONNX (outputs checked against PyTorch)")
-    p.add_argument("run", help="run folder")
-    p.add_argument("--format", default="onnx", choices=FORMATS)
-    p.add_argument("--out", help="output file (default: RUN/model.onnx or RUN/model.pt)")
-    p.set_defaults(func=cmd_export)
-
-
-def cmd_export(args) -> int:
-    from .exporter import export
-
-    result = export(args.run, format=args.format, out=args.out)
-    print(f"exported {result['path']} (preprocessing and classes in {result['sidecar']})")
-    print(f"max abs diff vs PyTorch: {result['max_abs_diff']:.2e}")
-    return 0
+    p = sub.add_parser(name, help="export a model to ONNX or TorchScript (outputs checked against PyTorch)")
+    p.add_argument("model", help="run folder of either kind, or a registry name")
+    p.add_argument("--format", default="onnx", choices=EXPORT_FORMATS)
+    p.add_argument("--out", help="output file (default: RUN/model.onnx or .pt, or NAME.onnx)")
+    p.set_defaults(func=_command("evaluating", "cmd_export"))
 
 
 def _add_demo(sub) -> None:
@@ -254,17 +226,11 @@ def _add_demo(sub) -> None:
     p.add_argument("--per-class", type=int, default=60, help="images per digit class")
     p.add_argument("--epochs", type=int, default=6)
     p.add_argument("--quiet", action="store_true")
-    p.set_defaults(func=cmd_demo)
-
-
-def cmd_demo(args) -> int:
-    from .demo import run_demo
-
-    return run_demo(args.out, per_class=args.per_class, epochs=args.epochs, progress=not args.quiet)
+    p.set_defaults(func=_command("demo", "cmd_demo"))
 
 
 def _add_detect(sub) -> None:
-    from .detect.cli import register
+    from .detect import register
 
     register(sub)
 
@@ -280,11 +246,12 @@ def _add_advise(sub) -> None:
     p.add_argument("--val-split", type=float, default=0.2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true", help="print the numbers and the decision as JSON")
-    p.set_defaults(func=_command("advisor", "cmd_advise"))
+    p.set_defaults(func=_command("advising", "cmd_advise"))
 
 
 def _add_sweep(sub) -> None:
-    from .config import AUGMENT_LEVELS, SWEEP_ETA, SWEEP_POINTS, TrainConfig
+    from ..core.options import AUGMENT_LEVELS, SWEEP_ETA, SWEEP_POINTS
+    from ..training.config import TrainConfig
 
     d = TrainConfig()
     p = sub.add_parser("sweep", help="find the best freeze point of a partial fine-tune (successive halving)")
@@ -305,14 +272,15 @@ def _add_sweep(sub) -> None:
     p.add_argument("--weights", default=d.weights, help="'default' (pretrained) or a weights file")
     p.add_argument("--workers", type=int)
     p.add_argument("--quiet", action="store_true", help="no progress output")
-    p.set_defaults(func=_command("sweep", "cmd_sweep"))
+    p.set_defaults(func=_command("advising", "cmd_sweep"))
 
 
-COMMANDS = [_add_demo, _add_predict, _add_models, _add_train, _add_evaluate, _add_export, _add_detect, _add_advise,
+COMMANDS = [_add_demo, add_predict, _add_models, _add_train, add_evaluate, add_export, _add_detect, _add_advise,
             _add_sweep]
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The whole command line."""
     parser = argparse.ArgumentParser(
         prog="transferlab",
         description="Pretrained vision models made your own: predict, advise, train, evaluate, export, detect.",
@@ -325,6 +293,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    """Entry point: parse, run, and turn user errors into one line on stderr (exit 2)."""
     os.environ.setdefault("MPLBACKEND", "Agg")
     args = build_parser().parse_args(argv)
     try:

@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 from torchvision.transforms import v2 as T
 
-from .config import AUGMENT_LEVELS
+from ..core.options import AUGMENT_LEVELS
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

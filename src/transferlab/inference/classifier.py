@@ -1,4 +1,4 @@
-"""A model ready to label images: the network, its classes and its preprocessing, from a name or a run."""
+"""A model ready to label images: the network, its classes and its preprocessing."""
 from __future__ import annotations
 
 import json
@@ -9,12 +9,11 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from .device import channels_last_on_cpu, default_workers, forward_in_passes, inference_threads, pick_device
-from .errors import ImageReadError, TransferlabError
-from .imagenet import imagenet_classes
-from .images import find_images, open_image
-from .models import BlockNet, create_model
-from .preprocess import EvalTransform, Preprocessing
+from ..core.device import channels_last_on_cpu, default_workers, forward_in_passes, inference_threads, pick_device
+from ..core.errors import ImageReadError, TransferlabError
+from ..data.images import find_images, open_image
+from ..models import BlockNet, create_model, get_spec
+from ..data.transforms import EvalTransform, Preprocessing
 from .runtime import OnnxRuntimeForward, resolve_backend, weights_fingerprint
 
 PROGRESS_MIN_IMAGES = 8
@@ -48,6 +47,8 @@ def collate_skipping_errors(items):
 
 @dataclass
 class Classifier:
+    """A BlockNet with its class names and preprocessing: `predict` labels files, folders and globs."""
+
     model: BlockNet
     classes: list[str]
     preprocessing: Preprocessing
@@ -61,6 +62,24 @@ class Classifier:
                 f"{len(self.classes)} labels for a model with {self.model.num_classes} outputs; "
                 "give a labels file with one class name per output, in order"
             )
+
+    @classmethod
+    def pretrained(cls, name: str, weights="default") -> "Classifier":
+        """A registry model with its pretrained head and the weights' own class names."""
+        net = create_model(str(name), weights=weights)
+        labels = get_spec(str(name)).weights.labels()
+        if len(labels) != net.num_classes:
+            labels = tuple(str(i) for i in range(net.num_classes))
+        return cls(net, list(labels), net.preprocessing, name=str(name))
+
+    def with_labels(self, path) -> "Classifier":
+        """The same model with class names read from a labels file."""
+        return Classifier(self.model, read_labels(path), self.preprocessing, self.name, self.meta)
+
+    @property
+    def kind(self) -> str:
+        """The run kind this model is ("classifier")."""
+        return "classifier"
 
     @property
     def transform(self):
@@ -141,6 +160,7 @@ class Classifier:
         ]
 
     def logits(self, batch: torch.Tensor) -> torch.Tensor:
+        """Raw outputs for a preprocessed batch."""
         with torch.inference_mode():
             return self.model.eval()(batch)
 
@@ -157,29 +177,3 @@ def read_labels(path) -> list[str]:
         except json.JSONDecodeError as e:
             raise TransferlabError(f"{path}: invalid JSON labels ({e})") from None
     return [line.strip() for line in text.splitlines() if line.strip()]
-
-
-def is_run_folder(path) -> bool:
-    return Path(path).is_dir() and (Path(path) / "model.json").is_file()
-
-
-def load(model: str = "efficientnet_lite0", weights="default", labels=None) -> Classifier:
-    """A Classifier from a registry name (pretrained ImageNet) or from a run folder."""
-    if is_run_folder(model):
-        from .artifact import load_run
-
-        clf = load_run(model)
-    else:
-        net = create_model(str(model), weights=weights)
-        clf = Classifier(net, list(imagenet_classes()) if net.num_classes == 1000 else
-                         [str(i) for i in range(net.num_classes)], net.preprocessing, name=str(model))
-    if labels is not None:
-        clf = Classifier(clf.model, read_labels(labels), clf.preprocessing, clf.name, clf.meta)
-    return clf
-
-
-def predict(images, model: str | Classifier = "efficientnet_lite0", top: int = 5, labels=None,
-            weights="default", **options) -> list[dict]:
-    """One call: label images with a pretrained model or a trained run. See Classifier.predict."""
-    clf = model if isinstance(model, Classifier) else load(model, weights=weights, labels=labels)
-    return clf.predict(images, top=top, **options)

@@ -1,0 +1,1 @@
+"""Choosing how to train: the strategy advisor and the freeze-depth search."""

@@ -1,0 +1,114 @@
+"""The one-call functions, for every kind of model: a registry name or a run folder of either kind
+(classifier, detector) works wherever a model is asked for. The CLI is a thin layer over these."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import fields
+
+from .core.errors import TransferlabError
+from .runs.folder import is_run_folder, read_config, read_meta
+
+DETECTOR_NAMES = ("blazeface_front", "blazeface_back")
+
+
+def model_kind(model) -> str:
+    """"classifier" or "detector", for a loaded model, a run folder or a registry name."""
+    if hasattr(model, "kind"):
+        return model.kind
+    if is_run_folder(model):
+        return read_meta(model)["kind"]
+    return "detector" if str(model) in DETECTOR_NAMES else "classifier"
+
+
+def load(model: str = "efficientnet_lite0", weights="default", labels=None):
+    """A Classifier or a Detector from a registry name or a run folder of either kind.
+
+    labels: a file of class names (one per line, or a JSON list) for a classifier's outputs.
+    """
+    kind = model_kind(model)
+    if kind == "detector":
+        if labels is not None:
+            raise TransferlabError("--labels applies to classifiers; a face detector has no class names")
+        from .detect.detector import load_detector
+
+        return load_detector(model)
+    if is_run_folder(model):
+        from .runs.classification import load_run
+
+        clf = load_run(model)
+    else:
+        from .inference.classifier import Classifier
+
+        clf = Classifier.pretrained(str(model), weights=weights)
+    return clf.with_labels(labels) if labels is not None else clf
+
+
+def predict(images, model="efficientnet_lite0", top: int = 5, labels=None, weights="default",
+            threshold: float | None = None, **options) -> list[dict]:
+    """Label (classifier) or find faces in (detector) files, folders or globs: one record per image,
+    {"path", "status", "top" | "detections"}. See Classifier.predict and Detector.predict."""
+    net = model if hasattr(model, "kind") else load(model, weights=weights, labels=labels)
+    if net.kind == "detector":
+        return net.predict(images, threshold, batch_size=options.get("batch_size", 32),
+                           progress=options.get("progress"))
+    return net.predict(images, top=top, **options)
+
+
+def evaluate(model, data, device=None, progress: bool = True, format: str = "auto") -> dict:
+    """Evaluate on labelled data. A classifier: accuracy, per-class report, confusion matrix on a class
+    folder. A detector: AP@0.5 on annotated faces (format: auto, wider, voc, coco, yolo, csv), next to
+    the pretrained architecture's."""
+    net = model if hasattr(model, "kind") else load(model)
+    if net.kind == "detector":
+        from .detect.evaluate import evaluate_faces
+
+        return evaluate_faces(net, data, format)
+    from .inference.evaluation import evaluate_folder
+
+    return evaluate_folder(net, data, device=device, progress=progress)
+
+
+def export(model, format: str = "onnx", out=None, **options):
+    """Export a model (run folder, registry name or loaded model) to ONNX or TorchScript, checked
+    against PyTorch; returns an ExportResult (path, sidecar, format, max_abs_diff)."""
+    net = model if hasattr(model, "kind") else load(model)
+    if net.kind == "detector":
+        from .detect.export import export_onnx
+
+        return export_onnx(net, out, format=format, **options)
+    from .inference.export import export_classifier
+
+    return export_classifier(net, format, out, **options)
+
+
+def train(data, model: str = "efficientnet_lite0", strategy: str = "two-stage", out=None, resume: bool = False,
+          progress: bool = True, callbacks=(), **options):
+    """Train a classifier on an image folder and save the run; returns a Run. Options are TrainConfig's
+    fields. strategy="auto" asks the advisor; freeze="auto" searches the freeze point."""
+    from .core.distributed import shutdown
+    from .training.config import TrainConfig
+    from .training.trainer import Trainer
+
+    unknown = set(options) - {f.name for f in fields(TrainConfig)}
+    if unknown:
+        raise TypeError(f"unknown training option(s): {', '.join(sorted(unknown))}")
+    if resume:
+        saved = read_config(out)
+        saved.update(options)
+        cfg = TrainConfig.from_dict(saved)
+    else:
+        cfg = TrainConfig(model=model, strategy=strategy, **options)
+        if cfg.strategy == "auto":
+            from .advice.advisor import advise_for_training
+
+            cfg = advise_for_training(data, cfg, progress=progress)
+        if cfg.strategy == "partial" and cfg.freeze == "auto":
+            from .advice.sweep import freeze_search
+
+            return freeze_search(data, dataclasses.replace(cfg), out=out, progress=progress)
+    trainer = Trainer(data, cfg, out=out, resume=resume, progress=progress, callbacks=callbacks)
+    try:
+        return trainer.fit()
+    finally:
+        shutdown(trainer.dist)
+

@@ -1,0 +1,49 @@
+"""`transferlab evaluate` and `transferlab export`, for a run folder of either kind."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ..core.io import atomic_write_json
+
+
+def cmd_evaluate(args) -> int:
+    """Evaluate and print (or write) the result; a classifier's confusion matrix is also drawn."""
+    from ..api import evaluate, load
+
+    net = load(args.model)
+    if net.kind == "detector":
+        result = evaluate(net, args.data, format=args.format)
+        if args.plot:
+            from ..detect.evaluate import evaluate_faces
+
+            result = evaluate_faces(net, args.data, args.format, plot=args.plot)
+        text = "\n".join([result["summary"]] + [f"AP@0.5 {ap:.4f}  {name}" for name, ap in result["ap50"].items()]
+                         + ([f"precision/recall curve: {result['plot']}"] if result["plot"] else []))
+    else:
+        from ..inference.evaluation import format_evaluation
+        from ..runs.report import plot_confusion
+
+        result = evaluate(net, args.data, device=args.device, progress=not args.json)
+        png = Path(args.plot) if args.plot else (Path(args.model) / "eval_confusion.png" if Path(args.model).is_dir()
+                                                 else Path("eval_confusion.png"))
+        plot_confusion(result["confusion"], result["classes"], png, title=f"confusion: {result['split']}")
+        text = format_evaluation(result) + f"\nconfusion matrix image: {png}"
+    if args.json == "-":
+        print(json.dumps(result, indent=2, default=str))
+    else:
+        if args.json:
+            atomic_write_json(args.json, result)
+        print(text)
+    return 0
+
+
+def cmd_export(args) -> int:
+    """Export and print where it went and how closely it reproduces PyTorch."""
+    from ..api import export
+
+    result = export(args.model, format=args.format, out=args.out)
+    print(f"exported {result.path} (how to feed it: {result.sidecar})")
+    if result.max_abs_diff is not None:
+        print(f"max abs diff vs PyTorch: {result.max_abs_diff:.2e}")
+    return 0

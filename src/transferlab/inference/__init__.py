@@ -1,0 +1,1 @@
+"""Using a model: the Classifier, the ONNX Runtime engine, evaluation, export."""

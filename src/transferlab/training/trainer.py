@@ -1,0 +1,263 @@
+"""The Trainer: a strategy's phases over one dataset, with checkpoints, resume and early stopping.
+
+Its parts live beside it: batches.py (where batches come from, cached features included), loop.py
+(one epoch), schedules.py, early_stopping.py, checkpoint.py. `strategy="auto"` and `freeze="auto"`
+are resolved above it (transferlab.api.train), so the Trainer only runs concrete plans.
+"""
+from __future__ import annotations
+
+import math
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..core.device import channels_last_on_cpu, pick_device
+from ..core.distributed import barrier, broadcast_object, init_distributed, process_device
+from ..core.errors import TransferlabError
+from ..data.folders import scan_dataset
+from ..models import BlockNet, create_model
+from ..runs.classification import write_run
+from ..runs.folder import default_run_dir, prepare_run_dir, remove_stale_temp_files
+from ..runs.metrics import write_metrics
+from .batches import BatchSource, TrainingCache
+from .checkpoint import Checkpointer
+from .config import TrainConfig
+from .early_stopping import EarlyStopping
+from .loop import Loop, build_loss, check_divergence
+from .schedules import build_scheduler
+from .strategies import Phase, effective_bn_policy, param_groups, plan_phases
+
+
+@dataclass
+class Run:
+    """What train() returns: where the run lives, its metrics, and the trained model."""
+
+    path: Path
+    metrics: dict
+    history: list[dict] = field(default_factory=list)
+    classifier: object = None
+
+    @property
+    def model(self):
+        """The trained network (rank 0 only)."""
+        return self.classifier.model
+
+
+class Trainer:
+    """Trains one classifier run: set-up in __init__, everything else in fit()."""
+
+    def __init__(self, data, config: TrainConfig, out=None, resume: bool = False, progress: bool = True,
+                 callbacks=(), cache: TrainingCache | None = None):
+        config.validate()
+        self.cfg = config
+        device = pick_device(config.device)
+        self.dist = init_distributed(device)
+        self.device = process_device(device, self.dist)
+        self.progress = progress and self.dist.is_main
+        self.callbacks = list(callbacks)
+        # rank 0 alone names and creates the run folder; the others follow its answer
+        default = default_run_dir(data, config.model, config.strategy)
+        self.out = Path(broadcast_object(str(out) if out else str(default), self.dist))
+        self.resume = resume
+        if not resume:
+            self._on_main(prepare_run_dir, self.out)
+        elif self.dist.is_main:
+            remove_stale_temp_files(self.out)
+        if self.dist.enabled and config.balance == "sampler":
+            raise TransferlabError("--balance sampler is not supported with several processes; use --balance weights")
+        self.scan = scan_dataset(data, config.val_split, config.seed)
+        self.log(self.scan.summary())
+        torch.manual_seed(config.seed)
+        weights = "none" if config.strategy == "scratch" else config.weights
+        self.model: BlockNet = create_model(config.model, num_classes=len(self.scan.classes), weights=weights)
+        if config.sync_bn and self.dist.enabled:
+            if self.device.type != "cuda":
+                raise TransferlabError("--sync-bn needs GPUs (nccl); drop it for CPU processes")
+            self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
+        self.model.to(self.device)
+        if config.image_size:
+            self.model.preprocessing = self.model.preprocessing.resized(config.image_size)
+        self.pre = self.model.preprocessing
+        self.batches = BatchSource(self.scan, self.pre, config, self.device, self.dist, self.log, self.progress, cache)
+        self.loop = Loop(self.model, config, self.device, self.dist, self.progress, self.pre.input_size)
+        self.checkpoints = Checkpointer(self.out)
+        self.history: list[dict] = []
+        self.best = {"val_loss": math.inf, "val_acc": -1.0, "epoch": 0}
+        self.phases: list[Phase] = []
+
+    def _on_main(self, fn, *args):
+        """Run fn on rank 0 only; a user error there is raised on every rank (none is left waiting)."""
+        error = None
+        if self.dist.is_main:
+            try:
+                fn(*args)
+            except TransferlabError as e:
+                error = str(e)
+        error = broadcast_object(error, self.dist)
+        if error:
+            raise TransferlabError(error)
+
+    def log(self, message: str) -> None:
+        """A line on stderr, from rank 0, unless progress output is off."""
+        if self.progress:
+            tqdm.write(message, file=sys.stderr)
+
+    def loss_fn(self) -> nn.Module:
+        """The training loss (class-weighted under --balance weights)."""
+        return build_loss(self.cfg, self.batches.labels("train").tolist(), len(self.scan.classes), self.device)
+
+    @property
+    def _checkpoint_hint(self) -> str:
+        return f"The last good checkpoint is kept in {self.checkpoints.folder}"
+
+    # --- the run -------------------------------------------------------------------------------
+    def fit(self) -> Run:
+        """Train every phase (from the last checkpoint when resuming), then write the run folder."""
+        cfg = self.cfg
+        state = self._load_checkpoint() if self.resume else None
+        if state is None:
+            self.phases = plan_phases(cfg.strategy, self.model, cfg.epochs, None if cfg.lr == "find" else cfg.lr,
+                                      cfg.freeze, cfg.head_epochs, cfg.lr_mult)
+            start_phase, start_epoch = 0, 0
+        else:
+            start_phase, start_epoch = state["phase"], state["phase_epoch"]
+        loss_fn = self.loss_fn()
+        epoch_offset = sum(p.epochs for p in self.phases[:start_phase])
+        try:
+            with channels_last_on_cpu(self.model, self.device):
+                for pi in range(start_phase, len(self.phases)):
+                    resumed = state if (state is not None and pi == start_phase and start_epoch > 0) else None
+                    self._run_phase(pi, start_epoch if resumed else 0, epoch_offset, loss_fn, resumed)
+                    epoch_offset += self.phases[pi].epochs
+        except KeyboardInterrupt:
+            self.log(f"interrupted: the last completed epoch is saved; resume with "
+                     f"`transferlab train {self.scan.root} --resume {self.out}`")
+            raise
+        return self._finish()
+
+    def _phase_batches(self, phase: Phase):
+        """(start block, epoch -> train batches, val batches) for a phase: from cached prefix features
+        when the frozen prefix fits in memory, else from the images."""
+        prefix = self.model.frozen_blocks
+        if self.batches.features_fit(self.model, prefix):
+            views, val_features = self.batches.cached_features(self.model, prefix)
+            val = self.batches.feature_batches(val_features, shuffle=False, batch_size=self.cfg.batch_size * 4,
+                                               split="val")
+            return prefix, (lambda epoch, g: self.batches.feature_batches(views[(epoch - 1) % len(views)], True, g)), \
+                val, views[0]
+        val = self.batches.image_loader("val", train=False)
+        return 0, (lambda epoch, g: self.batches.image_loader("train", True, g, epoch)), val, None
+
+    def _run_phase(self, pi: int, first_epoch: int, epoch_offset: int, loss_fn, state: dict | None) -> None:
+        cfg = self.cfg
+        phase = self.phases[pi]
+        self.model.freeze(phase.freeze, effective_bn_policy(cfg.strategy, cfg.bn))
+        start, epoch_batches, val_batches, features = self._phase_batches(phase)
+        steps = math.ceil(len(epoch_batches(1, None)) / cfg.accum_steps)
+        net = self.loop.training_net(start)
+        if cfg.lr == "find" and state is None:
+            torch.manual_seed(cfg.seed)
+            phase = self._find_lr(pi, phase, features, start, loss_fn)
+        optimizer = torch.optim.AdamW(param_groups(self.model, phase, cfg.weight_decay))
+        scheduler = build_scheduler(optimizer, cfg.schedule, phase.epochs, steps, cfg.warmup_epochs)
+        scaler = self.loop.grad_scaler()
+        stopping = EarlyStopping(cfg.patience)
+        if state is not None:
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            stopping.load_state_dict(state["early_stopping"])
+        total_epochs = sum(p.epochs for p in self.phases)
+        for e in range(first_epoch, phase.epochs):
+            epoch = epoch_offset + e + 1
+            if stopping.should_stop:
+                break
+            torch.manual_seed(cfg.seed * 100_003 + epoch)  # same augmentations and dropout after a resume
+            train_batches = epoch_batches(epoch, torch.Generator().manual_seed(cfg.seed * 100_003 + epoch))
+            t0 = time.perf_counter()
+            row = {"epoch": epoch, "phase": phase.name, "lr": optimizer.param_groups[-1]["lr"]}
+            row.update(self.loop.train_epoch(train_batches, net, optimizer, scheduler, loss_fn, scaler,
+                                             f"epoch {epoch}/{total_epochs} [{phase.name}]", self._checkpoint_hint))
+            row.update(self.loop.validate(val_batches, start, loss_fn))
+            check_divergence(row, len(self.scan.classes), self._checkpoint_hint)
+            row["time_s"] = round(time.perf_counter() - t0, 3)
+            self.history.append(row)
+            stopping.update(row["val_loss"])
+            if (row["val_acc"], -row["val_loss"]) > (self.best["val_acc"], -self.best["val_loss"]):
+                self.best = {"val_loss": row["val_loss"], "val_acc": row["val_acc"], "epoch": epoch}
+                if self.dist.is_main:
+                    self.checkpoints.save_best(self.model.state_dict())
+            if self.dist.is_main:
+                self._save_checkpoint(pi, e + 1, optimizer, scheduler, stopping)
+                write_metrics(self.out / "metrics.csv", self.history)
+            barrier(self.dist)
+            self.log(f"epoch {epoch:>3} {phase.name:<15} train loss {row['train_loss']:.4f} acc {row['train_acc']:.3f}"
+                     f" | val loss {row['val_loss']:.4f} acc {row['val_acc']:.3f} | lr {row['lr']:.2e}"
+                     f" | {row['time_s']:.1f}s")
+            for callback in self.callbacks:
+                callback(self, row)
+            if stopping.should_stop and e + 1 < phase.epochs:
+                self.log(f"early stopping: val loss has not improved for {cfg.patience} epochs")
+
+    def _find_lr(self, pi: int, phase: Phase, features, start: int, loss_fn) -> Phase:
+        from .lr_finder import lr_range_test
+
+        if features is not None:
+            batches = self.batches.feature_batches(features, True)
+        else:
+            batches = self.batches.image_loader("train", train=True,
+                                                generator=torch.Generator().manual_seed(self.cfg.seed))
+        net = self.loop.training_net(start)
+        result = lr_range_test(self.model, phase, batches, lambda x: self.loop.forward(net, x), loss_fn, self.device,
+                               self.cfg.weight_decay)
+        suggestion = broadcast_object(result.suggestion, self.dist)  # every process trains with rank 0's choice
+        self.log(f"lr find [{phase.name}]: suggested lr {suggestion:.2e}")
+        self.phases[pi] = Phase(phase.name, phase.epochs, phase.freeze, suggestion, phase.lr_mult)
+        return self.phases[pi]
+
+    # --- persistence ---------------------------------------------------------------------------
+    def _save_checkpoint(self, pi, phase_epoch, optimizer, scheduler, stopping: EarlyStopping) -> None:
+        done = phase_epoch >= self.phases[pi].epochs
+        self.checkpoints.save({
+            "model": self.model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "phase": pi + 1 if done else pi,
+            "phase_epoch": 0 if done else phase_epoch,
+            "phases": [p.to_dict() for p in self.phases],
+            "early_stopping": stopping.state_dict(),
+            "best": self.best,
+            "history": self.history,
+            "config": asdict(self.cfg),
+        })
+
+    def _load_checkpoint(self) -> dict:
+        state = self.checkpoints.load()
+        self.model.load_state_dict(state["model"])
+        self.phases = [Phase(**p) for p in state["phases"]]
+        self.history = list(state["history"])
+        self.best = dict(state["best"])
+        done = state["phase"] >= len(self.phases)
+        self.log(f"{self.out}: training had already finished; writing the final artifacts again" if done
+                 else f"resuming {self.out} after epoch {len(self.history)}")
+        return state
+
+    def _finish(self) -> Run:
+        best = self.checkpoints.best_weights()
+        if best is not None:
+            self.model.load_state_dict(best)
+        self.model.freeze(0, effective_bn_policy(self.cfg.strategy, self.cfg.bn))
+        self.model.eval()
+        metrics = {"best_epoch": self.best["epoch"], "val_acc": self.best["val_acc"], "val_loss": self.best["val_loss"],
+                   "epochs_run": len(self.history)}
+        if not self.dist.is_main:
+            barrier(self.dist)
+            return Run(self.out, metrics, self.history, None)
+        clf = write_run(self.out, self.model, self.scan, self.cfg, self.phases, metrics, self.history)
+        self.log(f"run saved to {self.out} (best val acc {metrics['val_acc']:.3f} at epoch {metrics['best_epoch']})")
+        barrier(self.dist)
+        return Run(self.out, clf.meta["metrics"], self.history, clf)
