@@ -135,7 +135,7 @@ def main(argv=None) -> int:
 
     from PIL import Image
 
-    from transferlab.core.device import default_workers, inference_threads, pick_device
+    from transferlab.core.device import default_workers, forward_in_passes, inference_threads, pick_device
 
     tensors = [transform(Image.open(p).convert("RGB")) for p in paths]
     batches = [torch.stack(tensors[i:i + args.batch_size]) for i in range(0, len(tensors), args.batch_size)]
@@ -150,7 +150,7 @@ def main(argv=None) -> int:
             return bench_forward(engine, batches)
         model.to(memory_format=torch.channels_last)
         with inference_threads(dev, workers):
-            seconds = bench_forward(lambda b: clf._torch_forward(model, b, dev), batches)
+            seconds = bench_forward(lambda b: forward_in_passes(model, b, dev), batches)
         model.to(memory_format=torch.contiguous_format)
         return seconds
 

@@ -189,24 +189,14 @@ def minimal_finetune(data: Path, epochs: int, workers: int) -> dict:
 
 def ours_finetune(data: Path, epochs: int, micro_batch: str = "auto", grad_checkpointing: str = "auto") -> dict:
     """transferlab's trainer; the time of the training part of each epoch (validation excluded)."""
-    from transferlab.training.config import TrainConfig
-from transferlab.training.trainer import Trainer
+    import transferlab as tl
 
-    epoch_s = []
-
-    class TimedTrainer(Trainer):
-        def _train_epoch(self, batches, *args, **kw):
-            t = time.perf_counter()
-            out = super()._train_epoch(batches, *args, **kw)
-            epoch_s.append(time.perf_counter() - t)
-            return out
-
-    cfg = TrainConfig(model=MODEL, strategy="finetune", epochs=epochs, batch_size=BATCH, augment="light",
-                      seed=0, patience=0, micro_batch=micro_batch, grad_checkpointing=grad_checkpointing)
     with tempfile.TemporaryDirectory() as out:
-        trainer = TimedTrainer(data, cfg, out=Path(out) / "run", progress=False)
-        trainer.fit()
-        n = len(trainer.scan.splits["train"])
+        run = tl.train(data, model=MODEL, strategy="finetune", out=Path(out) / "run", progress=False,
+                       epochs=epochs, batch_size=BATCH, augment="light", seed=0, patience=0,
+                       micro_batch=micro_batch, grad_checkpointing=grad_checkpointing)
+    n = sum(run.classifier.meta["dataset"]["counts"]["train"].values())
+    epoch_s = [r["train_time_s"] for r in run.history]
     return {"epoch_s": epoch_s, "images_per_s": n / epoch_s[-1], "train_images": n}
 
 

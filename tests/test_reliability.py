@@ -630,7 +630,7 @@ def test_weights_with_another_class_count(trained_run, tiny_data, tmp_path, caps
 # --- numerical faults --------------------------------------------------------------------------------
 def _nan_loss_from_epoch(monkeypatch, first_bad_epoch: int, every: bool = True):
     """Make the training loss NaN from an epoch on (every step) or on one step per epoch."""
-    real = Trainer._loss_fn
+    real = Trainer.loss_fn
     epoch = {"n": 0, "step": 0}
 
     def loss_fn(self):
@@ -647,7 +647,7 @@ def _nan_loss_from_epoch(monkeypatch, first_bad_epoch: int, every: bool = True):
 
         return f
 
-    monkeypatch.setattr(Trainer, "_loss_fn", loss_fn)
+    monkeypatch.setattr(Trainer, "loss_fn", loss_fn)
 
 
 def test_nan_steps_are_skipped_and_training_goes_on(tiny_data, tmp_path, monkeypatch):

@@ -199,13 +199,12 @@ def _one_batch_gradients(trainer: Trainer, micro_batch: str) -> dict:
     model.freeze(0, "eval")
     model.train()
     model.zero_grad(set_to_none=True)
-    x, y = next(iter(trainer.image_loader("train", train=False)))
+    x, y = next(iter(trainer.batches.image_loader("train", train=False)))
     passes = []
     hook = model.blocks["stem"].register_forward_pre_hook(lambda m, args: passes.append(len(args[0])))
-    loss_fn = trainer._loss_fn()
-    scaler = torch.amp.GradScaler("cpu", enabled=False)
-    loss, correct, finite = trainer._backward(trainer._training_net(0), x, y, loss_fn, scaler, 1.0, True,
-                                              trainer._micro_batch(x))
+    loop = trainer.loop
+    loss, correct, finite = loop.backward(loop.training_net(0), x, y, trainer.loss_fn(), loop.grad_scaler(),
+                                          chunk=loop.micro_batch(x))
     hook.remove()
     assert finite
     return {"passes": passes, "loss": loss / len(y), "correct": correct,
@@ -233,10 +232,10 @@ def test_batches_stay_whole_and_are_recomputed_when_batchnorm_learns_statistics(
     trainer.fit()
     x = torch.zeros(16, 3, 48, 48)
     trainer.model.train()  # as in a training epoch
-    assert trainer._micro_batch(x) == 16  # batch statistics over 8 images would change the model
+    assert trainer.loop.micro_batch(x) == 16  # batch statistics over 8 images would change the model
     assert trainer.model.checkpointed_blocks == trainer.model.high_resolution_blocks(48) > 0
     finetune = Trainer(digits_folder, TrainConfig(model="efficientnet_lite0", strategy="finetune", epochs=1,
                                                   workers=0, **FAST), out=tmp_path / "ft", progress=False)
     finetune.fit()
     finetune.model.train()
-    assert finetune._micro_batch(x) == 8 and finetune.model.checkpointed_blocks == 0
+    assert finetune.loop.micro_batch(x) == 8 and finetune.model.checkpointed_blocks == 0

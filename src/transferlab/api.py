@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import fields
+from pathlib import Path
 
 from .core.errors import TransferlabError
 from .runs.folder import is_run_folder, read_config, read_meta
@@ -15,8 +16,8 @@ def model_kind(model) -> str:
     """"classifier" or "detector", for a loaded model, a run folder or a registry name."""
     if hasattr(model, "kind"):
         return model.kind
-    if is_run_folder(model):
-        return read_meta(model)["kind"]
+    if is_run_folder(model) or Path(str(model)).is_dir():
+        return read_meta(model)["kind"]  # a folder that is no run gets a clear error here
     return "detector" if str(model) in DETECTOR_NAMES else "classifier"
 
 

@@ -44,9 +44,9 @@ def test_raw_outputs_match_tflite(name, source):
 
 
 def test_front_model_finds_the_astronaut():
-    faces = detect(skdata.astronaut(), model="blazeface_front")
-    assert len(faces) == 1
-    face = faces[0]
+    (record,) = detect(skdata.astronaut(), model="blazeface_front")
+    assert record["status"] == "ok" and len(record["detections"]) == 1
+    face = record["detections"][0]
     assert face["score"] == pytest.approx(0.92, abs=0.01)
     np.testing.assert_allclose(face["box"], [177, 81, 272, 175], atol=2)
     right_eye, left_eye = face["keypoints"][:2]
@@ -55,9 +55,9 @@ def test_front_model_finds_the_astronaut():
 
 
 def test_back_model_finds_the_astronaut():
-    faces = detect(skdata.astronaut(), model="blazeface_back")
-    assert len(faces) == 1
-    np.testing.assert_allclose(faces[0]["box"], [177, 81, 272, 175], atol=8)
+    (record,) = detect(skdata.astronaut(), model="blazeface_back")
+    (face,) = record["detections"]
+    np.testing.assert_allclose(face["box"], [177, 81, 272, 175], atol=8)
 
 
 def test_batched_detection_equals_single():
@@ -88,5 +88,6 @@ def test_detect_accepts_a_folder(tmp_path):
 
     Image.fromarray(skdata.astronaut()).save(tmp_path / "a.png")
     Image.fromarray(skdata.coffee()).save(tmp_path / "b.png")
-    faces = detect(tmp_path)
-    assert [f["image"] for f in faces] == [str(tmp_path / "a.png")]
+    records = detect(tmp_path)
+    assert [(r["path"], len(r["detections"])) for r in records] == [(str(tmp_path / "a.png"), 1),
+                                                                    (str(tmp_path / "b.png"), 0)]

@@ -39,7 +39,7 @@ def test_run_folder_contents(trained_run):
     assert meta["kind"] == "detector" and meta["architecture"] == "blazeface_front"
     assert meta["input_size"] == 128 and meta["anchors"]["strides"] == [8, 16, 16, 16]
     assert meta["thresholds"] == {"score": 0.5, "iou": 0.3}
-    assert meta["hyperparameters"]["epochs"] == 8
+    assert meta["config"]["epochs"] == 8
     assert meta["metrics"]["val_ap50"] > meta["metrics"]["pretrained_val_ap50"]
     rows = list(csv.DictReader(open(run / "metrics.csv")))
     assert [int(r["epoch"]) for r in rows] == list(range(1, 9))
@@ -51,7 +51,7 @@ def test_run_folder_contents(trained_run):
 
 
 def _tiny_config(**kw):
-    return TrainConfig(epochs=3, batch_size=8, val_fraction=0.0, augment=AugmentConfig(zoom_out_p=0.0), **kw)
+    return TrainConfig(epochs=3, batch_size=8, val_split=0.0, augment=AugmentConfig(zoom_out_p=0.0), **kw)
 
 
 def test_resume_reproduces_an_uninterrupted_run(tmp_path, synthetic_test, monkeypatch):

@@ -13,13 +13,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from .. import __version__
-from ..inference.classifier import Classifier
 from ..core.errors import CheckpointError, TransferlabError
-from ..core.io import atomic_write_json, load_state_dict_file, save_weights
-from ..models import BlockNet, create_model
-from ..data.transforms import Preprocessing
-from ..training.strategies import effective_bn_policy
-from ..models.weights import load_user_weights
+from ..core.io import atomic_write_json, safe_torch_load
+from ..core.options import RUN_KINDS
 
 FORMAT = "transferlab-run/1"
 

@@ -182,6 +182,7 @@ class Trainer:
             row = {"epoch": epoch, "phase": phase.name, "lr": optimizer.param_groups[-1]["lr"]}
             row.update(self.loop.train_epoch(train_batches, net, optimizer, scheduler, loss_fn, scaler,
                                              f"epoch {epoch}/{total_epochs} [{phase.name}]", self._checkpoint_hint))
+            row["train_time_s"] = round(time.perf_counter() - t0, 3)
             row.update(self.loop.validate(val_batches, start, loss_fn))
             check_divergence(row, len(self.scan.classes), self._checkpoint_hint)
             row["time_s"] = round(time.perf_counter() - t0, 3)
