@@ -362,17 +362,21 @@ class Advice:
 
     @property
     def strategy(self) -> str:
+        """The advised strategy name."""
         return self.decision.strategy
 
     @property
     def freeze(self) -> int | None:
+        """The advised freeze point (partial only), else None."""
         return self.decision.freeze
 
     @property
     def explanation(self) -> str:
+        """The reasons as one paragraph."""
         return " ".join(self.decision.reasons)
 
     def to_dict(self) -> dict:
+        """Plain data for JSON and model.json."""
         d = dataclasses.asdict(self)
         d["strategy"], d["freeze"], d["explanation"] = self.strategy, self.freeze, self.explanation
         d["thresholds"] = thresholds()
@@ -380,6 +384,7 @@ class Advice:
 
 
 def thresholds() -> dict:
+    """The rule thresholds, for reports and benches."""
     return {"small_per_class": SMALL_PER_CLASS, "very_large_per_class": VERY_LARGE_PER_CLASS,
             "similar_separability": SIMILAR_SEPARABILITY, "far_separability": FAR_SEPARABILITY,
             "bn_shift_far": BN_SHIFT_FAR, "low_head_confidence": LOW_HEAD_CONFIDENCE}
@@ -421,6 +426,7 @@ def jsonable(d: dict) -> dict:
 
 
 def format_advice(a: Advice) -> str:
+    """The advice as the terminal table with its reasons."""
     m, d = a.measurements, a.decision
     lines = [f"model {a.model}: measured {m.sampled} of {m.num_images} training images in {a.seconds:.1f}s"]
     if a.ranking:

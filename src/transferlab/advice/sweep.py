@@ -137,6 +137,7 @@ def _log(progress: bool, message: str) -> None:
 
 
 def format_trials(trials: list[Trial]) -> str:
+    """The search's trials as a terminal table."""
     lines = [f"{'rung':>4} {'epochs':>6} {'freeze':>6} {'trains from':<14} {'trainable':>10} {'val acc':>8} "
              f"{'val loss':>8} {'time':>7}"]
     lines += [f"{t.rung + 1:>4} {t.epochs:>6} {t.freeze:>6} {t.block:<14} {t.trainable_params:>10,} "

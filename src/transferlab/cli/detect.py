@@ -9,7 +9,7 @@ DETECTOR_DEFAULT = "blazeface_front"
 
 def register(subparsers) -> argparse.ArgumentParser:
     """Add `detect` and its sub-commands to the main parser."""
-    from .main import add_evaluate, add_export, add_predict, positive_int
+    from .commands import add_evaluate, add_export, add_predict, positive_int
 
     detect = subparsers.add_parser("detect", help="face detection with BlazeFace: predict, train, evaluate, export")
     sub = detect.add_subparsers(dest="detect_command", metavar="COMMAND", required=True)

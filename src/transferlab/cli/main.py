@@ -4,100 +4,20 @@ wherever a model is asked for; `--json [FILE]` prints or writes one record per i
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import os
 import sys
 
 from .. import __version__
 from ..core.errors import TransferlabError
-
-
-def _command(module: str, name: str):
-    """The handler `name` of transferlab.cli.`module`, imported when the command runs: building the
-    parser imports no torch, so `--help` answers at once."""
-
-    def run(args) -> int:
-        return getattr(importlib.import_module(f"transferlab.cli.{module}"), name)(args)
-
-    return run
-
-
-def add_predict(sub, name: str = "predict", default_model: str = "efficientnet_lite0",
-                help: str = "label images, or find faces, with a pretrained model or a trained run"):
-    """The predict command (also `detect predict`, whose default model is a face detector)."""
-    p = sub.add_parser(name, help=help)
-    p.add_argument("images", nargs="+", help="image files, folders (recursive) or glob patterns")
-    p.add_argument("--model", default=default_model,
-                   help="registry name, timm:NAME, blazeface_front|back, or a run folder of either kind")
-    p.add_argument("--weights", default="default", help="'default' (pretrained), 'none', or a weights file")
-    p.add_argument("--top", type=int, default=5, help="classifier: how many labels per image")
-    p.add_argument("--labels", help="classifier: labels file, one class name per line (or a JSON list)")
-    p.add_argument("--threshold", type=_probability, help="detector: minimum face score (default: the model's)")
-    p.add_argument("--draw", metavar="DIR", help="detector: save copies of the images with faces drawn")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--workers", type=int, default=None, help="decoding processes (default: from the machine)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
-    p.add_argument("--backend", default="auto", choices=["auto", "torch", "onnxruntime"],
-                   help="classifier engine; auto: ONNX Runtime on CPU for 128 images or more (about "
-                        "twice as fast once exported), PyTorch otherwise")
-    add_output_options(p)
-    p.set_defaults(func=_command("predicting", "cmd_predict"))
-    return p
-
-
-def add_output_options(p) -> None:
-    """--json [FILE] and --csv FILE, the same for every command that prints records."""
-    out = p.add_mutually_exclusive_group()
-    out.add_argument("--json", nargs="?", const="-", metavar="FILE",
-                     help="JSON records: to stdout, or to FILE")
-    out.add_argument("--csv", metavar="FILE", help="write a CSV file ('-' for stdout)")
-
-
-def _probability(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a score between 0 and 1")
-    return value
-
-
-def positive_int(text: str) -> int:
-    """argparse type: an integer >= 1."""
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a positive integer")
-    return int(text)
+from .commands import add_evaluate, add_export, add_predict, lazy_handler
+from .detect import register
 
 
 def _add_models(sub) -> None:
     p = sub.add_parser("models", help="list the registry: weight status, parameters, input size")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_models)
-
-
-def cmd_models(args) -> int:
-    import torch
-
-    from ..models import count_parameters, create_model, get_spec, list_models
-
-    rows = []
-    for name in list_models():
-        spec = get_spec(name)
-        with torch.device("meta"):  # shapes only: no memory, no initialisation work
-            params = count_parameters(create_model(name, weights="none"))
-        status = "available" if spec.weights.available() else "needs download"
-        rows.append({"name": name, "weights": status, "source": spec.weights.describe(), "params": params,
-                     "input_size": spec.preprocessing.input_size, "description": spec.description})
-    if args.json:
-        print(json.dumps(rows, indent=2))
-        return 0
-    print(f"{'model':<20} {'weights':<15} {'params':>8} {'input':>6}  source")
-    for r in rows:
-        print(f"{r['name']:<20} {r['weights']:<15} {r['params'] / 1e6:7.1f}M {r['input_size']:>5}px  {r['source']}")
-    print("any timm architecture is also available as timm:NAME")
-    return 0
 
 
 def cmd_models(args) -> int:
@@ -171,53 +91,7 @@ def _add_train(sub) -> None:
                         "ones, on CPU when the batch stays whole)")
     p.add_argument("--sync-bn", action="store_true", help="several GPUs: synchronise trainable BatchNorm")
     p.add_argument("--quiet", action="store_true", help="no progress bars or epoch lines")
-    p.set_defaults(func=_command("training", "cmd_train"))
-
-
-def train_options(args) -> dict:
-    """TrainConfig fields from parsed CLI arguments (only those the user can set)."""
-    from dataclasses import fields
-
-    from ..training.config import TrainConfig
-
-    names = {f.name for f in fields(TrainConfig)} - {"model", "strategy"}
-    options = {k: v for k, v in vars(args).items() if k in names and v is not None}
-    if isinstance(options.get("lr"), str) and options["lr"] != "find":
-        try:
-            options["lr"] = float(options["lr"])
-        except ValueError:
-            raise TransferlabError(f"--lr must be a number or 'find', got {options['lr']!r}") from None
-    if isinstance(options.get("freeze"), str) and options["freeze"].lstrip("-").isdigit():
-        options["freeze"] = int(options["freeze"])
-    return options
-
-
-def add_evaluate(sub, name: str = "evaluate"):
-    """The evaluate command (also `detect evaluate`)."""
-    p = sub.add_parser(name, help="evaluate a model on labelled data: accuracy and confusion matrix "
-                                  "(classifier), AP@0.5 next to the pretrained model's (detector)")
-    p.add_argument("model", help="run folder of either kind, or a registry name")
-    p.add_argument("data", help="classifier: class sub-folders (test/ or val/ inside is used when present); "
-                                "detector: annotated faces (folder or annotation file)")
-    p.add_argument("--format", default="auto", choices=("auto", "wider", "voc", "coco", "yolo", "csv"),
-                   help="detector: annotation format")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--json", nargs="?", const="-", metavar="FILE", help="the result as JSON: stdout, or FILE")
-    p.add_argument("--plot", metavar="PNG",
-                   help="confusion matrix (classifier) or precision/recall curve (detector) image; "
-                        "default RUN/eval_confusion.png or RUN/eval_pr_curve.png")
-    p.set_defaults(func=_command("evaluating", "cmd_evaluate"))
-
-
-def add_export(sub, name: str = "export"):
-    """The export command (also `detect export`)."""
-    from ..core.options import EXPORT_FORMATS
-
-    p = sub.add_parser(name, help="export a model to ONNX or TorchScript (outputs checked against PyTorch)")
-    p.add_argument("model", help="run folder of either kind, or a registry name")
-    p.add_argument("--format", default="onnx", choices=EXPORT_FORMATS)
-    p.add_argument("--out", help="output file (default: RUN/model.onnx or .pt, or NAME.onnx)")
-    p.set_defaults(func=_command("evaluating", "cmd_export"))
+    p.set_defaults(func=lazy_handler("training", "cmd_train"))
 
 
 def _add_demo(sub) -> None:
@@ -226,12 +100,10 @@ def _add_demo(sub) -> None:
     p.add_argument("--per-class", type=int, default=60, help="images per digit class")
     p.add_argument("--epochs", type=int, default=6)
     p.add_argument("--quiet", action="store_true")
-    p.set_defaults(func=_command("demo", "cmd_demo"))
+    p.set_defaults(func=lazy_handler("demo", "cmd_demo"))
 
 
 def _add_detect(sub) -> None:
-    from .detect import register
-
     register(sub)
 
 
@@ -246,7 +118,7 @@ def _add_advise(sub) -> None:
     p.add_argument("--val-split", type=float, default=0.2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true", help="print the numbers and the decision as JSON")
-    p.set_defaults(func=_command("advising", "cmd_advise"))
+    p.set_defaults(func=lazy_handler("advising", "cmd_advise"))
 
 
 def _add_sweep(sub) -> None:
@@ -272,7 +144,7 @@ def _add_sweep(sub) -> None:
     p.add_argument("--weights", default=d.weights, help="'default' (pretrained) or a weights file")
     p.add_argument("--workers", type=int)
     p.add_argument("--quiet", action="store_true", help="no progress output")
-    p.set_defaults(func=_command("advising", "cmd_sweep"))
+    p.set_defaults(func=lazy_handler("advising", "cmd_sweep"))
 
 
 COMMANDS = [_add_demo, add_predict, _add_models, _add_train, add_evaluate, add_export, _add_detect, _add_advise,

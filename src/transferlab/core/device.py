@@ -31,6 +31,7 @@ def pick_device(requested: str | None = None) -> torch.device:
 
 
 def available_cpus() -> int:
+    """CPU cores this process may use (affinity-aware)."""
     try:
         return len(os.sched_getaffinity(0))
     except AttributeError:

@@ -18,14 +18,17 @@ class DistContext:
 
     @property
     def enabled(self) -> bool:
+        """True when several processes train together."""
         return self.world_size > 1
 
     @property
     def is_main(self) -> bool:
+        """True on rank 0, the process that writes files and logs."""
         return self.rank == 0
 
 
 def launched_by_torchrun() -> bool:
+    """True when torchrun's environment variables are set."""
     return int(os.environ.get("WORLD_SIZE", "1")) > 1 and "RANK" in os.environ
 
 
@@ -55,6 +58,7 @@ def process_device(device: torch.device, ctx: DistContext) -> torch.device:
 
 
 def all_reduce_sums(values: list[float], ctx: DistContext, device: torch.device) -> list[float]:
+    """Sum numbers over every process (identity in one process)."""
     if not ctx.enabled:
         return values
     t = torch.tensor(values, dtype=torch.float64, device=device)
@@ -76,11 +80,13 @@ def gather_shards(shard: torch.Tensor, indices: list[int], total: int, ctx: Dist
 
 
 def barrier(ctx: DistContext) -> None:
+    """Wait for every process (no-op in one process)."""
     if ctx.enabled:
         dist.barrier()
 
 
 def broadcast_object(obj, ctx: DistContext):
+    """Rank 0's value, on every process."""
     if not ctx.enabled:
         return obj
     box = [obj]
@@ -89,5 +95,6 @@ def broadcast_object(obj, ctx: DistContext):
 
 
 def shutdown(ctx: DistContext) -> None:
+    """Leave the process group, if one was started."""
     if ctx.owns_group and dist.is_initialized():
         dist.destroy_process_group()

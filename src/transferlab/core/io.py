@@ -82,11 +82,13 @@ def atomic_path(path: str | os.PathLike):
 
 
 def atomic_write_text(path, text: str) -> None:
+    """Write a text file atomically (UTF-8)."""
     with atomic_path(path) as tmp:
         Path(tmp).write_text(text, encoding="utf-8")
 
 
 def atomic_write_json(path, obj) -> None:
+    """Write indented JSON atomically."""
     atomic_write_text(path, json.dumps(obj, indent=2, default=str) + "\n")
 
 
@@ -101,6 +103,7 @@ def save_weights(state_dict: dict, path) -> None:
 
 
 def atomic_torch_save(obj, path) -> None:
+    """torch.save to a file atomically; a full disk raises OutputWriteError."""
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
         try:
             torch.save(obj, f)  # through a Python file, so a failed write (disk full) raises OSError

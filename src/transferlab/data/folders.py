@@ -36,19 +36,23 @@ class DatasetScan:
     split_source: str = "folders"  # or "random"
 
     def counts(self, split: str = "train") -> dict[str, int]:
+        """Images per class in one split."""
         c = Counter(s.label for s in self.splits.get(split, []))
         return {name: c.get(i, 0) for i, name in enumerate(self.classes)}
 
     def total_counts(self) -> dict[str, int]:
+        """Images per class over every split."""
         c = Counter(s.label for split in self.splits.values() for s in split)
         return {name: c.get(i, 0) for i, name in enumerate(self.classes)}
 
     @property
     def imbalance(self) -> float:
+        """Largest over smallest class count in the training split."""
         counts = [n for n in self.counts("train").values() if n > 0]
         return max(counts) / min(counts) if counts else 1.0
 
     def summary(self) -> str:
+        """One line: classes, split sizes, skipped files."""
         sizes = ", ".join(f"{k}={len(v)}" for k, v in self.splits.items() if v)
         per_class = self.total_counts()
         lines = [
@@ -66,6 +70,7 @@ class DatasetScan:
         return "\n".join(lines)
 
     def to_dict(self) -> dict:
+        """Plain data for model.json."""
         return {
             "root": str(self.root),
             "classes": self.classes,
@@ -190,15 +195,18 @@ class ImageCache:
         self.root = Path(root) / "images"
 
     def key(self, content: bytes, max_side: int, interpolation: str = "bilinear") -> str:
+        """The cache key of an image: its content, the decode size and interpolation."""
         import hashlib
 
         digest = hashlib.sha256(content).hexdigest()[:40]
         return f"{digest}-{max_side}-{interpolation}-v{IMAGE_CACHE_FORMAT}"
 
     def path(self, key: str) -> Path:
+        """Where an entry lives on disk."""
         return self.root / key[:2] / f"{key}.npy"
 
     def get(self, key: str) -> Image.Image | None:
+        """The cached decoded image, or None."""
         import numpy as np
 
         try:
@@ -210,6 +218,7 @@ class ImageCache:
         return Image.fromarray(arr, mode="RGB")
 
     def put(self, key: str, img: Image.Image) -> None:
+        """Store a decoded image atomically."""
         import numpy as np
 
         from ..core.io import atomic_path
@@ -293,6 +302,7 @@ class ImageSamples(Dataset):
 
     @property
     def labels(self) -> list[int]:
+        """The class index of every sample, in order."""
         return [s.label for s in self.samples]
 
 

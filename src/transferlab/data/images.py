@@ -73,6 +73,7 @@ def to_rgb(img: Image.Image) -> Image.Image:
 
 
 def is_image_file(path: Path) -> bool:
+    """True when the file name has an image extension."""
     return path.suffix.lower() in IMAGE_EXTENSIONS
 
 

@@ -28,6 +28,7 @@ class Preprocessing:
     interpolation: str = "bilinear"
 
     def to_dict(self) -> dict:
+        """Plain data for model.json and export sidecars."""
         return asdict(self)
 
     @classmethod
@@ -60,9 +61,11 @@ class Preprocessing:
 
     @property
     def interpolation_mode(self) -> T.InterpolationMode:
+        """The torchvision InterpolationMode of `interpolation`."""
         return T.InterpolationMode(self.interpolation)
 
     def normalize(self) -> T.Compose:
+        """Tensor conversion and mean/std normalisation."""
         return T.Compose([T.ToImage(), T.ToDtype(torch.float32, scale=True), T.Normalize(self.mean, self.std)])
 
     def eval_transform(self) -> T.Compose:
@@ -76,6 +79,7 @@ class Preprocessing:
         )
 
     def train_transform(self, augment: str = "light") -> T.Compose:
+        """Random crop, flip and colour jitter at an augmentation level, then normalisation."""
         if augment not in AUGMENT_LEVELS:
             raise ValueError(f"augment must be one of {AUGMENT_LEVELS}, got {augment!r}")
         if augment == "none":

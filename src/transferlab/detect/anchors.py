@@ -16,6 +16,7 @@ class AnchorConfig:
     offset: float = 0.5
 
     def to_dict(self) -> dict:
+        """Plain data for model.json and export sidecars."""
         return asdict(self)
 
     @classmethod
@@ -41,6 +42,7 @@ class AnchorConfig:
         return groups
 
     def anchors_per_cell(self) -> list[int]:
+        """Anchors per feature-map cell, per layer group."""
         return [len(s) for _, s in self._groups()]
 
 

@@ -24,10 +24,12 @@ class AugmentConfig:
     flip_p: float = 0.5
 
     def to_dict(self) -> dict:
+        """Plain data for model.json."""
         return asdict(self)
 
 
 def photometric(image: np.ndarray, rng: np.random.Generator, strength: float) -> np.ndarray:
+    """Random brightness, contrast and saturation."""
     x = image.astype(np.float32)
     x = x * rng.uniform(1 - strength, 1 + strength)                        # brightness
     mean = x.mean()
@@ -38,6 +40,7 @@ def photometric(image: np.ndarray, rng: np.random.Generator, strength: float) ->
 
 
 def zoom_out(image, boxes, keypoints, rng, max_ratio):
+    """Place the image on a larger canvas so faces get smaller."""
     h, w = image.shape[:2]
     ratio = rng.uniform(1, max_ratio)
     ch, cw = int(h * ratio), int(w * ratio)
@@ -74,6 +77,7 @@ def random_crop(image, boxes, keypoints, rng, min_ious, trials: int = 30):
 
 
 def hflip(image, boxes, keypoints):
+    """Mirror the image, boxes and keypoints (right and left keypoints swap)."""
     w = image.shape[1]
     boxes = boxes.copy()
     boxes[:, [0, 2]] = w - boxes[:, [2, 0]]
@@ -84,6 +88,7 @@ def hflip(image, boxes, keypoints):
 
 def augment(image: np.ndarray, boxes: np.ndarray, keypoints: np.ndarray, rng: np.random.Generator,
             config: AugmentConfig = AugmentConfig()):
+    """The training augmentation: photometric, zoom-out, IoU-constrained crop, flip."""
     if config.jitter:
         image = photometric(image, rng, config.jitter)
     if rng.random() < config.zoom_out_p:

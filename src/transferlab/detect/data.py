@@ -47,9 +47,11 @@ class FaceDataset:
 
     @property
     def num_faces(self) -> int:
+        """Faces over all images."""
         return sum(len(s.boxes) for s in self.samples)
 
     def summary(self) -> str:
+        """One line: images, faces, format, skipped annotations."""
         return (f"{len(self.samples)} images, {self.num_faces} faces ({self.format}); "
                 f"{len(self.skipped)} annotations skipped")
 

@@ -9,6 +9,7 @@ _KEYPOINT_COLOURS = ("#ff4040", "#4080ff", "#ffd000", "#ffd000", "#ff4040", "#40
 
 
 def draw_detections(image: np.ndarray, records: list[dict]) -> Image.Image:
+    """A copy of the image with boxes, scores and keypoints drawn."""
     out = Image.fromarray(image)
     pen = ImageDraw.Draw(out)
     width = max(1, round(max(out.size) / 300))

@@ -28,6 +28,7 @@ class BlazeFaceConfig:
 
     @property
     def channels(self) -> tuple[int, int]:
+        """Output channels of every backbone block."""
         return self.stage1[-1][1], self.stage2[-1][1]
 
 
@@ -59,6 +60,7 @@ class BlazeBlock(nn.Module):
         self.pw = nn.Conv2d(cin, cout, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Depthwise-separable convolution plus the (pooled, zero-padded) skip, then ReLU."""
         h = self.pw(self.dw(F.pad(x, (0, 2, 0, 2)) if self.stride == 2 else x))
         if not self.residual:
             return F.relu(h)
@@ -94,6 +96,7 @@ class BlazeFace(nn.Module):
         return [self.stem, *self.stage1, *self.stage2]
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Regressors (N, A, 16) and logits (N, A) for a batch in [-1, 1]."""
         f1 = self.stage1(F.relu(self.stem(F.pad(x, (1, 2, 1, 2)))))
         f2 = self.stage2(f1)
         n = x.shape[0]
@@ -108,6 +111,7 @@ class BlazeFace(nn.Module):
 
 
 def build_model(name: str) -> BlazeFace:
+    """A BlazeFace network of a named configuration, random init."""
     from ..core.errors import TransferlabError
 
     if name not in CONFIGS:

@@ -68,6 +68,7 @@ def convert_tflite(name: str, path: Path | None = None) -> dict[str, torch.Tenso
 
 
 def pretrained_state_dict(name: str) -> dict[str, torch.Tensor]:
+    """MediaPipe's weights as a state dict, converted once and cached as safetensors."""
     cached = cache_dir() / "blazeface" / f"{name}.safetensors"
     if not cached.is_file():
         save_weights(convert_tflite(name), cached)
@@ -75,6 +76,7 @@ def pretrained_state_dict(name: str) -> dict[str, torch.Tensor]:
 
 
 def load_pretrained(name: str) -> BlazeFace:
+    """A BlazeFace network with MediaPipe's pretrained weights."""
     model = build_model(name)
     model.load_state_dict(pretrained_state_dict(name))
     return model.eval()

@@ -18,6 +18,7 @@ def confusion_matrix(y_true: torch.Tensor, y_pred: torch.Tensor, num_classes: in
 
 
 def per_class_report(cm: torch.Tensor, classes: list[str]) -> list[dict]:
+    """Precision, recall, F1 and support per class from a confusion matrix."""
     tp = cm.diag().float()
     predicted = cm.sum(0).float()
     actual = cm.sum(1).float()

@@ -28,6 +28,7 @@ _INSTALL_HINT = "pip install onnx onnxruntime"
 
 
 def onnxruntime_available() -> bool:
+    """True when onnxruntime imports."""
     try:
         import onnx  # noqa: F401  (torch.onnx.export needs it)
         import onnxruntime  # noqa: F401

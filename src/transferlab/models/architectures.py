@@ -18,6 +18,7 @@ def _seq(*modules: nn.Module) -> nn.Sequential:
 
 
 def resnet_blocks(m: nn.Module) -> "OrderedDict[str, nn.Module]":
+    """ResNet: stem, layer1..4, pool, head."""
     act = getattr(m, "relu", None) or getattr(m, "act1")
     return OrderedDict(
         stem=_seq(m.conv1, m.bn1, act, m.maxpool),
@@ -31,6 +32,7 @@ def resnet_blocks(m: nn.Module) -> "OrderedDict[str, nn.Module]":
 
 
 def mobilenet_v2_blocks(m: nn.Module) -> "OrderedDict[str, nn.Module]":
+    """MobileNet-V2: stem, stages by resolution, pool, head."""
     f = m.features
     # Stages split where the spatial resolution halves (strides at features 2, 4, 7, 14).
     return OrderedDict(
@@ -47,6 +49,7 @@ def mobilenet_v2_blocks(m: nn.Module) -> "OrderedDict[str, nn.Module]":
 
 
 def densenet_blocks(m: nn.Module) -> "OrderedDict[str, nn.Module]":
+    """DenseNet: stem, dense blocks with their transitions, pool, head."""
     f = m.features
     return OrderedDict(
         stem=_seq(f.conv0, f.norm0, f.relu0, f.pool0),
@@ -73,6 +76,7 @@ def _split_at_pools(features: nn.Sequential) -> list[nn.Sequential]:
 
 
 def vgg_like_blocks(m: nn.Module) -> "OrderedDict[str, nn.Module]":
+    """VGG/AlexNet: convolution groups split at the max-pools, pool, head."""
     blocks: OrderedDict[str, nn.Module] = OrderedDict()
     for i, stage in enumerate(_split_at_pools(m.features)):
         blocks["stem" if i == 0 else f"conv{i + 1}"] = stage
@@ -85,6 +89,7 @@ def vgg_like_blocks(m: nn.Module) -> "OrderedDict[str, nn.Module]":
 
 
 def googlenet_blocks(m: nn.Module) -> "OrderedDict[str, nn.Module]":
+    """GoogLeNet: stem, inception groups, pool, head."""
     return OrderedDict(
         stem=_seq(TransformInput(), m.conv1, m.maxpool1, m.conv2, m.conv3, m.maxpool2),
         inception3=_seq(m.inception3a, m.inception3b, m.maxpool3),
@@ -97,6 +102,7 @@ def googlenet_blocks(m: nn.Module) -> "OrderedDict[str, nn.Module]":
 
 
 def inception_v3_blocks(m: nn.Module) -> "OrderedDict[str, nn.Module]":
+    """Inception-v3: stem, mixed groups, pool, head."""
     return OrderedDict(
         stem=_seq(TransformInput(), m.Conv2d_1a_3x3, m.Conv2d_2a_3x3, m.Conv2d_2b_3x3, m.maxpool1),
         stem2=_seq(m.Conv2d_3b_1x1, m.Conv2d_4a_3x3, m.maxpool2),
@@ -132,10 +138,12 @@ class TimmFeatures(nn.Module):
         self.model = model
 
     def forward(self, x):
+        """Pre-logit features of the wrapped timm model."""
         return self.model.forward_head(self.model.forward_features(x), pre_logits=True)
 
 
 def timm_generic_blocks(m: nn.Module) -> "OrderedDict[str, nn.Module]":
+    """Blocks of any timm model: staged CNNs split by stage, others one body block."""
     names = {n for n, _ in m.named_children()}
     if {"conv_stem", "bn1", "blocks", "conv_head", "global_pool", "classifier"} <= names and hasattr(m, "bn2"):
         return timm_efficientnet_blocks(m)

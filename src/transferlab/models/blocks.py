@@ -61,6 +61,7 @@ class BlockNet(nn.Module):
 
     @property
     def head(self) -> nn.Module:
+        """The last block (holds the classifier)."""
         return self.blocks[self.block_names[-1]]
 
     @property
@@ -73,10 +74,12 @@ class BlockNet(nn.Module):
 
     @property
     def num_classes(self) -> int:
+        """Outputs of the classifier."""
         return self.classifier.out_features
 
     @property
     def num_features(self) -> int:
+        """Inputs of the classifier (the feature width)."""
         return self.classifier.in_features
 
     def reset_classifier(self, num_classes: int) -> None:
@@ -105,6 +108,7 @@ class BlockNet(nn.Module):
 
     # --- forward ---------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits: every block in order."""
         return self.forward_blocks(x, 0, len(self.blocks))
 
     def forward_blocks(self, x: torch.Tensor, start: int, stop: int) -> torch.Tensor:
@@ -161,6 +165,7 @@ class BlockNet(nn.Module):
         return n
 
     def train(self, mode: bool = True):
+        """Training mode, with BatchNorm statistics kept where the BN policy says."""
         super().train(mode)
         if mode and self.bn_policy != "train":
             # Frozen BatchNorm keeps its ImageNet statistics: updating running stats of a layer
@@ -195,6 +200,7 @@ class TransformInput(nn.Module):
     """GoogLeNet/Inception-v3's torchvision weights expect (x-0.5)/0.5 inputs; this converts ImageNet-normalised ones."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """ImageNet-normalised input -> the (x - 0.5) / 0.5 the weights expect."""
         x0 = x[:, 0:1] * (0.229 / 0.5) + (0.485 - 0.5) / 0.5
         x1 = x[:, 1:2] * (0.224 / 0.5) + (0.456 - 0.5) / 0.5
         x2 = x[:, 2:3] * (0.225 / 0.5) + (0.406 - 0.5) / 0.5

@@ -41,10 +41,12 @@ class TorchvisionWeights:
 
     @property
     def url(self) -> str:
+        """Where torchvision downloads the file from."""
         return self._weights.url
 
     @property
     def path(self) -> Path:
+        """Where torch's cache keeps the file."""
         return _torch_checkpoint_dir() / os.path.basename(self.url)
 
     @cached_property
@@ -100,6 +102,7 @@ class PackageWeights:
 
     @property
     def path(self) -> Path | None:
+        """The file inside the installed package, or None when not installed."""
         spec = importlib.util.find_spec(self.package)
         if spec is None or not spec.submodule_search_locations:
             return None

@@ -56,6 +56,7 @@ class TrainConfig:
     advice: dict | None = None  # set by --strategy auto: the advisor's numbers and reasons
 
     def validate(self) -> None:
+        """One line naming the first option with an invalid value."""
         checks = [
             (self.strategy in STRATEGIES, f"--strategy must be one of {', '.join(STRATEGIES)}"),
             (self.schedule in SCHEDULES, f"--schedule must be one of {', '.join(SCHEDULES)}"),

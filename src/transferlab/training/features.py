@@ -46,6 +46,7 @@ def feature_bytes_per_item(model: BlockNet, n: int, input_size: int, device: tor
 
 def cache_fits(model: BlockNet, n: int, input_size: int, items: int, views: int, device: torch.device,
                budget: int = DEFAULT_MEMORY_BUDGET) -> bool:
+    """Whether the prefix features of `items` images fit the memory budget."""
     if n <= 0:
         return False
     return feature_bytes_per_item(model, n, input_size, device) * items * max(views, 1) <= budget
@@ -75,9 +76,11 @@ class FeatureStore:
         self.root = Path(root)
 
     def path(self, key: str) -> Path:
+        """Where an entry lives on disk."""
         return self.root / f"features-{key}.safetensors"
 
     def get(self, key: str) -> torch.Tensor | None:
+        """The cached features, or None (a corrupt entry counts as missing)."""
         path = self.path(key)
         if not path.is_file():
             return None
@@ -87,6 +90,7 @@ class FeatureStore:
             return None
 
     def put(self, key: str, features: torch.Tensor) -> None:
+        """Store features atomically as safetensors."""
         self.root.mkdir(parents=True, exist_ok=True)
         with atomic_path(self.path(key)) as tmp:
             save_file({"features": features.contiguous()}, str(tmp))

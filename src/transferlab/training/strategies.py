@@ -24,6 +24,7 @@ class Phase:
     lr_mult: float = 1.0  # head lr / first trainable block lr (discriminative learning rates)
 
     def to_dict(self) -> dict:
+        """Plain data for checkpoints and model.json."""
         return {"name": self.name, "epochs": self.epochs, "freeze": self.freeze, "lr": self.lr,
                 "lr_mult": self.lr_mult}
 

@@ -1,0 +1,92 @@
+"""The commands every kind of model shares (predict, evaluate, export) and the option types, built once
+for `transferlab ...` and `transferlab detect ...`."""
+from __future__ import annotations
+
+import argparse
+import importlib
+
+
+def lazy_handler(module: str, name: str):
+    """The handler `name` of transferlab.cli.`module`, imported when the command runs: building the
+    parser imports no torch, so `--help` answers at once."""
+
+    def run(args) -> int:
+        return getattr(importlib.import_module(f"transferlab.cli.{module}"), name)(args)
+
+    return run
+
+
+def add_predict(sub, name: str = "predict", default_model: str = "efficientnet_lite0",
+                help: str = "label images, or find faces, with a pretrained model or a trained run"):
+    """The predict command (also `detect predict`, whose default model is a face detector)."""
+    p = sub.add_parser(name, help=help)
+    p.add_argument("images", nargs="+", help="image files, folders (recursive) or glob patterns")
+    p.add_argument("--model", default=default_model,
+                   help="registry name, timm:NAME, blazeface_front|back, or a run folder of either kind")
+    p.add_argument("--weights", default="default", help="'default' (pretrained), 'none', or a weights file")
+    p.add_argument("--top", type=int, default=5, help="classifier: how many labels per image")
+    p.add_argument("--labels", help="classifier: labels file, one class name per line (or a JSON list)")
+    p.add_argument("--threshold", type=_probability, help="detector: minimum face score (default: the model's)")
+    p.add_argument("--draw", metavar="DIR", help="detector: save copies of the images with faces drawn")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--workers", type=int, default=None, help="decoding processes (default: from the machine)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
+    p.add_argument("--backend", default="auto", choices=["auto", "torch", "onnxruntime"],
+                   help="classifier engine; auto: ONNX Runtime on CPU for 128 images or more (about "
+                        "twice as fast once exported), PyTorch otherwise")
+    add_output_options(p)
+    p.set_defaults(func=lazy_handler("predicting", "cmd_predict"))
+    return p
+
+
+def add_output_options(p) -> None:
+    """--json [FILE] and --csv FILE, the same for every command that prints records."""
+    out = p.add_mutually_exclusive_group()
+    out.add_argument("--json", nargs="?", const="-", metavar="FILE",
+                     help="JSON records: to stdout, or to FILE")
+    out.add_argument("--csv", metavar="FILE", help="write a CSV file ('-' for stdout)")
+
+
+def _probability(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a score between 0 and 1")
+    return value
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive integer")
+    return int(text)
+
+
+def add_evaluate(sub, name: str = "evaluate"):
+    """The evaluate command (also `detect evaluate`)."""
+    p = sub.add_parser(name, help="evaluate a model on labelled data: accuracy and confusion matrix "
+                                  "(classifier), AP@0.5 next to the pretrained model's (detector)")
+    p.add_argument("model", help="run folder of either kind, or a registry name")
+    p.add_argument("data", help="classifier: class sub-folders (test/ or val/ inside is used when present); "
+                                "detector: annotated faces (folder or annotation file)")
+    p.add_argument("--format", default="auto", choices=("auto", "wider", "voc", "coco", "yolo", "csv"),
+                   help="detector: annotation format")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--json", nargs="?", const="-", metavar="FILE", help="the result as JSON: stdout, or FILE")
+    p.add_argument("--plot", metavar="PNG",
+                   help="confusion matrix (classifier) or precision/recall curve (detector) image; "
+                        "default RUN/eval_confusion.png or RUN/eval_pr_curve.png")
+    p.set_defaults(func=lazy_handler("evaluating", "cmd_evaluate"))
+
+
+def add_export(sub, name: str = "export"):
+    """The export command (also `detect export`)."""
+    from ..core.options import EXPORT_FORMATS
+
+    p = sub.add_parser(name, help="export a model to ONNX or TorchScript (outputs checked against PyTorch)")
+    p.add_argument("model", help="run folder of either kind, or a registry name")
+    p.add_argument("--format", default="onnx", choices=EXPORT_FORMATS)
+    p.add_argument("--out", help="output file (default: RUN/model.onnx or .pt, or NAME.onnx)")
+    p.set_defaults(func=lazy_handler("evaluating", "cmd_export"))
