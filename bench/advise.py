@@ -94,12 +94,15 @@ def main(argv=None) -> None:
     parser.add_argument("--datasets", default=",".join(DATASETS))
     parser.add_argument("--sizes", default="small,large", help="which variants: small, large or both")
     parser.add_argument("--json", help="also write the results to this file")
+    parser.add_argument("--per-class", type=int, help="training images per class for every variant (a smoke run)")
+    parser.add_argument("--epochs", type=int, default=TRAIN["epochs"])
     args = parser.parse_args(argv)
+    TRAIN["epochs"] = args.epochs
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.datasets.split(","):
             for size in args.sizes.split(","):
-                per_class = SIZES[name][size]
+                per_class = args.per_class or SIZES[name][size]
                 root = write_variant(Path(tmp) / f"{name}-{size}" / "data", name, per_class)
                 r = run_variant(root, Path(tmp) / f"{name}-{size}" / "runs")
                 a, res = r["advice"], r["results"]

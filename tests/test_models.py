@@ -1,7 +1,9 @@
 """The registry: every architecture builds, its blocks reproduce the original network, freezing works."""
 from __future__ import annotations
 
+import numpy as np
 import pytest
+from PIL import Image
 import torch
 import torchvision.models as tvm
 from torch import nn
@@ -103,10 +105,13 @@ def test_blocks_are_ordered_with_head_last(pair):
     assert model.classifier.out_features == 1000 == model.num_classes
     # no parameter lost or duplicated by the decomposition (aux heads are dropped on purpose)
     assert count_parameters(model) == count_parameters(original) - aux_parameters(original)
-    # block_index by name and count agree
-    for i, b in enumerate(names):
-        assert model.block_index(b) == i
-    assert model.block_index(len(names)) == len(names)
+    # freeze points by group name and by count agree; every parameter is in exactly one group
+    groups = model.group_names
+    for i, g in enumerate(groups):
+        assert model.group_index(g) == i
+    assert model.group_index(len(groups)) == len(groups)
+    grouped = [id(p) for g in groups for p in model.group_parameters(g)]
+    assert sorted(grouped) == sorted(id(p) for p in model.parameters())
 
 
 def test_forward_blocks_continues_from_prefix(pair):
@@ -150,9 +155,6 @@ def test_densenet_and_vgg_are_distinct():
 @pytest.mark.parametrize(
     "name,size,resize,mean,interp",
     [
-        ("resnet18", 224, 256, (0.485, 0.456, 0.406), "bilinear"),
-        ("inception_v3", 299, 342, (0.485, 0.456, 0.406), "bilinear"),
-        ("mobilenet_v2", 224, 232, (0.485, 0.456, 0.406), "bilinear"),
         ("efficientnet_lite0", 224, 256, (0.5, 0.5, 0.5), "bicubic"),
         ("efficientnet_lite1", 240, 274, (0.5, 0.5, 0.5), "bicubic"),
         ("efficientnet_lite2", 260, 297, (0.5, 0.5, 0.5), "bicubic"),
@@ -171,6 +173,53 @@ def test_preprocessing_per_model(name, size, resize, mean, interp):
     # a pure red image normalises to (1-mean)/std, (0-mean)/std per channel
     expected = [(1 - pre.mean[0]) / pre.std[0], (0 - pre.mean[1]) / pre.std[1], (0 - pre.mean[2]) / pre.std[2]]
     torch.testing.assert_close(out.mean(dim=(1, 2)), torch.tensor(expected), atol=1e-3, rtol=0)
+
+
+@pytest.mark.parametrize("name", ["resnet18", "mobilenet_v2", "inception_v3", "alexnet", "vgg16", "densenet121",
+                                  "googlenet"])
+def test_torchvision_models_preprocess_as_their_weights_were_evaluated(name):
+    """The preprocessing belongs to the weights: read from torchvision's own Weights.transforms()."""
+    import torchvision.models as tvm
+
+    spec = get_spec(name)
+    enum_class, member = spec.weights.enum.split(".")
+    reference = getattr(getattr(tvm, enum_class), member).transforms()
+    pre = spec.preprocessing
+    assert (pre.input_size, pre.resize) == (reference.crop_size[0], reference.resize_size[0])
+    assert (list(pre.mean), list(pre.std)) == (list(reference.mean), list(reference.std))
+    assert pre.interpolation == reference.interpolation.value
+    if name == "mobilenet_v2":  # the V1 weights transferlab loads were evaluated at 256, not V2's 232
+        assert spec.weights.enum == "MobileNet_V2_Weights.IMAGENET1K_V1" and pre.resize == 256
+
+
+def test_vit_freezes_by_timm_groups_and_trains_partially(tmp_path):
+    """A transformer has no stages: its freeze groups come from timm's group_matcher."""
+    import transferlab
+
+    model = create_model("timm:vit_tiny_patch16_224", num_classes=2, weights="none")
+    assert len(model.group_names) > 4 and model.group_names[0] == "stem" and model.group_names[-1] == "head"
+    model.freeze(2)
+    frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
+    assert any("patch_embed" in n for n in frozen) and any(".blocks.0." in n for n in frozen)
+    assert not any(".blocks.1." in n for n in frozen)
+    data = tmp_path / "data"
+    rng = np.random.default_rng(0)
+    for c in ("a", "b"):
+        (data / c).mkdir(parents=True)
+        for i in range(6):
+            Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(data / c / f"{i}.png")
+    torch.manual_seed(0)  # the trainer's seed, so both start from the same random init
+    before = {n: p.detach().clone() for n, p in create_model("timm:vit_tiny_patch16_224", num_classes=2,
+                                                             weights="none").named_parameters()}
+    run = transferlab.train(data, model="timm:vit_tiny_patch16_224", strategy="partial", freeze=2, epochs=1,
+                            weights="none", batch_size=4, workers=0, out=tmp_path / "run", progress=False,
+                            cache_features="off")
+    after = dict(run.model.named_parameters())
+    assert torch.equal(after["blocks.body.model.blocks.0.attn.qkv.weight"],
+                       before["blocks.body.model.blocks.0.attn.qkv.weight"])
+    assert not torch.equal(after["blocks.body.model.blocks.1.attn.qkv.weight"],
+                           before["blocks.body.model.blocks.1.attn.qkv.weight"])
+    assert run.classifier.meta["frozen_blocks"] == model.group_names[:2]
 
 
 def test_timm_preprocessing_from_pretrained_cfg():
@@ -230,16 +279,16 @@ def test_bn_policy_train_keeps_batchnorm_training():
         model.freeze(1, bn_policy="sometimes")
 
 
-def test_block_index_errors():
+def test_group_index_errors():
     model = create_model("mobilenet_v2", weights="none", num_classes=3)
-    n = len(model.block_names)
+    n = len(model.group_names)
     with pytest.raises(ValueError, match="unknown block 'layer9'"):
-        model.block_index("layer9")
+        model.group_index("layer9")
     with pytest.raises(ValueError, match="out of range"):
-        model.block_index(n + 1)
+        model.group_index(n + 1)
     with pytest.raises(ValueError, match="out of range"):
         model.freeze(-(n + 1))
-    assert model.block_index(-1) == n - 1
+    assert model.group_index(-1) == n - 1
 
 
 def test_high_resolution_blocks_are_those_fed_a_quarter_of_the_image_side_or_more():

@@ -91,8 +91,8 @@ def test_cli_csv(capsys, tmp_path, sample_photos):
     out_csv = tmp_path / "out" / "pred.csv"
     bad = tmp_path / "bad.jpg"
     bad.write_text("nope")
-    code, out, _ = run_cli(capsys, "predict", sample_photos["china"], bad, "--top", "2", "--csv", out_csv)
-    assert code == 0 and "wrote 2 predictions" in out
+    code, _, err = run_cli(capsys, "predict", sample_photos["china"], bad, "--top", "2", "--csv", out_csv)
+    assert code == 0 and "wrote 2 record(s)" in err
     rows = list(csv.DictReader(out_csv.open()))
     assert [r["rank"] for r in rows if r["status"] == "ok"] == ["1", "2"]
     assert rows[0]["label"] == "palace" and 0 < float(rows[0]["prob"]) <= 1

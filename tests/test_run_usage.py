@@ -42,7 +42,7 @@ def test_loaded_run_predicts_like_the_trained_weights(trained_run, digits_folder
 
 def test_evaluate_cli_reports_metrics_and_confusion(trained_run, digits_folder, tmp_path):
     png = tmp_path / "cm.png"
-    result = cli("evaluate", trained_run, digits_folder, "--confusion", png)
+    result = cli("evaluate", trained_run, digits_folder, "--plot", png)
     assert result.returncode == 0, result.stderr
     assert "accuracy" in result.stdout and "precision" in result.stdout and "confusion matrix" in result.stdout
     assert png.stat().st_size > 1000
@@ -68,7 +68,7 @@ def test_confusion_and_per_class_metrics_by_hand():
 def test_export_reproduces_pytorch_outputs(trained_run, tmp_path, fmt):
     out = tmp_path / ("model.pt" if fmt == "torchscript" else "model.onnx")
     result = export(str(trained_run), format=fmt, out=out)
-    assert result["max_abs_diff"] < 1e-4
+    assert result.max_abs_diff < 1e-4 and result.path == out
     sidecar = json.loads((tmp_path / (out.name + ".json")).read_text())
     assert sidecar["preprocessing"]["input_size"] == 48 and sidecar["classes"][0] == "digit_0"
     clf = transferlab.load(str(trained_run))

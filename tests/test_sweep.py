@@ -14,7 +14,7 @@ from transferlab.models import create_model
 from transferlab.api import train
 from transferlab.training.config import TrainConfig
 
-train_module = importlib.import_module("transferlab.training.trainer")
+train_module = importlib.import_module("transferlab.training.batches")
 
 FAST = dict(image_size=32, batch_size=32, augment="none", seed=0, workers=0)
 

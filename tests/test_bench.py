@@ -1,0 +1,43 @@
+"""Every bench case runs end to end at a tiny size, through the public API, so a refactor cannot break
+the benches unnoticed. The figures themselves are not asserted (they belong to the bench tables)."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+
+
+def bench(script: str, *args, timeout: int = 600) -> str:
+    env = {**os.environ, "MPLBACKEND": "Agg"}
+    proc = subprocess.run([sys.executable, str(BENCH / script), *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout
+
+
+def test_run_all_cases_quick(tmp_path):
+    out = bench("run.py", "all", "--quick", "--predict-images", 6, "--memory-images", 12, "--train-per-class", 2,
+                "--val-per-class", 1, "--epochs", 1, "--keep", tmp_path)
+    for section in ("## predict", "## train", "## memory"):
+        assert section in out
+    assert "images/s" in out
+
+
+def test_strategies_bench(tmp_path):
+    out = bench("strategies.py", "--per-class", 3, "--epochs", 2, "--image-size", 32,
+                "--strategies", "feature-extract,two-stage")
+    assert "feature-extract" in out and "two-stage" in out
+
+
+def test_advise_bench():
+    out = bench("advise.py", "--datasets", "digits", "--sizes", "small", "--per-class", 3, "--epochs", 1)
+    assert "digits-small" in out
+
+
+@pytest.mark.skipif(not (BENCH / "detect.py").is_file(), reason="no detection bench")
+def test_detect_bench(tmp_path):
+    out = bench("detect.py", "--smoke", "--keep", tmp_path)
+    assert "images/s" in out
