@@ -131,6 +131,8 @@ def main(argv=None) -> int:
     ap.add_argument("--train-per-class", type=int, default=None)
     ap.add_argument("--val-per-class", type=int, default=None)
     ap.add_argument("--epochs", type=int, default=10)
+    ap.add_argument("--ft-epochs", type=int, default=2, help="fine-tuning cases: epochs (the last one is timed)")
+    ap.add_argument("--ft-per-class", type=int, default=None, help="fine-tuning cases: images per class")
     ap.add_argument("--keep", type=Path, help="write the generated data (and each case's result) here and keep it")
     ap.add_argument("--reuse", action="store_true", help="with --keep: reuse the saved results of finished cases")
     a = ap.parse_args(argv)
@@ -146,7 +148,8 @@ def main(argv=None) -> int:
 
         log("train ...")
         results = bt.measure(a.train_per_class or (6 if quick else 15), a.val_per_class or (4 if quick else 10),
-                             a.epochs, keep=a.keep, log=log, reuse=a.reuse)
+                             a.epochs, ft_epochs=a.ft_epochs, ft_per_class=a.ft_per_class, keep=a.keep, log=log,
+                             reuse=a.reuse)
         n_train = results["fx-plain"]["train_images"]
         head = (f"MNIST digits as 400 px JPEGs, 10 classes, {n_train} train images; efficientnet_lite0 at 224, "
                 f"batch {bt.BATCH}, seed 0; baseline = plain PyTorch loop")

@@ -20,7 +20,7 @@ def bench(script: str, *args, timeout: int = 600) -> str:
 
 def test_run_all_cases_quick(tmp_path):
     out = bench("run.py", "all", "--quick", "--predict-images", 6, "--memory-images", 12, "--train-per-class", 2,
-                "--val-per-class", 1, "--epochs", 1, "--keep", tmp_path)
+                "--val-per-class", 1, "--epochs", 1, "--ft-epochs", 1, "--ft-per-class", 1, "--keep", tmp_path)
     for section in ("## predict", "## train", "## memory"):
         assert section in out
     assert "images/s" in out
@@ -33,7 +33,7 @@ def test_strategies_bench(tmp_path):
 
 
 def test_advise_bench():
-    out = bench("advise.py", "--datasets", "digits", "--sizes", "small", "--per-class", 3, "--epochs", 1)
+    out = bench("advise.py", "--datasets", "digits", "--sizes", "small", "--per-class", 3, "--epochs", 2)
     assert "digits-small" in out
 
 

@@ -24,16 +24,27 @@ def open_image(path: str | os.PathLike, min_size: int | None = None) -> Image.Im
     keeping its shorter side at least 2 * min_size, so the final antialiased resize still sees
     more pixels than it outputs. Other images are decoded at full size.
     """
+    return open_image_scaled(path, min_size=min_size)[0]
+
+
+def open_image_scaled(path: str | os.PathLike, min_size: int | None = None,
+                      long_side: int | None = None) -> tuple[Image.Image, float]:
+    """open_image, and the decoded size relative to the file's pixels (1.0 unless a JPEG was decoded
+    at a reduced scale), so annotations in file pixels can follow. long_side: a JPEG whose longer
+    side is at least twice this is decoded at the smallest DCT scale keeping its longer side >= it
+    (a detector letterboxes by the longer side)."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as img:
                 img.seek(0)  # animated GIF/WebP: the first frame
-                if min_size and img.format == "JPEG":
-                    _draft(img, min_size)
+                width = img.size[0]
+                if img.format == "JPEG" and (min_size or long_side):
+                    _draft(img, min_size, long_side)
                 img.load()
+                scale = img.size[0] / width
                 img = ImageOps.exif_transpose(img) or img
-                return to_rgb(img)
+                return to_rgb(img), scale
     except FileNotFoundError:
         raise ImageReadError(path, "file not found") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
@@ -45,13 +56,18 @@ def open_image(path: str | os.PathLike, min_size: int | None = None) -> Image.Im
         raise ImageReadError(path, f"unreadable image ({reason})") from None
 
 
-def _draft(img: Image.Image, min_size: int) -> None:
+def _draft(img: Image.Image, min_size: int | None, long_side: int | None) -> None:
     w, h = img.size
-    short = min(w, h)
-    keep = 2 * min_size
-    if short >= 2 * keep:
-        # draft picks the largest 1/2^k scale whose result is at least the requested size in both axes
-        img.draft(None, (max(1, w * keep // short), max(1, h * keep // short)))
+    if min_size:
+        side, keep = min(w, h), 2 * min_size
+        if side < 2 * keep:
+            return
+    else:
+        side, keep = max(w, h), long_side
+        if side < 2 * keep:
+            return
+    # draft picks the largest 1/2^k scale whose result is at least the requested size in both axes
+    img.draft(None, (max(1, w * keep // side), max(1, h * keep // side)))
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
