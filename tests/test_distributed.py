@@ -62,8 +62,13 @@ def test_two_process_run_resumes_on_one_process(digits_folder, tmp_path):
 
 
 @pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA GPU (nccl)")
-def test_nccl_single_gpu_run(digits_folder, tmp_path):
-    proc = torchrun(1, ["train", str(digits_folder), "--strategy", "two-stage", "--epochs", "2", "--device", "cuda",
-                        "--out", str(tmp_path / "gpu"), *TRAIN_ARGS])
+def test_nccl_run_on_every_gpu_up_to_two(digits_folder, tmp_path):
+    import torch
+
+    nproc = min(2, torch.cuda.device_count())
+    proc = torchrun(nproc, ["train", str(digits_folder), "--strategy", "two-stage", "--epochs", "2", "--device",
+                            "cuda", "--out", str(tmp_path / "gpu"), *TRAIN_ARGS], )
     _, stderr = proc.communicate(timeout=600)
     assert proc.returncode == 0, stderr[-2000:]
+    meta = json.loads((tmp_path / "gpu" / "model.json").read_text())
+    assert meta["distributed"]["world_size"] == nproc and meta["distributed"]["backend"] == "nccl"

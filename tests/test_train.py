@@ -141,19 +141,51 @@ def test_resume_after_interruption_matches_uninterrupted_run(digits_folder, tmp_
     assert [r["val_loss"] for r in full.history] == [r["val_loss"] for r in resumed.history]
 
 
-def test_lr_find_picks_a_learning_rate(digits_folder, tmp_path):
-    run = train(digits_folder, model="efficientnet_lite0", strategy="feature-extract", out=tmp_path / "run",
-                epochs=2, lr="find", progress=False, **FAST)
-    lr = json.loads((tmp_path / "run" / "model.json").read_text())["phases"][0]["lr"]
-    assert 1e-6 < lr < 1.0
-    assert run.metrics["val_acc"] > 0.25
+def test_lr_find_beats_a_bad_fixed_learning_rate(digits_folder, tmp_path):
+    found = train(digits_folder, model="efficientnet_lite0", strategy="feature-extract", out=tmp_path / "find",
+                  epochs=2, lr="find", progress=False, **FAST)
+    lr = json.loads((tmp_path / "find" / "model.json").read_text())["phases"][0]["lr"]
+    assert 1e-5 < lr < 1.0
+    bad = train(digits_folder, model="efficientnet_lite0", strategy="feature-extract", out=tmp_path / "bad",
+                epochs=2, lr=1e-6, progress=False, **FAST)
+    assert found.metrics["val_acc"] >= bad.metrics["val_acc"] + 0.2
+
+
+@pytest.fixture(scope="module")
+def imbalanced_digits(tmp_path_factory):
+    """train/: 80 images of digit 0, 5 of each of digits 1-3; val/: 20 of each."""
+    import numpy as np
+    from sklearn.datasets import load_digits
+
+    from conftest import write_digit_folder
+
+    d = load_digits()
+    root = tmp_path_factory.mktemp("imbalanced")
+    train_idx, val_idx = [], []
+    for c in range(4):
+        idx = np.flatnonzero(d.target == c)
+        train_idx += list(idx[:80 if c == 0 else 5])
+        val_idx += list(idx[100:120])
+    write_digit_folder(root / "train", d.images[train_idx], d.target[train_idx])
+    write_digit_folder(root / "val", d.images[val_idx], d.target[val_idx])
+    return root
+
+
+def _majority_calls_and_minority_recall(run, data) -> tuple[int, float]:
+    result = transferlab.evaluate(run.classifier, data, progress=False)
+    majority_calls = sum(row[0] for row in result["confusion"])  # val images predicted as digit 0
+    return majority_calls, sum(r["recall"] for r in result["per_class"] if r["class"] != "digit_0") / 3
 
 
 @pytest.mark.parametrize("balance", ["weights", "sampler"])
-def test_balance_options_train(balance, digits_folder, tmp_path):
-    run = train(digits_folder, model="efficientnet_lite0", strategy="feature-extract", out=tmp_path / "run",
-                epochs=2, balance=balance, progress=False, **FAST)
-    assert run.metrics["val_acc"] > 0.5
+def test_balance_shifts_predictions_to_rare_classes(balance, imbalanced_digits, tmp_path):
+    options = dict(FAST, model="efficientnet_lite0", strategy="feature-extract", epochs=3, progress=False)
+    plain = train(imbalanced_digits, out=tmp_path / "none", balance="none", **options)
+    balanced = train(imbalanced_digits, out=tmp_path / balance, balance=balance, **options)
+    plain_calls, plain_recall = _majority_calls_and_minority_recall(plain, imbalanced_digits)
+    calls, recall = _majority_calls_and_minority_recall(balanced, imbalanced_digits)
+    # measured: 40 of the 80 val images called digit 0 without balancing, 20-23 with it
+    assert calls <= 0.75 * plain_calls and recall >= plain_recall + 0.05
 
 
 def test_public_api_names_stay_functions_after_submodule_imports():

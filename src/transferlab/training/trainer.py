@@ -258,7 +258,10 @@ class Trainer:
         if not self.dist.is_main:
             barrier(self.dist)
             return Run(self.out, metrics, self.history, None)
-        clf = write_run(self.out, self.model, self.scan, self.cfg, self.phases, metrics, self.history)
+        distributed = {"world_size": self.dist.world_size,
+                       "backend": torch.distributed.get_backend() if self.dist.enabled else None}
+        clf = write_run(self.out, self.model, self.scan, self.cfg, self.phases, metrics, self.history,
+                        {"distributed": distributed})
         self.log(f"run saved to {self.out} (best val acc {metrics['val_acc']:.3f} at epoch {metrics['best_epoch']})")
         barrier(self.dist)
         return Run(self.out, clf.meta["metrics"], self.history, clf)
