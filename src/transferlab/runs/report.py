@@ -58,6 +58,18 @@ def plot_confusion(confusion: list[list[int]], classes: list[str], path: Path, t
     _save(fig, path, plt)
 
 
+def plot_metric(history: list[dict], key: str, path: Path, title: str) -> None:
+    """One metric against the epoch (rows without it are left out)."""
+    plt = _pyplot()
+    rows = [r for r in history if r.get(key) is not None]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot([r["epoch"] for r in rows], [r[key] for r in rows], "o-")
+    ax.set(title=title, xlabel="epoch", ylabel=key)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    _save(fig, path, plt)
+
+
 def plot_sweep(trials: list, blocks: list[str], path: Path) -> None:
     """Validation accuracy against freeze point, one line per rung (longer runs, fewer points)."""
     plt = _pyplot()
