@@ -1,17 +1,24 @@
 """Benchmark: BlazeFace port parity, detection speed, and fine-tuning gain on generated faces.
 
     python bench/detect.py [--train 200] [--test 60] [--epochs 10] [--threads 1] [--keep DIR]
+                           [--only parity|speed|fine-tune|real] [--faces DIR] [--upscale 2.5] [--smoke]
 
 Measures
   (a) max |PyTorch - TFLite interpreter| on raw regressor/classifier outputs, front and back models,
       on the astronaut photo (letterboxed) and on uniform noise;
   (b) images/s of transferlab.detect's Detector on letterboxed 128 px inputs (batch 32, CPU);
   (c) AP@0.5 of the pretrained front model and of a model fine-tuned on small upside-down LFW faces
-      pasted on scikit-image photos (tests/detect/synthetic.py), on held-out images, with training time.
+      pasted on scikit-image photos (tests/detect/synthetic.py), on held-out images, with training time;
+  (d) training speed on real photos (the shared faces set, <repo>/../shared/datasets/faces, enlarged
+      --upscale times to phone-like sizes): decode time at full size vs at the size the model needs,
+      then training images/s of one epoch of blazeface_back as before issue 14 (decoding in the main
+      process, float32) and with the defaults (worker processes, bfloat16 backbone where the CPU runs
+      it natively), split into time waiting for data and time in forward/backward/step; the ratio.
 """
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 import time
@@ -75,6 +82,57 @@ def fine_tune(work: Path, n_train: int, n_test: int, epochs: int) -> None:
           f"{epochs} epochs on {n_train} images in {result.train_seconds:.1f} s")
 
 
+def real_photos(faces: Path, n_images: int, upscale: float, work: Path) -> None:
+    """(d) Training speed on real photos: the pre-issue-14 pipeline (decoding in the main process,
+    float32) against the defaults (worker processes, bfloat16 backbone where the CPU runs it),
+    one epoch of blazeface_back each, with the time split into waiting for data and the step."""
+    from PIL import Image
+
+    from transferlab.core.device import default_workers
+    from transferlab.data.images import open_image, open_image_scaled
+    from transferlab.detect import TrainConfig, load_faces, train
+
+    if not (faces / "train.csv").is_file():
+        print(f"(d) skipped: {faces}/train.csv not found")
+        return
+    samples = load_faces(faces / "train.csv").samples[:n_images]
+    rows = []
+    photos = work / "photos"
+    photos.mkdir(parents=True, exist_ok=True)
+    for i, s in enumerate(samples):
+        # phone-like sizes: the shared photos are at most 600 px, so they are enlarged `upscale` times
+        image = open_image(s.image)
+        if upscale != 1:
+            image = image.resize((round(image.width * upscale), round(image.height * upscale)), Image.BICUBIC)
+        path = photos / f"{i:04d}.jpg"
+        image.save(path, quality=90)
+        rows += [f"{path},{','.join(str(float(v) * upscale) for v in b)}\n" for b in s.boxes]
+    subset = work / "train.csv"
+    subset.write_text("image,xmin,ymin,xmax,ymax\n" + "".join(rows))
+    paths = sorted(photos.glob("*.jpg"))[:64]
+    t0 = time.perf_counter()
+    for path in paths:
+        open_image(path)
+    t1 = time.perf_counter()
+    for path in paths:
+        open_image_scaled(path, long_side=512)
+    t2 = time.perf_counter()
+    side = max(open_image(paths[0]).size)
+    print(f"(d) decode {len(paths)} photos of ~{side} px: {len(paths) / (t1 - t0):.0f} images/s at full size, "
+          f"{len(paths) / (t2 - t1):.0f} images/s at the size training needs (>= 512 px long side)")
+    results = {}
+    for label, options in (("before: main-process decoding, float32", {"workers": 0, "amp": "off"}),
+                           ("defaults", {})):
+        config = TrainConfig(model="blazeface_back", epochs=1, val_split=0.0, **options)
+        row = train(subset, work / f"run-{len(results)}", config, progress=False).history[-1]
+        results[label] = row["images_per_s"]
+        print(f"(d) train blazeface_back, {len(samples)} photos, {label}: {row['images_per_s']:.1f} images/s; "
+              f"waiting for data {row['data_s']:.1f} s, forward/backward/step {row['step_s']:.1f} s")
+    before, now = results.values()
+    print(f"(d) defaults vs before: {now / before:.2f}x images/s "
+          f"({default_workers(len(samples), 32)} worker processes)")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--train", type=int, default=200)
@@ -82,16 +140,30 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=10)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--keep", type=Path, help="keep generated data and the run here")
+    ap.add_argument("--faces", type=Path, default=ROOT.parent / "shared" / "datasets" / "faces")
+    ap.add_argument("--faces-images", type=int, default=338)
+    ap.add_argument("--upscale", type=float, default=2.5, help="(d): enlarge the photos to phone-like sizes")
+    ap.add_argument("--only", choices=("parity", "speed", "fine-tune", "real"), help="run one case")
+    ap.add_argument("--smoke", action="store_true", help="every case at a tiny size (checks the bench runs)")
     args = ap.parse_args()
+    if args.smoke:
+        args.train, args.test, args.epochs, args.faces_images = 8, 4, 1, 8
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
         work = args.keep or Path(tmp)
-        parity()
-        from detect.synthetic import _backgrounds, _faces, make_image
-        rng = np.random.default_rng(2)
-        backgrounds, faces = _backgrounds(), _faces()
-        speed([make_image(rng, backgrounds, faces)[0] for _ in range(128)])
-        fine_tune(work, args.train, args.test, args.epochs)
+        if args.only in (None, "parity"):
+            parity()
+        if args.only in (None, "speed"):
+            from detect.synthetic import _backgrounds, _faces, make_image
+            rng = np.random.default_rng(2)
+            backgrounds, faces = _backgrounds(), _faces()
+            speed([make_image(rng, backgrounds, faces)[0] for _ in range(8 if args.smoke else 128)])
+        if args.only in (None, "fine-tune"):
+            fine_tune(work, args.train, args.test, args.epochs)
+        if args.only in (None, "real"):
+            # training speed uses every core, as a user's run does
+            torch.set_num_threads(os.cpu_count() or 1)
+            real_photos(args.faces, args.faces_images, args.upscale, work / "real")
 
 
 if __name__ == "__main__":

@@ -41,5 +41,22 @@ def trained_run(tmp_path_factory, synthetic_train):
     from transferlab.detect.augment import AugmentConfig
     from transferlab.detect.trainer import TrainConfig, train
 
-    config = TrainConfig(epochs=8, batch_size=32, augment=AugmentConfig(zoom_out_p=0.0))
+    # upside-down faces are a new task, not an adaptation: the default lr (3e-5, chosen on real photos
+    # so the pretrained detector survives) reaches only ~0.51 held-out AP here in 8 epochs; 3e-4 with
+    # the default warm-up reaches ~0.79 (issue 14)
+    config = TrainConfig(epochs=8, batch_size=32, lr=3e-4, augment=AugmentConfig(zoom_out_p=0.0))
     return train(synthetic_train, tmp_path_factory.mktemp("runs") / "faces", config, progress=False)
+
+
+# the shared real-photo face set sits beside the repository: <repo parent>/shared/datasets/faces
+REAL_FACES = Path(__file__).resolve().parents[2].parent / "shared" / "datasets" / "faces"
+
+
+@pytest.fixture(scope="package")
+def real_faces():
+    """Samples of the real photos' train split, read in place; skipped when absent."""
+    if not (REAL_FACES / "train.csv").is_file():
+        pytest.skip(f"{REAL_FACES} not found")
+    from transferlab.detect.data import load_faces
+
+    return load_faces(REAL_FACES / "train.csv").samples

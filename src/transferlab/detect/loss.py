@@ -13,7 +13,7 @@ from torch import nn
 from torchvision.ops import box_iou
 
 from .anchors import AnchorConfig, generate_anchors, nominal_boxes
-from .boxes import encode
+from .boxes import decode, encode
 
 IGNORE, NEGATIVE = -2, -1
 
@@ -23,11 +23,28 @@ class LossConfig:
     positive_iou: float = 0.5
     negative_iou: float = 0.4
     negatives_per_positive: int = 3
-    keypoint_weight: float = 0.5
+    # box offsets (scaled by the anchor size) are ~0.1, so Smooth-L1 gives ~0.03 per batch against a
+    # classification loss of ~1-2: at weight 1 the boxes got <3% of the signal and never adapted to
+    # a dataset's box style; 20 puts the terms on one scale (keypoints keep half the box weight)
+    box_weight: float = 20.0
+    keypoint_weight: float = 10.0
+    # MediaPipe's model fires on every anchor whose centre lies on a face, at several scales, and
+    # its weighted NMS averages them; punishing those anchors as negatives (they are the hardest
+    # "negatives" of a pretrained model) retrains the detector against its own behaviour
+    ignore_centre_inside: bool = True
+    # an anchor whose *predicted* box already overlaps a face this well is a correct detection for
+    # weighted NMS, not a false alarm; 0 disables
+    ignore_predicted_iou: float = 0.4
+    # MediaPipe scores sigmoid(clip(logit, -100, 100)); the pretrained heads emit logits down to
+    # about -10000 on anchors they rule out, and BCE on those would be ~1e4 per anchor
+    logit_clip: float = 100.0
 
 
-def match_anchors(gt_boxes: torch.Tensor, anchor_boxes: torch.Tensor, config: LossConfig = LossConfig()) -> torch.Tensor:
-    """Per anchor: the index of its face, NEGATIVE, or IGNORE (IoU between the two thresholds).
+def match_anchors(gt_boxes: torch.Tensor, anchor_boxes: torch.Tensor, config: LossConfig = LossConfig(),
+                  predicted: torch.Tensor | None = None) -> torch.Tensor:
+    """Per anchor: the index of its face, NEGATIVE, or IGNORE (IoU between the two thresholds,
+    anchor centre inside a face with `ignore_centre_inside`, or a `predicted` box (A, 4) overlapping
+    a face by `ignore_predicted_iou`).
 
     Every face gets its best anchor even below `positive_iou`, so small or odd-shaped faces still
     train some anchor.
@@ -38,6 +55,12 @@ def match_anchors(gt_boxes: torch.Tensor, anchor_boxes: torch.Tensor, config: Lo
     iou = box_iou(gt_boxes, anchor_boxes)                  # (G, A)
     best_iou, best_gt = iou.max(0)
     assigned[best_iou >= config.negative_iou] = IGNORE
+    if config.ignore_centre_inside:
+        c = (anchor_boxes[:, :2] + anchor_boxes[:, 2:]) / 2
+        inside = ((c[None] > gt_boxes[:, None, :2]) & (c[None] < gt_boxes[:, None, 2:])).all(-1).any(0)
+        assigned[inside] = IGNORE
+    if predicted is not None and config.ignore_predicted_iou > 0:
+        assigned[box_iou(gt_boxes, predicted).max(0).values >= config.ignore_predicted_iou] = IGNORE
     positive = best_iou >= config.positive_iou
     assigned[positive] = best_gt[positive]
     assigned[iou.argmax(1)] = torch.arange(len(gt_boxes), device=anchor_boxes.device)
@@ -63,7 +86,10 @@ class DetectionLoss(nn.Module):
         """targets: per image (boxes (G, 4), keypoints (G, 6, 2) with NaN if unlabelled), normalised."""
         cls_terms, box_terms, kp_terms, num_pos = [], [], [], 0
         for reg, logit, (boxes, keypoints) in zip(regressors, logits, targets):
-            assigned = match_anchors(boxes, self.anchor_boxes, self.config)
+            predicted = None
+            if self.config.ignore_predicted_iou > 0 and len(boxes):
+                predicted = decode(reg.detach(), self.centres, self.size)[0]
+            assigned = match_anchors(boxes, self.anchor_boxes, self.config, predicted)
             pos = assigned >= 0
             n_pos = int(pos.sum())
             num_pos += n_pos
@@ -82,11 +108,13 @@ class DetectionLoss(nn.Module):
         cls = torch.stack(cls_terms).sum() / norm
         box = sum(box_terms, zero) / norm
         kp = sum(kp_terms, zero) / norm
-        total = cls + box + self.config.keypoint_weight * kp
+        total = cls + self.config.box_weight * box + self.config.keypoint_weight * kp
         return {"loss": total, "cls": cls.detach(), "box": box.detach(), "kp": kp.detach()}
 
     def _classification(self, logit, assigned, pos, n_pos):
         target = pos.float()
+        if self.config.logit_clip:
+            logit = logit.clamp(-self.config.logit_clip, self.config.logit_clip)
         loss = F.binary_cross_entropy_with_logits(logit, target, reduction="none")
         negative_loss = loss.masked_fill(assigned != NEGATIVE, 0.0)
         # hardest negatives only, so the ~900 easy background anchors do not swamp the few faces;

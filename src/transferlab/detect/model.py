@@ -97,9 +97,16 @@ class BlazeFace(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Regressors (N, A, 16) and logits (N, A) for a batch in [-1, 1]."""
+        return self.heads(*self.features(x))
+
+    def features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The backbone's two feature maps (16x16 and 8x8 cells at 128 px)."""
         f1 = self.stage1(F.relu(self.stem(F.pad(x, (1, 2, 1, 2)))))
-        f2 = self.stage2(f1)
-        n = x.shape[0]
+        return f1, self.stage2(f1)
+
+    def heads(self, f1: torch.Tensor, f2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Regressors and logits from the feature maps."""
+        n = f1.shape[0]
 
         def flat(t: torch.Tensor, k: int) -> torch.Tensor:
             # anchor order is row, column, anchor-in-cell: flatten NHWC, not NCHW
