@@ -19,6 +19,8 @@ from ..core.errors import CheckpointError, TransferlabError
 from ..core.device import pick_device
 from ..core.io import atomic_torch_save, atomic_write_text, safe_torch_load, save_weights
 from ..runs.folder import prepare_run_dir, write_meta
+from ..runs.html import write_html_report
+from ..runs.view import write_evaluations
 from ..runs.metrics import write_metrics
 from ..runs.report import plot_pr_curves
 from .augment import AugmentConfig, augment
@@ -224,6 +226,10 @@ def _finish(out, model, config, dataset, train_samples, val_set, history, elapse
         "metrics": metrics,
     })
     atomic_write_text(out / "report.md", _report(config, dataset, train_samples, val_set, history, metrics))
+    if val is not None:
+        write_evaluations(out, {"val": {"summary": f"{len(val_set.samples)} validation images", "images": len(val_set.samples),
+                                        "ap50": {"fine-tuned": val.ap, f"pretrained {config.model}": pretrained.ap}}})
+    write_html_report(out)
     return TrainResult(out, history, val, pretrained, elapsed, meta)
 
 
