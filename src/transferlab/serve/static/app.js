@@ -161,7 +161,7 @@ function renderRun(run) {
     if (m.val_ap50 !== undefined) facts.push(["val AP@0.5", `${m.val_ap50.toFixed(4)} (pretrained ${m.pretrained_val_ap50.toFixed(4)})`]);
     facts.push(["epochs", m.epochs_completed]);
   }
-  $("run-summary").replaceChildren(el("dl", { class: "kv" }, facts.map(([k, v]) => [el("dt", {}, k), el("dd", {}, v)])));
+  $("run-summary").replaceChildren(el("dl", { class: "kv" }, facts.flatMap(([k, v]) => [el("dt", {}, k), el("dd", {}, v)])));
   renderCurves(run.history || []);
   renderEvaluation(run.evaluation);
   renderStrategy(run);
@@ -178,7 +178,7 @@ function renderCurves(history) {
 }
 
 function lineChart(title, rows, names) {
-  const W = 420, H = 240, L = 44, R = 10, T = 22, B = 34;
+  const W = 440, H = 250, L = 48, R = 18, T = 24 + 13 * Math.ceil(names.length / 2), B = 34;
   const NS = "http://www.w3.org/2000/svg";
   const svg = document.createElementNS(NS, "svg");
   svg.setAttribute("width", W); svg.setAttribute("height", H); svg.setAttribute("class", "chart");
@@ -201,7 +201,8 @@ function lineChart(title, rows, names) {
     add("line", { x1: L, x2: W - R, y1: py(v), y2: py(v), stroke: "#e5e7eb" });
     add("text", { x: 4, y: py(v) + 4 }, v.toPrecision(3));
   }
-  xs.forEach((x) => add("text", { x: px(x) - 3, y: H - 18 }, x));
+  const step = Math.max(1, Math.ceil(xs.length / 12));
+  xs.forEach((x, i) => { if (i % step === 0 || i === xs.length - 1) add("text", { x: px(x) - 3, y: H - 18 }, x); });
   add("text", { x: W / 2 - 14, y: H - 4 }, "epoch");
   for (let i = 1; i < rows.length; i++) {
     if (rows[i].phase !== undefined && rows[i].phase !== rows[i - 1].phase) {
@@ -214,7 +215,7 @@ function lineChart(title, rows, names) {
     const pts = rows.filter((r) => typeof r[n] === "number").map((r) => `${px(r.epoch)},${py(r[n])}`);
     add("polyline", { points: pts.join(" "), fill: "none", stroke: colors[i % 4], "stroke-width": 2 });
     pts.forEach((p) => { const [cx, cy] = p.split(","); add("circle", { cx, cy, r: 2.5, fill: colors[i % 4] }); });
-    add("text", { x: W - R - 90, y: T + 12 + 13 * i, fill: colors[i % 4], style: `fill:${colors[i % 4]}` }, n);
+    add("text", { x: L + 140 * (i % 2), y: 30 + 13 * Math.floor(i / 2), style: `fill:${colors[i % 4]}` }, "— " + n);
   });
   return svg;
 }
@@ -226,7 +227,7 @@ function renderEvaluation(ev) {
   if (ev.kind === "detector") {
     $("run-eval-title").textContent = `Evaluation (${ev.split})`;
     $("run-eval-summary").replaceChildren(el("dl", { class: "kv" },
-      Object.entries(ev.ap50 || {}).map(([k, v]) => [el("dt", {}, k), el("dd", {}, `AP@0.5 ${Number(v).toFixed(4)}`)])),
+      Object.entries(ev.ap50 || {}).flatMap(([k, v]) => [el("dt", {}, k), el("dd", {}, `AP@0.5 ${Number(v).toFixed(4)}`)])),
       el("p", { class: "hint" }, ev.summary || ""));
     for (const id of ["run-confusion", "run-per-class", "run-errors"]) $(id).replaceChildren();
     return;
@@ -252,7 +253,7 @@ function renderEvaluation(ev) {
   errors.replaceChildren();
   if (!ev.errors.length) errors.append(el("p", { class: "hint" }, "no errors"));
   ev.errors.forEach(async (w) => errors.append(await thumb(w.id,
-    `${ev.classes[w.true]} → ${ev.classes[w.predicted]} (${pct(w.confidence)})`)));
+    `${w.true} → ${w.predicted} (${pct(w.confidence)})`)));
   $("cell-gallery-section").hidden = true;
 }
 
