@@ -87,7 +87,7 @@ def test_no_import_cycles():
     assert _cycles(_graph()) == []
 
 
-LAYERS = ["core", "data", "models", "inference", "runs", "training", "advice"]
+LAYERS = ["core", "data", "models", "inference", "runs", "training", "advice", "serve"]
 
 
 def test_lower_layers_never_import_higher_ones():

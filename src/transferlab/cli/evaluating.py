@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 
 from ..core.io import atomic_write_json
+from ..runs.folder import is_run_folder
 
 
 def cmd_evaluate(args) -> int:
@@ -18,17 +19,22 @@ def cmd_evaluate(args) -> int:
             from ..detect.evaluate import evaluate_faces
 
             result = evaluate_faces(net, args.data, args.format, plot=args.plot)
+        if is_run_folder(args.model):
+            _write_run_view(args.model, result)
         text = "\n".join([result["summary"]] + [f"AP@0.5 {ap:.4f}  {name}" for name, ap in result["ap50"].items()]
                          + ([f"precision/recall curve: {result['plot']}"] if result["plot"] else []))
     else:
-        from ..inference.evaluation import format_evaluation
+        from ..inference.evaluation import evaluate_folder, format_evaluation
         from ..runs.report import plot_confusion
 
-        result = evaluate(net, args.data, device=args.device, progress=not args.json)
+        result = evaluate_folder(net, args.data, device=args.device, progress=not args.json, keep_predictions=True)
+        predictions = result.pop("predictions")
         png = Path(args.plot) if args.plot else (Path(args.model) / "eval_confusion.png" if Path(args.model).is_dir()
                                                  else Path("eval_confusion.png"))
         plot_confusion(result["confusion"], result["classes"], png, title=f"confusion: {result['split']}")
         text = format_evaluation(result) + f"\nconfusion matrix image: {png}"
+        if is_run_folder(args.model):
+            text += f"\nRun view: {_write_run_view(args.model, {**result, 'predictions': predictions})}"
     if args.json == "-":
         print(json.dumps(result, indent=2, default=str))
     else:
@@ -36,6 +42,15 @@ def cmd_evaluate(args) -> int:
             atomic_write_json(args.json, result)
         print(text)
     return 0
+
+
+def _write_run_view(run, result: dict) -> Path:
+    """Keep the evaluation in RUN/evaluation.json (as "evaluate") and rewrite RUN/report.html."""
+    from ..runs.html import write_html_report
+    from ..runs.view import write_evaluations
+
+    write_evaluations(run, {"evaluate": result})
+    return write_html_report(run)
 
 
 def cmd_export(args) -> int:

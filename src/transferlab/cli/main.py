@@ -147,8 +147,29 @@ def _add_sweep(sub) -> None:
     p.set_defaults(func=lazy_handler("advising", "cmd_sweep"))
 
 
+def _add_serve(sub) -> None:
+    from .commands import positive_int
+
+    p = sub.add_parser("serve", help="serve models over HTTP (JSON API, dynamic batching) with a web page "
+                                     "and the Run view of run folders")
+    p.add_argument("models", nargs="+", metavar="MODEL", help="registry name or run folder of either kind")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--token", help="require Authorization: Bearer TOKEN on every /api call "
+                                   "(default: $TRANSFERLAB_TOKEN)")
+    p.add_argument("--max-batch", type=positive_int, default=16, help="dynamic batching: images per batch (1: off)")
+    p.add_argument("--max-wait-ms", type=float, default=5.0, help="dynamic batching: how long a batch waits to fill")
+    p.add_argument("--max-queue", type=positive_int, default=256,
+                   help="images waiting per model; beyond it the server answers 503 with Retry-After")
+    p.add_argument("--max-upload-mb", type=float, default=20.0, help="largest request body")
+    p.add_argument("--max-pixels", type=positive_int, default=40_000_000, help="largest image (width x height)")
+    p.add_argument("--max-images", type=positive_int, default=32, help="images per request")
+    p.add_argument("--cors", action="append", metavar="ORIGIN", help="allow this browser origin (repeatable; off by default)")
+    p.set_defaults(func=lazy_handler("serving", "cmd_serve"))
+
+
 COMMANDS = [_add_demo, add_predict, _add_models, _add_train, add_evaluate, add_export, _add_detect, _add_advise,
-            _add_sweep]
+            _add_sweep, _add_serve]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -26,6 +26,8 @@ from ..core.errors import TransferlabError
 from ..core.io import atomic_write_text, save_weights
 from ..data.images import open_image_scaled
 from ..runs.folder import prepare_run_dir, remove_stale_temp_files, write_meta
+from ..runs.html import write_html_report
+from ..runs.view import write_evaluations
 from ..runs.metrics import write_metrics
 from ..runs.report import plot_metric, plot_pr_curves
 from ..training.checkpoint import Checkpointer
@@ -326,6 +328,11 @@ def _finish(out, model, config, dataset, train_samples, val_set, history, elapse
         "metrics": metrics,
     })
     atomic_write_text(out / "report.md", _report(config, dataset, train_samples, val_set, history, metrics))
+    if val is not None:
+        write_evaluations(out, {"val": {"summary": f"{len(val_set.samples)} validation images",
+                                        "images": len(val_set.samples),
+                                        "ap50": {"saved": val.ap, f"pretrained {config.model}": pretrained.ap}}})
+    write_html_report(out)
     return TrainResult(out, history, val, pretrained, elapsed, meta)
 
 

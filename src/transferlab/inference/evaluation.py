@@ -33,12 +33,15 @@ def per_class_report(cm: torch.Tensor, classes: list[str]) -> list[dict]:
 
 
 def evaluate_classifier(clf: Classifier, samples: list[Sample], device=None, batch_size: int = 64,
-                        progress: bool = True, worst: int = 10) -> dict:
-    """Predict every sample and compute the metrics; unreadable images are counted, not fatal."""
+                        progress: bool = True, worst: int = 10, keep_predictions: bool = False) -> dict:
+    """Predict every sample and compute the metrics; unreadable images are counted, not fatal.
+
+    keep_predictions: also return "predictions", one {"path", "true", "predicted", "confidence"} per
+    readable image (class indices), which the Run view groups by confusion-matrix cell."""
     records = clf.predict([s.path for s in samples], top=len(clf.classes), batch_size=batch_size,
                           device=device, progress=progress)
     by_path = {r["path"]: r for r in records}
-    y_true, y_pred, wrong, unreadable = [], [], [], []
+    y_true, y_pred, wrong, unreadable, kept = [], [], [], [], []
     for s in samples:
         r = by_path.get(str(s.path))
         if r is None or r["status"] != "ok":
@@ -47,6 +50,7 @@ def evaluate_classifier(clf: Classifier, samples: list[Sample], device=None, bat
         pred = r["top"][0]
         y_true.append(s.label)
         y_pred.append(pred["index"])
+        kept.append({"path": str(s.path), "true": s.label, "predicted": pred["index"], "confidence": pred["prob"]})
         if pred["index"] != s.label:
             wrong.append({"path": str(s.path), "true": clf.classes[s.label], "predicted": pred["label"],
                           "confidence": pred["prob"]})
@@ -55,7 +59,7 @@ def evaluate_classifier(clf: Classifier, samples: list[Sample], device=None, bat
     cm = confusion_matrix(yt, yp, k)
     accuracy = float((yt == yp).float().mean()) if len(yt) else 0.0
     per_class = per_class_report(cm, clf.classes)
-    return {
+    result = {
         "accuracy": accuracy,
         "images": len(y_true),
         "unreadable": unreadable,
@@ -65,9 +69,12 @@ def evaluate_classifier(clf: Classifier, samples: list[Sample], device=None, bat
         "classes": list(clf.classes),
         "most_confident_errors": sorted(wrong, key=lambda w: -w["confidence"])[:worst],
     }
+    if keep_predictions:
+        result["predictions"] = kept
+    return result
 
 
-def evaluate_folder(clf: Classifier, data, device=None, progress: bool = True) -> dict:
+def evaluate_folder(clf: Classifier, data, device=None, progress: bool = True, keep_predictions: bool = False) -> dict:
     """Evaluate a Classifier on a labelled folder (class sub-folders; a test/ or val/ split inside it
     is used when present)."""
     root = Path(data)
@@ -79,7 +86,7 @@ def evaluate_folder(clf: Classifier, data, device=None, progress: bool = True) -
                            f"the model's classes are {', '.join(clf.classes)}")
     remap = [clf.classes.index(c) for c in scan.classes]
     samples = [Sample(s.path, remap[s.label]) for s in scan.splits[split]]
-    result = evaluate_classifier(clf, samples, device=device, progress=progress)
+    result = evaluate_classifier(clf, samples, device=device, progress=progress, keep_predictions=keep_predictions)
     result["split"] = f"{root} ({split})"
     result["skipped"] = scan.skipped
     return result

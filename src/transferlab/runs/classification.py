@@ -11,12 +11,15 @@ from ..inference.evaluation import evaluate_classifier
 from ..models import BlockNet, create_model
 from ..models.weights import load_user_weights
 from .folder import read_meta, write_meta
+from .html import write_html_report
 from .report import write_report
+from .view import write_evaluations
 
 
 def write_run(out: Path, model: BlockNet, scan, cfg, phases, metrics: dict, history: list[dict],
               extra: dict | None = None) -> Classifier:
-    """Write weights + model.json, evaluate the validation (and test) split, plot and report."""
+    """Write weights + model.json, evaluate the validation (and test) split, plot and report (report.md,
+    report.html)."""
     out = Path(out)
     save_weights(model.state_dict(), out / "model.safetensors")
     meta = {
@@ -41,10 +44,13 @@ def write_run(out: Path, model: BlockNet, scan, cfg, phases, metrics: dict, hist
     evaluations = {}
     for split in ("val", "test"):
         if scan.splits.get(split):
-            evaluations[split] = evaluate_classifier(clf, scan.splits[split], device=cfg.device, progress=False)
+            evaluations[split] = evaluate_classifier(clf, scan.splits[split], device=cfg.device, progress=False,
+                                                     keep_predictions=True)
             metrics[f"{split}_acc_final"] = evaluations[split]["accuracy"]
     clf.meta = write_meta(out, "classifier", meta)
     write_report(out, clf.meta, history, evaluations)
+    write_evaluations(out, evaluations)
+    write_html_report(out)
     return clf
 
 

@@ -1,0 +1,112 @@
+"""The Run view's data: what a run folder shows in the browser (served by `transferlab serve`, or
+inlined in report.html). Images are named by an id into the run's own index, never by a path."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+
+from ..core.errors import ImageReadError
+from ..core.io import atomic_write_json
+from ..data.images import open_image
+from .folder import read_meta
+
+EVALUATION_FILE = "evaluation.json"
+# the order in which the view picks the evaluation it shows: the latest `evaluate`, then test, then val
+SHOWN_SPLITS = ("evaluate", "test", "val")
+MAX_CELL_IMAGES = 24
+MAX_ERRORS = 16
+THUMBNAIL_SIDE = 128
+
+
+def write_evaluations(run, evaluations: dict) -> None:
+    """Merge evaluations ({split name: result}) into RUN/evaluation.json, which the Run view reads."""
+    path = Path(run) / EVALUATION_FILE
+    saved = read_evaluations(run)
+    saved.update(evaluations)
+    atomic_write_json(path, saved)
+
+
+def read_evaluations(run) -> dict:
+    """RUN/evaluation.json, or {} when there is none (or it cannot be read)."""
+    path = Path(run) / EVALUATION_FILE
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def read_history(run) -> list[dict]:
+    """metrics.csv as rows with numbers where the cells hold numbers."""
+    try:
+        text = (Path(run) / "metrics.csv").read_text(encoding="utf-8")
+    except OSError:
+        return []
+    rows = []
+    for row in csv.DictReader(io.StringIO(text)):
+        rows.append({k: _number(v) for k, v in row.items() if k})
+    return rows
+
+
+def _number(text):
+    try:
+        value = float(text)
+    except (TypeError, ValueError):
+        return text if text != "" else None
+    return int(value) if value.is_integer() and "." not in str(text) else value
+
+
+def run_view(run) -> tuple[dict, list[str]]:
+    """The Run view's data and its image index (paths; the data names images by position in it)."""
+    run = Path(run)
+    meta = read_meta(run)
+    data = {"name": run.name, "kind": meta["kind"], "meta": {k: v for k, v in meta.items() if k != "versions"},
+            "versions": meta.get("versions", {}), "history": read_history(run), "evaluation": None}
+    images: list[str] = []
+    evaluations = read_evaluations(run)
+    shown = next((s for s in SHOWN_SPLITS if s in evaluations), None)
+    if shown and meta["kind"] == "classifier":
+        data["evaluation"] = _classifier_view(shown, evaluations[shown], images)
+    elif shown:
+        ev = evaluations[shown]
+        data["evaluation"] = {"split": shown, "kind": "detector", "summary": ev.get("summary"),
+                              "ap50": ev.get("ap50", {}), "images": ev.get("images")}
+    return data, images
+
+
+def _classifier_view(split: str, ev: dict, images: list[str]) -> dict:
+    classes = ev["classes"]
+    k = len(classes)
+    ids: dict[str, int] = {}
+
+    def image_id(path: str) -> int:
+        if path not in ids:
+            ids[path] = len(images)
+            images.append(path)
+        return ids[path]
+
+    cells = [[[] for _ in range(k)] for _ in range(k)]
+    for p in sorted(ev.get("predictions", []), key=lambda p: -p["confidence"]):
+        cell = cells[p["true"]][p["predicted"]]
+        if len(cell) < MAX_CELL_IMAGES:
+            cell.append({"id": image_id(p["path"]), "confidence": p["confidence"]})
+    errors = [{"id": image_id(w["path"]), "true": w["true"], "predicted": w["predicted"], "confidence": w["confidence"]}
+              for w in ev.get("most_confident_errors", [])[:MAX_ERRORS]]
+    return {"split": split, "kind": "classifier", "data": ev.get("split", split), "accuracy": ev["accuracy"],
+            "macro_f1": ev["macro_f1"], "images": ev["images"], "classes": classes, "confusion": ev["confusion"],
+            "per_class": ev["per_class"], "cells": cells, "errors": errors,
+            "unreadable": len(ev.get("unreadable", []))}
+
+
+def thumbnail_jpeg(path, side: int = THUMBNAIL_SIDE) -> bytes | None:
+    """A small JPEG of an image file (longer side `side`), or None when it cannot be read."""
+    try:
+        img = open_image(path)
+    except ImageReadError:
+        return None
+    img.thumbnail((side, side))
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=85)
+    return buf.getvalue()

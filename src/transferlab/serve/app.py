@@ -1,0 +1,240 @@
+"""The HTTP API and the page: FastAPI (OpenAPI schema at /openapi.json, docs at /docs) under uvicorn.
+
+GET /api/health, GET /api/models, POST /api/models/{name}/predict (multipart, one or many images),
+GET /api/runs/{name} (the Run view's data), GET /api/runs/{name}/images/{id} (an image of the run's own
+index, by id), and the page at /. Safe by default: every /api call needs the bearer token when one is
+set, uploads are limited in bytes and pixels and sniffed by content, no route reads a client-named path,
+CORS is off unless origins are given; a bad request gets a 4xx {"error": "one line"}.
+"""
+from __future__ import annotations
+
+import asyncio
+import hmac
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
+
+from .. import __version__
+from ..runs.html import static_text
+from ..runs.view import run_view, thumbnail_jpeg
+from .batching import DynamicBatcher, QueueFull
+from .models import ServedModel, UploadError, load_models
+
+DEFAULT_MAX_UPLOAD_MB = 20.0
+DEFAULT_MAX_PIXELS = 40_000_000
+DEFAULT_MAX_IMAGES = 32
+STATIC_FILES = {"app.js": "text/javascript; charset=utf-8", "style.css": "text/css; charset=utf-8"}
+RETRY_AFTER_S = 1
+
+
+class ApiError(HTTPException):
+    """A 4xx/5xx answer with a one-line message (and headers such as Retry-After)."""
+
+
+class BodyLimit:
+    """ASGI middleware: a request body over `max_bytes` is refused with 413, by its Content-Length
+    before reading, or while it streams (chunked uploads) before it is all in memory."""
+
+    def __init__(self, app, max_bytes: int):
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope, receive, send):
+        """Check the declared length, then count the bytes as they arrive."""
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            return await _json(send, 413, f"upload of {int(declared)} bytes is over the limit of {self.max_bytes}")
+        seen = 0
+
+        async def counted():
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.max_bytes:
+                raise ApiError(413, f"upload is over the limit of {self.max_bytes} bytes")
+            return message
+
+        return await self.app(scope, counted, send)
+
+
+async def _json(send, status: int, message: str) -> None:
+    body = JSONResponse({"error": message}, status_code=status).body
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                            (b"connection", b"close")]})
+    await send({"type": "http.response.body", "body": body})
+
+
+def create_app(models, *, token: str | None = None, max_batch: int = 16, max_wait_ms: float = 5.0,
+               max_queue: int = 256, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB,
+               max_pixels: int = DEFAULT_MAX_PIXELS, max_images: int = DEFAULT_MAX_IMAGES,
+               cors_origins=(), decode_threads: int = 2) -> FastAPI:
+    """The app serving `models` (registry names, run folders of either kind, or loaded models).
+
+    max_batch / max_wait_ms: dynamic batching (max_batch 1 turns it off); max_queue: images waiting
+    per model before the server answers 503; max_upload_mb, max_pixels, max_images: per request.
+    """
+    served: dict[str, ServedModel] = {m.name: m for m in load_models(models)}
+    for m in served.values():
+        m.warm_up()
+    batchers = {name: DynamicBatcher(m.forward, max_batch, max_wait_ms, max_queue, name) for name, m in served.items()}
+    decoder = ThreadPoolExecutor(decode_threads, thread_name_prefix="decode")
+    views: dict[str, tuple[dict, list[str]]] = {}
+    pages = {"index.html": static_text("index.html"), **{n: static_text(n) for n in STATIC_FILES}}
+
+    @asynccontextmanager
+    async def lifespan(app):
+        for b in batchers.values():
+            b.start()
+        yield
+        for b in batchers.values():
+            await b.stop()
+        decoder.shutdown(wait=False, cancel_futures=True)
+
+    app = FastAPI(title="transferlab", version=__version__, lifespan=lifespan,
+                  description="Pretrained and fine-tuned vision models: labels (classifiers) and faces (detectors).")
+    app.state.models, app.state.batchers = served, batchers
+
+    def authorized(request: Request) -> None:
+        if token is None:
+            return
+        scheme, _, given = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
+            raise ApiError(401, "missing or wrong token: send Authorization: Bearer TOKEN",
+                           headers={"WWW-Authenticate": "Bearer"})
+
+    def model(name: str) -> ServedModel:
+        if name not in served:
+            raise ApiError(404, f"no model named {name[:80]!r}; GET /api/models lists them")
+        return served[name]
+
+    api = [Depends(authorized)]
+
+    @app.get("/api/health", dependencies=api)
+    async def health() -> dict:
+        """Liveness, the models served and their queues."""
+        return {"status": "ok", "version": __version__,
+                "models": {n: {"kind": m.kind, "queued": batchers[n].queued, "batches": batchers[n].batches,
+                               "images": batchers[n].items} for n, m in served.items()}}
+
+    @app.get("/api/models", dependencies=api)
+    async def list_models() -> list[dict]:
+        """Every model served: name, kind, classes, preprocessing, metrics (model.json)."""
+        return [m.describe() for m in served.values()]
+
+    @app.post("/api/models/{name}/predict", dependencies=api)
+    async def predict(name: str, request: Request, top: int = 5, threshold: float | None = None) -> list[dict]:
+        """Labels (classifier) or faces (detector) for one or many images sent as multipart form files;
+        one record per image, as `transferlab predict --json` prints them."""
+        m = model(name)
+        if not 1 <= top <= 1000:
+            raise ApiError(422, "top must be between 1 and 1000")
+        if threshold is not None and not 0.0 <= threshold <= 1.0:
+            raise ApiError(422, "threshold must be between 0 and 1")
+        batcher = batchers[name]
+        if batcher.free() < 1:
+            raise ApiError(503, "busy: the queue is full, retry shortly", headers={"Retry-After": str(RETRY_AFTER_S)})
+        if "multipart/form-data" not in request.headers.get("content-type", ""):
+            raise ApiError(415, "send the images as multipart/form-data files (field name: images)")
+        try:
+            form = await request.form(max_files=max_images, max_fields=max_images)
+        except HTTPException:
+            raise
+        except Exception as e:  # noqa: BLE001  (malformed multipart: the client's mistake)
+            raise ApiError(400, f"malformed multipart body ({str(e).splitlines()[0][:120] if str(e) else type(e).__name__})")
+        try:
+            files = [v for _, v in form.multi_items() if isinstance(v, UploadFile)]
+            if not files:
+                raise ApiError(400, "no image in the request: send one or more files (field name: images)")
+            uploads = [(await f.read(), _display_name(f.filename, i)) for i, f in enumerate(files)]
+        finally:
+            await form.close()
+        loop = asyncio.get_running_loop()
+        decoded = await asyncio.gather(*(loop.run_in_executor(decoder, _decode, m, data, fname, max_pixels, top, threshold)
+                                         for data, fname in uploads))
+        good = [d for d in decoded if not isinstance(d, UploadError)]
+        if not good:
+            raise ApiError(decoded[0].status, decoded[0].message if len(decoded) == 1
+                           else f"no image could be read; first: {decoded[0].message}")
+        try:
+            results = iter(await batcher.submit(good))
+        except QueueFull:
+            raise ApiError(503, "busy: the queue is full, retry shortly", headers={"Retry-After": str(RETRY_AFTER_S)})
+        kind_key = "top" if m.kind == "classifier" else "detections"
+        return [next(results) if not isinstance(d, UploadError)
+                else {"path": fname, "status": d.message, kind_key: []} for d, (_, fname) in zip(decoded, uploads)]
+
+    def view(name: str) -> tuple[dict, list[str]]:
+        m = model(name)
+        if m.run is None:
+            raise ApiError(404, f"{name} is a registry model, not a run folder: it has no Run view")
+        if name not in views:
+            views[name] = run_view(m.run)
+        return views[name]
+
+    @app.get("/api/runs/{name}", dependencies=api)
+    async def run(name: str) -> dict:
+        """The Run view's data: model.json, metrics.csv, the evaluation with images named by id."""
+        data, _ = await asyncio.get_running_loop().run_in_executor(decoder, view, name)
+        return data
+
+    @app.get("/api/runs/{name}/images/{image_id}", dependencies=api)
+    async def run_image(name: str, image_id: int) -> Response:
+        """A thumbnail (JPEG) of image `image_id` of the run's own index."""
+        _, images = view(name)
+        if not 0 <= image_id < len(images):
+            raise ApiError(404, f"no image {image_id} in this run's index")
+        jpeg = await asyncio.get_running_loop().run_in_executor(decoder, thumbnail_jpeg, images[image_id])
+        if jpeg is None:
+            raise ApiError(404, f"image {image_id} of this run can no longer be read")
+        return Response(jpeg, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=3600"})
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def page() -> HTMLResponse:
+        return HTMLResponse(pages["index.html"])
+
+    @app.get("/static/{file}", include_in_schema=False)
+    async def static(file: str) -> Response:
+        if file not in STATIC_FILES:  # a fixed index of files, never a path from the client
+            raise ApiError(404, "not found")
+        return Response(pages[file], media_type=STATIC_FILES[file])
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request, exc: HTTPException) -> JSONResponse:
+        message = exc.detail if isinstance(exc.detail, str) else "error"
+        return JSONResponse({"error": message.splitlines()[0] if message else "error"}, status_code=exc.status_code,
+                            headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {}
+        where = ".".join(str(p) for p in first.get("loc", ()) if p not in ("query", "path", "body"))
+        return JSONResponse({"error": f"{where}: {first.get('msg', 'invalid request')}"[:200]}, status_code=422)
+
+    if cors_origins:
+        from fastapi.middleware.cors import CORSMiddleware
+
+        app.add_middleware(CORSMiddleware, allow_origins=list(cors_origins), allow_methods=["GET", "POST"],
+                           allow_headers=["Authorization"])
+    app.add_middleware(BodyLimit, max_bytes=int(max_upload_mb * 1024 * 1024))
+    return app
+
+
+def _decode(m: ServedModel, data: bytes, filename: str, max_pixels: int, top: int, threshold):
+    try:
+        return m.decode(data, filename, max_pixels, top, threshold)
+    except UploadError as e:
+        return e
+
+
+def _display_name(filename: str | None, i: int) -> str:
+    """The name the record carries: the client's base name, used as a label only (never opened)."""
+    name = (filename or "").replace("\\", "/").rsplit("/", 1)[-1].strip()
+    return name[:200] or f"image{i}"

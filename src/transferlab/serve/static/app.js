@@ -1,0 +1,338 @@
+// transferlab's page: try a served model on your images, and look at a run (the Run view).
+// Served by `transferlab serve`, or inlined in a run's report.html (window.TRANSFERLAB_RUN set).
+// No external URL anywhere: it works offline, and sends images only to the server that served it.
+"use strict";
+
+const REPORT = window.TRANSFERLAB_RUN || null;
+const state = { models: [], model: null, token: sessionStorage.getItem("transferlab-token") || "", run: null };
+const $ = (id) => document.getElementById(id);
+
+function el(tag, attrs, ...children) {
+  const node = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs || {})) {
+    if (k === "class") node.className = v;
+    else if (k === "style") node.setAttribute("style", v);
+    else if (k.startsWith("on")) node.addEventListener(k.slice(2), v);
+    else node.setAttribute(k, v);
+  }
+  for (const c of children.flat()) {
+    if (c !== null && c !== undefined) node.append(c instanceof Node ? c : String(c));
+  }
+  return node;
+}
+
+function say(text) { $("message").textContent = text || ""; }
+const pct = (p) => (100 * p).toFixed(1) + "%";
+
+// ---------- talking to the server ----------
+async function api(path, options = {}) {
+  const headers = Object.assign({}, options.headers || {});
+  if (state.token) headers["Authorization"] = "Bearer " + state.token;
+  const response = await fetch(path, Object.assign({}, options, { headers }));
+  if (response.status === 401) {
+    $("token-box").hidden = false;
+    throw new Error("this server needs a token");
+  }
+  const isJson = (response.headers.get("content-type") || "").includes("application/json");
+  const body = isJson ? await response.json() : null;
+  if (!response.ok) throw new Error((body && body.error) || response.statusText);
+  return body;
+}
+
+async function loadModels() {
+  try {
+    state.models = await api("api/models");
+  } catch (e) { say(e.message); return; }
+  say("");
+  $("token-box").hidden = true;
+  const select = $("model-select");
+  select.replaceChildren(...state.models.map((m) => el("option", { value: m.name }, `${m.name} (${m.kind})`)));
+  $("model-picker").hidden = state.models.length < 2;
+  if (state.models.length) chooseModel(state.models[0].name);
+}
+
+function chooseModel(name) {
+  state.model = state.models.find((m) => m.name === name);
+  const m = state.model;
+  const acc = m.metrics && (m.metrics.val_acc ?? m.metrics.val_ap50);
+  $("model-info").textContent = `${m.kind}, ${m.num_classes} class${m.num_classes === 1 ? "" : "es"}` +
+    (m.run ? `, run folder` : "") + (acc !== undefined ? `, validation ${m.kind === "classifier" ? "accuracy" : "AP@0.5"} ${acc.toFixed(3)}` : "");
+  $("tab-run").hidden = !m.run;
+  $("results").replaceChildren();
+  state.run = null;
+  showPanel("try-panel");
+}
+
+async function predict(files) {
+  if (!state.model || !files.length) return;
+  const form = new FormData();
+  for (const f of files) form.append("images", f, f.name);
+  say("");
+  const cards = files.map((f) => {
+    const card = el("div", { class: "card" }, el("div", { class: "name" }, f.name), el("div", { class: "hint" }, "…"));
+    $("results").prepend(card);
+    return card;
+  });
+  let records;
+  try {
+    records = await api(`api/models/${encodeURIComponent(state.model.name)}/predict?top=5`, { method: "POST", body: form });
+  } catch (e) {
+    cards.forEach((c) => c.replaceChildren(el("div", { class: "name" }, c.firstChild.textContent), el("div", { class: "error" }, e.message)));
+    say(e.message);
+    return;
+  }
+  records.forEach((r, i) => renderRecord(cards[i], files[i], r));
+}
+
+function renderRecord(card, file, record) {
+  const url = URL.createObjectURL(file);
+  card.replaceChildren(el("div", { class: "name" }, record.path));
+  if (record.status !== "ok") { card.append(el("div", { class: "error" }, record.status)); return; }
+  if (record.top) {
+    card.prepend(el("img", { src: url, alt: record.path }));
+    card.append(...record.top.map((t) => el("div", { class: "bar-row prediction" },
+      el("span", { class: "label", title: t.label }, t.label),
+      el("div", { class: "bar" }, el("div", { style: `width:${(100 * t.prob).toFixed(1)}%` })),
+      el("span", { class: "prob" }, pct(t.prob)))));
+  } else {
+    const canvas = el("canvas", { class: "detections" });
+    card.prepend(canvas);
+    const img = new Image();
+    img.onload = () => drawDetections(canvas, img, record.detections);
+    img.src = url;
+    card.append(el("div", { class: "hint faces" }, `${record.detections.length} face(s)`));
+  }
+}
+
+function drawDetections(canvas, img, detections) {
+  const scale = Math.min(1, 480 / img.naturalWidth);
+  canvas.width = Math.round(img.naturalWidth * scale);
+  canvas.height = Math.round(img.naturalHeight * scale);
+  const ctx = canvas.getContext("2d");
+  ctx.drawImage(img, 0, 0, canvas.width, canvas.height);
+  ctx.lineWidth = 2;
+  ctx.font = "12px sans-serif";
+  for (const d of detections) {
+    const [x0, y0, x1, y1] = d.box.map((v) => v * scale);
+    ctx.strokeStyle = "#22c55e";
+    ctx.strokeRect(x0, y0, x1 - x0, y1 - y0);
+    ctx.fillStyle = "#22c55e";
+    ctx.fillText(d.score.toFixed(2), x0 + 2, Math.max(12, y0 - 3));
+    ctx.fillStyle = "#ef4444";
+    for (const [x, y] of d.keypoints) { ctx.beginPath(); ctx.arc(x * scale, y * scale, 2.5, 0, 2 * Math.PI); ctx.fill(); }
+  }
+}
+
+// ---------- the Run view ----------
+function imageUrl(id) {
+  if (REPORT) return REPORT.image_urls[id];
+  return `api/runs/${encodeURIComponent(state.model.name)}/images/${id}`;
+}
+
+async function thumb(id, caption) {
+  const img = el("img", { alt: caption });
+  const box = el("div", { class: "thumb" }, img, el("div", {}, caption));
+  const url = imageUrl(id);
+  if (!url) { img.alt = "(unreadable)"; return box; }
+  if (REPORT || !state.token) { img.src = url; return box; }
+  // with a token the image request needs the header: fetch it, show it as a blob
+  try {
+    const r = await fetch(url, { headers: { Authorization: "Bearer " + state.token } });
+    if (r.ok) img.src = URL.createObjectURL(await r.blob());
+  } catch (e) { img.alt = "(unavailable)"; }
+  return box;
+}
+
+async function showRun() {
+  if (!state.run) {
+    try { state.run = REPORT || await api(`api/runs/${encodeURIComponent(state.model.name)}`); } catch (e) { say(e.message); return; }
+  }
+  renderRun(state.run);
+}
+
+function renderRun(run) {
+  const meta = run.meta;
+  const m = meta.metrics || {};
+  const facts = [["run", run.name], ["kind", run.kind], ["architecture", meta.architecture]];
+  if (run.kind === "classifier") {
+    facts.push(["classes", `${meta.num_classes}: ${meta.classes.join(", ")}`],
+      ["best val accuracy", m.val_acc !== undefined ? `${m.val_acc.toFixed(4)} (epoch ${m.best_epoch} of ${m.epochs_run})` : "-"]);
+  } else {
+    if (m.val_ap50 !== undefined) facts.push(["val AP@0.5", `${m.val_ap50.toFixed(4)} (pretrained ${m.pretrained_val_ap50.toFixed(4)})`]);
+    facts.push(["epochs", m.epochs_completed]);
+  }
+  $("run-summary").replaceChildren(el("dl", { class: "kv" }, facts.flatMap(([k, v]) => [el("dt", {}, k), el("dd", {}, v)])));
+  renderCurves(run.history || []);
+  renderEvaluation(run.evaluation);
+  renderStrategy(run);
+  $("run-config").textContent = JSON.stringify(meta.config || {}, null, 2);
+}
+
+function renderCurves(history) {
+  const box = $("run-curves");
+  box.replaceChildren();
+  if (!history.length) { box.append(el("p", { class: "hint" }, "no metrics.csv in this run")); return; }
+  const cols = Object.keys(history[0]).filter((k) => k !== "epoch" && typeof history[0][k] === "number" && !/time|lr|seconds/.test(k));
+  const groups = [["loss", cols.filter((c) => c.includes("loss"))], ["accuracy / AP", cols.filter((c) => !c.includes("loss"))]];
+  for (const [title, names] of groups) if (names.length) box.append(lineChart(title, history, names));
+}
+
+function lineChart(title, rows, names) {
+  const W = 440, H = 250, L = 48, R = 18, T = 24 + 13 * Math.ceil(names.length / 2), B = 34;
+  const NS = "http://www.w3.org/2000/svg";
+  const svg = document.createElementNS(NS, "svg");
+  svg.setAttribute("width", W); svg.setAttribute("height", H); svg.setAttribute("class", "chart");
+  const add = (tag, attrs, text) => {
+    const n = document.createElementNS(NS, tag);
+    for (const [k, v] of Object.entries(attrs)) n.setAttribute(k, v);
+    if (text !== undefined) n.textContent = text;
+    svg.append(n); return n;
+  };
+  const xs = rows.map((r) => r.epoch);
+  const vals = names.flatMap((n) => rows.map((r) => r[n]).filter((v) => typeof v === "number"));
+  let lo = Math.min(...vals), hi = Math.max(...vals);
+  if (hi === lo) { hi += 1; lo -= lo > 0 ? Math.min(1, lo) : 0; }
+  const x0 = Math.min(...xs), x1 = Math.max(...xs) === x0 ? x0 + 1 : Math.max(...xs);
+  const px = (x) => L + (x - x0) / (x1 - x0) * (W - L - R);
+  const py = (y) => T + (1 - (y - lo) / (hi - lo)) * (H - T - B);
+  add("text", { x: L, y: 14 }, title);
+  for (let i = 0; i <= 4; i++) {
+    const v = lo + (hi - lo) * i / 4;
+    add("line", { x1: L, x2: W - R, y1: py(v), y2: py(v), stroke: "#e5e7eb" });
+    add("text", { x: 4, y: py(v) + 4 }, v.toPrecision(3));
+  }
+  const step = Math.max(1, Math.ceil(xs.length / 12));
+  xs.forEach((x, i) => { if (i % step === 0 || i === xs.length - 1) add("text", { x: px(x) - 3, y: H - 18 }, x); });
+  add("text", { x: W / 2 - 14, y: H - 4 }, "epoch");
+  for (let i = 1; i < rows.length; i++) {
+    if (rows[i].phase !== undefined && rows[i].phase !== rows[i - 1].phase) {
+      const x = (px(rows[i].epoch) + px(rows[i - 1].epoch)) / 2;
+      add("line", { x1: x, x2: x, y1: T, y2: H - B, stroke: "#9ca3af", "stroke-dasharray": "3 3" });
+    }
+  }
+  const colors = ["#2563eb", "#f97316", "#0d9488", "#a855f7"];
+  names.forEach((n, i) => {
+    const pts = rows.filter((r) => typeof r[n] === "number").map((r) => `${px(r.epoch)},${py(r[n])}`);
+    add("polyline", { points: pts.join(" "), fill: "none", stroke: colors[i % 4], "stroke-width": 2 });
+    pts.forEach((p) => { const [cx, cy] = p.split(","); add("circle", { cx, cy, r: 2.5, fill: colors[i % 4] }); });
+    add("text", { x: L + 140 * (i % 2), y: 30 + 13 * Math.floor(i / 2), style: `fill:${colors[i % 4]}` }, "— " + n);
+  });
+  return svg;
+}
+
+function renderEvaluation(ev) {
+  const section = $("run-eval-section");
+  if (!ev) { section.hidden = true; return; }
+  section.hidden = false;
+  if (ev.kind === "detector") {
+    $("run-eval-title").textContent = `Evaluation (${ev.split})`;
+    $("run-eval-summary").replaceChildren(el("dl", { class: "kv" },
+      Object.entries(ev.ap50 || {}).flatMap(([k, v]) => [el("dt", {}, k), el("dd", {}, `AP@0.5 ${Number(v).toFixed(4)}`)])),
+      el("p", { class: "hint" }, ev.summary || ""));
+    for (const id of ["run-confusion", "run-per-class", "run-errors"]) $(id).replaceChildren();
+    return;
+  }
+  $("run-eval-title").textContent = `Evaluation: ${ev.split} split`;
+  $("run-eval-summary").textContent = `accuracy ${ev.accuracy.toFixed(4)}, macro F1 ${ev.macro_f1.toFixed(4)} on ${ev.images} images` +
+    (ev.unreadable ? `, ${ev.unreadable} unreadable` : "");
+  const peak = Math.max(1, ...ev.confusion.flat());
+  const head = el("tr", {}, el("th", {}, ""), ev.classes.map((c) => el("th", { title: c }, c)));
+  const rows = ev.confusion.map((row, i) => el("tr", {}, el("th", { title: ev.classes[i] }, ev.classes[i]),
+    row.map((v, j) => {
+      const a = v / peak;
+      return el("td", { class: "cell", "data-true": i, "data-pred": j, title: `${ev.classes[i]} predicted as ${ev.classes[j]}: ${v}`,
+        style: `background: rgba(37, 99, 235, ${(0.08 + 0.85 * a).toFixed(2)}); color: ${a > 0.5 ? "#fff" : "#1d232b"}`,
+        onclick: (e) => showCell(ev, i, j, e.currentTarget) }, v);
+    })));
+  $("run-confusion").replaceChildren(el("table", { class: "confusion" }, head, rows));
+  $("run-per-class").replaceChildren(el("table", { class: "per-class" },
+    el("tr", {}, el("th", {}, "class"), el("th", {}, "precision"), el("th", {}, "recall"), el("th", {}, "n")),
+    ev.per_class.map((r) => el("tr", {}, el("td", {}, r.class),
+      el("td", {}, bar(r.precision, "")), el("td", {}, bar(r.recall, "recall")), el("td", {}, r.support)))));
+  const errors = $("run-errors");
+  errors.replaceChildren();
+  if (!ev.errors.length) errors.append(el("p", { class: "hint" }, "no errors"));
+  ev.errors.forEach(async (w) => errors.append(await thumb(w.id,
+    `${w.true} → ${w.predicted} (${pct(w.confidence)})`)));
+  $("cell-gallery-section").hidden = true;
+}
+
+function bar(value, cls) {
+  return el("div", { class: "bar-row", style: "grid-template-columns: 1fr 3.5em" },
+    el("div", { class: `bar ${cls}` }, el("div", { style: `width:${(100 * value).toFixed(1)}%` })),
+    el("span", { class: "prob" }, value.toFixed(3)));
+}
+
+async function showCell(ev, i, j, td) {
+  document.querySelectorAll("td.cell.selected").forEach((c) => c.classList.remove("selected"));
+  td.classList.add("selected");
+  const items = ev.cells[i][j];
+  $("cell-gallery-section").hidden = false;
+  $("cell-title").textContent = `true ${ev.classes[i]}, predicted ${ev.classes[j]}: ${ev.confusion[i][j]} image(s)` +
+    (items.length < ev.confusion[i][j] ? ` (showing ${items.length})` : "");
+  const gallery = $("cell-gallery");
+  gallery.replaceChildren();
+  for (const it of items) gallery.append(await thumb(it.id, pct(it.confidence)));
+  if (!items.length) gallery.append(el("p", { class: "hint" }, "no images"));
+}
+
+function renderStrategy(run) {
+  const meta = run.meta;
+  const box = $("run-strategy");
+  box.replaceChildren();
+  if (run.kind === "classifier") {
+    box.append(el("p", {}, `strategy ${meta.strategy}, ${meta.freeze} frozen block(s)` +
+      (meta.frozen_blocks && meta.frozen_blocks.length ? ` (${meta.frozen_blocks.join(", ")})` : "") + `, BatchNorm ${meta.bn_policy}`));
+    if (meta.phases) box.append(el("ul", {}, meta.phases.map((p) =>
+      el("li", {}, `${p.name}: ${p.epochs} epoch(s), freeze ${p.freeze}, lr ${Number(p.lr).toExponential(2)}`))));
+  } else {
+    box.append(el("p", {}, `fine-tuned ${meta.architecture}` + (meta.config && meta.config.freeze !== undefined ? `, freeze ${meta.config.freeze}` : "")));
+  }
+  const adv = meta.advice;
+  if (adv) {
+    const reasons = (adv.decision && adv.decision.reasons) || adv.reasons || [];
+    box.append(el("h3", {}, "Why this strategy (the advisor)"),
+      reasons.length ? el("ul", { class: "reasons" }, reasons.map((r) => el("li", {}, r))) : el("p", {}, adv.explanation || ""));
+  } else {
+    box.append(el("p", { class: "hint" }, "strategy chosen by hand (train --strategy auto records the advisor's reasons)"));
+  }
+}
+
+// ---------- wiring ----------
+function showPanel(id) {
+  for (const p of document.querySelectorAll(".panel")) p.hidden = p.id !== id;
+  for (const t of document.querySelectorAll(".tab")) t.classList.toggle("active", t.dataset.panel === id);
+  if (id === "run-panel") showRun();
+}
+
+function init() {
+  const fragment = new URLSearchParams(location.hash.slice(1));
+  if (fragment.get("token")) {
+    state.token = fragment.get("token");
+    sessionStorage.setItem("transferlab-token", state.token);
+    history.replaceState(null, "", location.pathname + location.search);
+  }
+  if (REPORT) {
+    document.title = `transferlab run: ${REPORT.name}`;
+    $("tabs").hidden = true;
+    $("model-info").textContent = `report of ${REPORT.name}`;
+    state.run = REPORT;
+    showPanel("run-panel");
+    return;
+  }
+  for (const t of document.querySelectorAll(".tab")) t.addEventListener("click", () => showPanel(t.dataset.panel));
+  $("model-select").addEventListener("change", (e) => chooseModel(e.target.value));
+  $("file-input").addEventListener("change", (e) => { predict([...e.target.files]); e.target.value = ""; });
+  const zone = $("drop-zone");
+  zone.addEventListener("dragover", (e) => { e.preventDefault(); zone.classList.add("over"); });
+  zone.addEventListener("dragleave", () => zone.classList.remove("over"));
+  zone.addEventListener("drop", (e) => { e.preventDefault(); zone.classList.remove("over"); predict([...e.dataTransfer.files]); });
+  $("token-save").addEventListener("click", () => {
+    state.token = $("token-input").value.trim();
+    sessionStorage.setItem("transferlab-token", state.token);
+    loadModels();
+  });
+  loadModels();
+}
+
+init();

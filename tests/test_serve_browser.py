@@ -1,0 +1,117 @@
+"""The page in a real browser: Playwright for Python driving Chromium from the OS packages
+(Playwright's own browser download is not used). Upload an image, see the right label; open the Run
+view and click a confusion-matrix cell; no console error, no request leaving 127.0.0.1."""
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from urllib.parse import urlparse
+
+import pytest
+
+pytest.importorskip("fastapi")
+pytest.importorskip("uvicorn")
+sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed: pip install playwright")
+
+from test_serve import LiveServer, face_photo, weights_cache  # noqa: E402,F401  (fixtures; tests/ is on sys.path)
+
+CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
+
+
+def chromium_path() -> str | None:
+    """$CHROMIUM, else the OS package's executable on PATH or in /usr/bin."""
+    candidates = [os.environ.get("CHROMIUM")] + [shutil.which(n) for n in CHROMIUM_NAMES] + \
+                 [f"/usr/bin/{n}" for n in CHROMIUM_NAMES]
+    return next((c for c in candidates if c and os.access(c, os.X_OK)), None)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    exe = chromium_path()
+    if exe is None:
+        pytest.skip("no Chromium executable found (apt-get install chromium, or set CHROMIUM=/path/to/chrome)")
+    with sync_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=exe, args=["--no-sandbox", "--disable-dev-shm-usage"])
+        yield b
+        b.close()
+
+
+def watch(page, origin: str):
+    """Console errors and page errors, and every request that is not to `origin` (data: and blob: are local)."""
+    problems = {"console": [], "outside": []}
+    page.on("console", lambda m: problems["console"].append(m.text) if m.type == "error" else None)
+    page.on("pageerror", lambda e: problems["console"].append(str(e)))
+    page.on("response", lambda r: problems["console"].append(f"{r.status} {r.url}") if r.status >= 400 else None)
+
+    def request(r):
+        u = urlparse(r.url)
+        if u.scheme in ("data", "blob"):
+            return
+        if u.scheme == "file" and not origin:
+            return
+        if f"{u.scheme}://{u.netloc}" != origin:
+            problems["outside"].append(r.url)
+
+    page.on("request", request)
+    return problems
+
+
+def test_the_page_labels_an_upload_and_shows_the_run(browser, trained_run, digits_folder, face_photo, weights_cache,
+                                                     tmp_path):
+    from transferlab.serve import create_app
+
+    app = create_app([trained_run, "blazeface_front"])
+    digit = sorted((digits_folder / "digit_2").glob("*.png"))[0]
+    with LiveServer(app) as live:
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        problems = watch(page, live.url)
+        page.goto(live.url + "/")
+        page.wait_for_selector("#model-select option", state="attached")
+        assert page.locator("#model-picker").is_visible()  # two models: the picker shows
+        page.select_option("#model-select", trained_run.name)
+
+        page.set_input_files("#file-input", str(digit))
+        page.wait_for_selector(".card .prediction")
+        first = page.locator(".card .prediction .label").first.inner_text()
+        assert first == "digit_2"
+        page.screenshot(path=str(tmp_path / "try.png"), full_page=True)
+
+        page.click("#tab-run")
+        page.wait_for_selector("table.confusion td.cell")
+        cell = page.locator('table.confusion td.cell[data-true="2"][data-pred="2"]')
+        count = int(cell.inner_text())
+        cell.click()
+        page.wait_for_selector("#cell-gallery .thumb img")
+        thumbs = page.locator("#cell-gallery .thumb img")
+        assert thumbs.count() == min(count, 24) and count > 0
+        page.wait_for_function("[...document.querySelectorAll('#cell-gallery img')].every(i => i.complete && i.naturalWidth > 0)")
+        assert "true digit_2, predicted digit_2" in page.locator("#cell-title").inner_text()
+        assert page.locator("#run-curves svg").count() == 2
+        page.screenshot(path=str(tmp_path / "run.png"), full_page=True)
+
+        page.click("#tab-try")
+        page.select_option("#model-select", "blazeface_front")
+        assert page.locator("#tab-run").is_hidden()  # a registry model has no Run view
+        page.set_input_files("#file-input", str(face_photo))
+        page.wait_for_selector(".card canvas.detections")
+        assert page.locator(".card .faces").inner_text() == "1 face(s)"
+        page.wait_for_timeout(300)  # the canvas draws when the image has loaded
+        page.screenshot(path=str(tmp_path / "detect.png"), full_page=True)
+        page.close()
+    assert problems["console"] == []
+    assert problems["outside"] == []
+    print(f"screenshots: {tmp_path / 'try.png'} {tmp_path / 'run.png'}")
+
+
+def test_report_html_opens_from_disk_with_no_server(browser, trained_run, tmp_path):
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    problems = watch(page, "")
+    page.goto(Path(trained_run / "report.html").as_uri())
+    page.wait_for_selector("table.confusion td.cell")
+    page.locator("table.confusion td.cell").first.click()
+    page.wait_for_selector("#cell-gallery-section:not([hidden])")
+    assert page.locator("#run-curves svg").count() == 2
+    page.screenshot(path=str(tmp_path / "report.png"), full_page=True)
+    page.close()
+    assert problems["console"] == [] and problems["outside"] == []
