@@ -15,7 +15,7 @@ from PIL import Image
 from transferlab.detect.augment import AugmentConfig
 from transferlab.detect.boxes import decode
 from transferlab.detect.loss import NEGATIVE, DetectionLoss, LossConfig, match_anchors
-from transferlab.detect.trainer import FaceTrainSet, TrainConfig, _collate, train
+from transferlab.detect.trainer import FaceTrainSet, TrainConfig, _collate, param_groups, train
 from transferlab.detect.weights import load_pretrained
 from transferlab.core.io import load_state_dict_file
 
@@ -37,14 +37,15 @@ def _write_csv(path, samples):
 
 def test_first_step_at_the_default_lr_keeps_the_detector(real_faces):
     """Cause 1: the weights span 1e-4..10 (BatchNorm folded in) and AdamW moves each by ~lr; the old
-    5e-4 multiplied the loss ~10x in one step, the default (3e-5 after warm-up) does not."""
+    5e-4 multiplied the loss several times in one step. The default relative steps (lr x each tensor's
+    RMS) do not, even at the full rate without warm-up."""
     model = load_pretrained("blazeface_back")
     images, targets = _batch(real_faces, model)
     criterion = DetectionLoss(model.config.anchors)
 
-    def loss_after_one_step(lr):
+    def loss_after_one_step(lr, scaling="none"):
         net = load_pretrained("blazeface_back")
-        opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
+        opt = torch.optim.AdamW(param_groups(net, TrainConfig(lr=lr, lr_scaling=scaling)), lr=lr, weight_decay=1e-4)
         before = criterion(*net(images), targets)["loss"]
         opt.zero_grad()
         before.backward()
@@ -52,11 +53,11 @@ def test_first_step_at_the_default_lr_keeps_the_detector(real_faces):
         with torch.no_grad():
             return before.item(), criterion(*net(images), targets)["loss"].item()
 
-    before, after_default = loss_after_one_step(TrainConfig().lr)
+    before, after_default = loss_after_one_step(TrainConfig().lr, TrainConfig().lr_scaling)
     _, after_old = loss_after_one_step(5e-4)
     print(f"loss {before:.2f} -> {after_default:.2f} at lr {TrainConfig().lr}, -> {after_old:.2f} at 5e-4")
-    assert after_default < before * 1.2
-    assert after_old > before * 3  # the measured failure, kept as the reason for the default
+    assert after_default < before * 2  # measured 1.9 -> 3.3 at the full relative rate, no warm-up
+    assert after_old > before * 10  # measured 1.9 -> 135: the failure, kept as the reason for the default
 
 
 def test_anchors_on_a_face_are_never_negatives(real_faces):
@@ -127,8 +128,10 @@ def test_training_decodes_at_the_size_the_model_needs(tmp_path):
 
 def test_one_epoch_on_faces_the_model_finds_keeps_val_ap(tmp_path, real_faces):
     samples = real_faces
-    data = _write_csv(tmp_path / "train.csv", samples[:48])
-    val = _write_csv(tmp_path / "val.csv", samples[48:80])
+    # 128 images: 8 steps at batch 16, past the warm-up (measured 0.771 -> 0.821; with 48 images, three
+    # warm-up steps, the change is within the noise of a 32-image validation set)
+    data = _write_csv(tmp_path / "train.csv", samples[:128])
+    val = _write_csv(tmp_path / "val.csv", samples[128:176])
     result = train(data, tmp_path / "run", TrainConfig(model="blazeface_back", epochs=1, batch_size=16),
                    val_data=val, progress=False)
     epoch0, epoch1 = result.history[0]["val_ap50"], result.history[1]["val_ap50"]
