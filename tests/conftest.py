@@ -16,6 +16,18 @@ from PIL import Image  # noqa: E402
 os.environ.setdefault("MPLBACKEND", "Agg")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_cache(tmp_path_factory):
+    """Converted weights and demo data go to a throwaway cache, never the user's."""
+    old = os.environ.get("TRANSFERLAB_CACHE")
+    os.environ["TRANSFERLAB_CACHE"] = str(tmp_path_factory.mktemp("cache"))
+    yield
+    if old is None:
+        os.environ.pop("TRANSFERLAB_CACHE")
+    else:
+        os.environ["TRANSFERLAB_CACHE"] = old
+
+
 @pytest.fixture(scope="session")
 def sample_photos(tmp_path_factory) -> dict[str, Path]:
     """scikit-learn's two sample photos (china.jpg: palace, flower.jpg: daisy) as JPEG files."""

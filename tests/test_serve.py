@@ -68,19 +68,7 @@ def face_photo(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def weights_cache(tmp_path_factory):
-    """The BlazeFace weights are converted into a throwaway cache, never the user's."""
-    old = os.environ.get("TRANSFERLAB_CACHE")
-    os.environ["TRANSFERLAB_CACHE"] = str(tmp_path_factory.mktemp("cache"))
-    yield
-    if old is None:
-        os.environ.pop("TRANSFERLAB_CACHE")
-    else:
-        os.environ["TRANSFERLAB_CACHE"] = old
-
-
-@pytest.fixture(scope="module")
-def server(trained_run, weights_cache):
+def server(trained_run):
     """A classifier run, the pretrained lite0 and the front face detector, behind a token, 2 MiB uploads."""
     from transferlab.serve import create_app
 

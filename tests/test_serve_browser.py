@@ -14,7 +14,7 @@ pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed: pip install playwright")
 
-from test_serve import LiveServer, face_photo, weights_cache  # noqa: E402,F401  (fixtures; tests/ is on sys.path)
+from test_serve import LiveServer, face_photo  # noqa: E402,F401  (fixtures; tests/ is on sys.path)
 
 CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 
@@ -57,8 +57,7 @@ def watch(page, origin: str):
     return problems
 
 
-def test_the_page_labels_an_upload_and_shows_the_run(browser, trained_run, digits_folder, face_photo, weights_cache,
-                                                     tmp_path):
+def test_the_page_labels_an_upload_and_shows_the_run(browser, trained_run, digits_folder, face_photo, tmp_path):
     from transferlab.serve import create_app
 
     app = create_app([trained_run, "blazeface_front"])

@@ -14,18 +14,6 @@ except ImportError:  # running from a plain checkout without `pip install -e .`
 from .synthetic import write_csv_dataset  # noqa: E402
 
 
-@pytest.fixture(scope="package", autouse=True)
-def _isolated_cache(tmp_path_factory):
-    """Convert the .tflite weights into a throwaway cache, never the user's."""
-    old = os.environ.get("TRANSFERLAB_CACHE")
-    os.environ["TRANSFERLAB_CACHE"] = str(tmp_path_factory.mktemp("cache"))
-    yield
-    if old is None:
-        os.environ.pop("TRANSFERLAB_CACHE")
-    else:
-        os.environ["TRANSFERLAB_CACHE"] = old
-
-
 @pytest.fixture(scope="package")
 def synthetic_train(tmp_path_factory) -> Path:
     return write_csv_dataset(tmp_path_factory.mktemp("faces_train"), 150, seed=0)
