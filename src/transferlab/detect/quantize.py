@@ -95,10 +95,10 @@ def quantize_detector(detector: Detector, out=None, max_drop: float = DEFAULT_MA
         picks = [s.image for s in np.random.default_rng(0).permutation(np.array(train, dtype=object))[:calibration]]
         reader = ImageCalibrationReader(picks, lambda img: to_tensor(letterbox(np.asarray(img), size)[0]))
         started = time.perf_counter()
-        int8_model(float_path, quant_path, reader, calibration_method, keep_float=head_nodes)
         if not reader.used:
             raise DatasetError("no calibration image could be read: "
                                + "; ".join(f"{p}: {why}" for p, why in reader.skipped[:3]))
+        int8_model(float_path, quant_path, reader, calibration_method, keep_float=head_nodes)
         convert_s = time.perf_counter() - started
         x = torch.stack([to_tensor(letterbox(np.zeros((size, size, 3), np.uint8), size)[0])]).numpy()
         numbers = {}
