@@ -41,3 +41,8 @@ def test_advise_bench():
 def test_detect_bench(tmp_path):
     out = bench("detect.py", "--smoke", "--keep", tmp_path)
     assert "images/s" in out
+
+
+def test_quantize_bench_smoke(tmp_path):
+    out = bench("quantize.py", "--smoke", "--keep", tmp_path)
+    assert "int8 forward vs float" in out and "| fp16 |" in out

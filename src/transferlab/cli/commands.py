@@ -31,9 +31,13 @@ def add_predict(sub, name: str = "predict", default_model: str = "efficientnet_l
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--workers", type=int, default=None, help="decoding processes (default: from the machine)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
-    p.add_argument("--backend", default="auto", choices=["auto", "torch", "onnxruntime"],
+    p.add_argument("--backend", default="auto", choices=["auto", "torch", "onnxruntime", "onnxruntime-int8"],
                    help="classifier engine; auto: ONNX Runtime on CPU for 128 images or more (about "
-                        "twice as fast once exported), PyTorch otherwise")
+                        "twice as fast once exported), PyTorch otherwise; onnxruntime-int8: the run's int8 "
+                        "export (transferlab export RUN --quantize int8)")
+    p.add_argument("--max-drop", type=_points, metavar="POINTS",
+                   help="classifier, --backend auto: use the run's int8 export when the accuracy drop it "
+                        "recorded at export time is at most POINTS")
     add_output_options(p)
     p.set_defaults(func=lazy_handler("predicting", "cmd_predict"))
     return p
@@ -54,6 +58,16 @@ def _probability(text: str) -> float:
         value = -1.0
     if not 0.0 <= value <= 1.0:
         raise argparse.ArgumentTypeError(f"{text!r} is not a score between 0 and 1")
+    return value
+
+
+def _points(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of accuracy points >= 0")
     return value
 
 
@@ -83,10 +97,23 @@ def add_evaluate(sub, name: str = "evaluate"):
 
 def add_export(sub, name: str = "export"):
     """The export command (also `detect export`)."""
-    from ..core.options import EXPORT_FORMATS
+    from ..core.options import CALIBRATION_METHODS, EXPORT_FORMATS, QUANTIZE_MODES
 
     p = sub.add_parser(name, help="export a model to ONNX or TorchScript (outputs checked against PyTorch)")
     p.add_argument("model", help="run folder of either kind, or a registry name")
     p.add_argument("--format", default="onnx", choices=EXPORT_FORMATS)
-    p.add_argument("--out", help="output file (default: RUN/model.onnx or .pt, or NAME.onnx)")
+    p.add_argument("--out", help="output file (default: RUN/model.onnx or .pt, or NAME.onnx; "
+                                 "RUN/model-int8.onnx with --quantize int8)")
+    p.add_argument("--quantize", choices=QUANTIZE_MODES,
+                   help="onnx: int8 (static, calibrated on the run's training images; CPUs, phones) or fp16 "
+                        "(GPUs); accuracy before and after on the validation split goes to quantization.json")
+    p.add_argument("--max-drop", type=_points, default=1.0, metavar="POINTS",
+                   help="with --quantize: refuse (and write nothing) when validation accuracy drops by more "
+                        "than POINTS (default 1)")
+    p.add_argument("--calibration", type=positive_int, default=128, metavar="N",
+                   help="with --quantize int8: training images to calibrate on (default 128)")
+    p.add_argument("--calibration-method", choices=CALIBRATION_METHODS, default=None,
+                   help="with --quantize int8: ONNX Runtime's calibrator (default: percentile, chosen by measurement: see README, Deploy)")
+    p.add_argument("--data", help="with --quantize: a dataset folder to calibrate and measure on instead of the "
+                                  "run's own (classifier: class sub-folders; detector: annotated faces)")
     p.set_defaults(func=lazy_handler("evaluating", "cmd_export"))

@@ -57,8 +57,42 @@ def cmd_export(args) -> int:
     """Export and print where it went and how closely it reproduces PyTorch."""
     from ..api import export
 
-    result = export(args.model, format=args.format, out=args.out)
+    options = {}
+    if args.quantize:
+        options = {"quantize": args.quantize, "max_drop": args.max_drop, "calibration": args.calibration,
+                   "data": args.data}
+        if args.calibration_method:
+            options["calibration_method"] = args.calibration_method
+    elif args.calibration_method or args.data:
+        from ..core.errors import TransferlabError
+
+        raise TransferlabError("--calibration-method and --data apply only with --quantize")
+    result = export(args.model, format=args.format, out=args.out, **options)
     print(f"exported {result.path} (how to feed it: {result.sidecar})")
     if result.max_abs_diff is not None:
         print(f"max abs diff vs PyTorch: {result.max_abs_diff:.2e}")
+    if result.quantization:
+        print(format_quantization(result.quantization))
     return 0
+
+
+def format_quantization(q: dict) -> str:
+    """The export-time measurements of a quantized model next to the float one's."""
+    metric = q.get("metric", "accuracy")
+    lines = [f"{q['mode']} vs float on {q['validation']['images']} validation images ({q['validation']['source']}):",
+             f"  {'':9} {metric:>9} {'size MB':>8} {'img/s b1':>9} {'img/s b32':>10}"]
+    for name in ("float", "quantized"):
+        m = q[name]
+        speed = m.get("images_per_s", {})
+        lines.append(f"  {name:9} {m[metric]:9.4f} {m['size_bytes'] / 1e6:8.2f} {speed.get('1', float('nan')):9.1f} "
+                     f"{speed.get('32', float('nan')):10.1f}")
+    if "agreement" in q:
+        lines.append(f"  top-1 agreement {q['agreement']:.1%}, drop {q['accuracy_drop_points']:.2f} points")
+    else:
+        lines.append(f"  drop {q['drop_points']:.2f} points")
+    cal = q.get("calibration", {})
+    if cal.get("skipped"):
+        lines.append(f"  {len(cal['skipped'])} calibration image(s) skipped:")
+        lines += [f"    {p}: {why}" for p, why in cal["skipped"][:10]]
+    lines.append(f"  report: {Path(q.get('report', 'quantization.json'))}")
+    return "\n".join(lines)

@@ -22,7 +22,7 @@ def cmd_predict(args) -> int:
             draw_all(records, args.draw)
     else:
         records = net.predict(args.images, top=args.top, batch_size=args.batch_size, num_workers=args.workers,
-                              device=args.device, backend=args.backend)
+                              device=args.device, backend=args.backend, max_drop=args.max_drop)
     write_records(records, args)
     return 0 if any(r["status"] == "ok" for r in records) else 1
 

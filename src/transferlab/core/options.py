@@ -12,6 +12,8 @@ AUGMENT_LEVELS = ("none", "light", "strong")
 # train:  every BatchNorm updates its statistics, frozen blocks included.
 BN_POLICIES = ("frozen", "eval", "train")
 EXPORT_FORMATS = ("torchscript", "onnx")
+QUANTIZE_MODES = ("int8", "fp16")  # ONNX only: int8 for CPUs and phones, fp16 for GPUs
+CALIBRATION_METHODS = ("minmax", "entropy", "percentile")  # ONNX Runtime's int8 calibrators
 RUN_KINDS = ("classifier", "detector")
 SWEEP_POINTS = 5  # freeze points tried by default: 0, all-but-head and three in between
 SWEEP_ETA = 3  # keep the best third each rung (Hyperband's default)

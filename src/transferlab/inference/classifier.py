@@ -14,7 +14,8 @@ from ..core.errors import ImageReadError, TransferlabError
 from ..data.images import find_images, open_image
 from ..models import BlockNet, create_model, get_spec
 from ..data.transforms import EvalTransform, Preprocessing
-from .runtime import OnnxRuntimeForward, resolve_backend, weights_fingerprint
+from .runtime import (OnnxRuntimeForward, QuantizedForward, read_quantization_report, resolve_backend,
+                      weights_fingerprint)
 
 PROGRESS_MIN_IMAGES = 8
 
@@ -55,6 +56,7 @@ class Classifier:
     name: str = ""
     meta: dict = field(default_factory=dict)
     _onnx: tuple = field(default=(None, None), init=False, repr=False, compare=False)  # (key, engine)
+    _int8: tuple = field(default=(None, None), init=False, repr=False, compare=False)  # (key, engine)
 
     def __post_init__(self):
         if len(self.classes) != self.model.num_classes:
@@ -96,17 +98,26 @@ class Classifier:
         device: str | None = None,
         progress: bool | None = None,
         backend: str = "auto",
+        max_drop: float | None = None,
     ) -> list[dict]:
         """Top-k labels for image files, folders or globs: one record per image, errors included.
 
         Records: {"path", "status" ("ok" or the reason it could not be read), "top": [{"label",
         "index", "prob"}]}. backend: "auto" (ONNX Runtime on CPU when installed, else PyTorch),
-        "torch" or "onnxruntime" (see transferlab.runtime).
+        "torch", "onnxruntime" (see transferlab.runtime) or "onnxruntime-int8" (the run's int8
+        export, see quantize.py). max_drop: with "auto", use the int8 export when the accuracy drop
+        it recorded at export time is at most this many points.
         """
         paths = find_images(images)
         dev = pick_device(device)
         workers = default_workers(len(paths), batch_size) if num_workers is None else num_workers
         threads = torch.get_num_threads()
+        int8 = self.int8_forward(threads, required=backend == "onnxruntime-int8", max_drop=max_drop) \
+            if backend == "onnxruntime-int8" or (backend == "auto" and max_drop is not None and dev.type == "cpu") \
+            else None
+        if int8 is not None:
+            resolve_backend("onnxruntime-int8", dev, len(paths))
+            return self._predict(paths, dev, top, batch_size, workers, progress, int8)
         engine_ready = self._onnx[0] is not None and self._onnx_key(threads) == self._onnx[0]
         if resolve_backend(backend, dev, len(paths), engine_ready) == "onnxruntime":
             # the engine uses every core while the loader's workers decode: measured as fast as an
@@ -123,6 +134,30 @@ class Classifier:
         if self._onnx[0] != key:
             self._onnx = (key, OnnxRuntimeForward(self.model, self.preprocessing.input_size, threads))
         return self._onnx[1]
+
+    def int8_forward(self, threads: int, required: bool = True, max_drop: float | None = None):
+        """The engine of this run's int8 export (RUN/quantization.json), checked to come from these
+        weights; None when not `required` and there is none, it is stale, or its recorded accuracy
+        drop exceeds `max_drop` points."""
+        folder = Path(self.name)
+        report = read_quantization_report(folder) if self.name and folder.is_dir() else None
+        command = f"transferlab export {self.name or 'RUN'} --format onnx --quantize int8"
+        if report is None or not (folder / report["model"]).is_file():
+            if required:
+                raise TransferlabError(f"--backend onnxruntime-int8 needs the run's int8 export; make it with `{command}`")
+            return None
+        if report.get("weights_sha256") != weights_fingerprint(self.model):
+            if required:
+                raise TransferlabError(f"{folder / report['model']} was exported from other weights than the run's; "
+                                       f"export it again: `{command}`")
+            return None
+        if max_drop is not None and not required and report.get("accuracy_drop_points", float("inf")) > max_drop:
+            return None
+        path = folder / report["model"]
+        key = (str(path), path.stat().st_mtime_ns, threads)
+        if self._int8[0] != key:
+            self._int8 = (key, QuantizedForward(path, threads))
+        return self._int8[1]
 
     def _onnx_key(self, threads: int) -> tuple:
         return weights_fingerprint(self.model), threads

@@ -12,17 +12,20 @@ from ..core.errors import TransferlabError
 from ..core.io import atomic_path, atomic_write_json
 from ..core.options import EXPORT_FORMATS
 from .classifier import Classifier
+from .quantize import quantize_classifier
 from .runtime import cpu_session, export_onnx
 
 
 @dataclass
 class ExportResult:
-    """Where an export went and how closely it reproduces PyTorch (max |difference| on random inputs)."""
+    """Where an export went and how closely it reproduces PyTorch (max |difference| on random inputs);
+    a quantized export carries its measured report (accuracy before/after, agreement, size, speed)."""
 
     path: Path
     sidecar: Path
     format: str
     max_abs_diff: float | None
+    quantization: dict | None = None
 
 
 def default_export_path(model_name: str, format: str) -> Path:
@@ -38,9 +41,22 @@ def check_format(format: str, allowed=EXPORT_FORMATS) -> None:
 
 
 def export_classifier(clf: Classifier, format: str = "onnx", out=None, batch: int = 2,
-                      check: bool = True) -> ExportResult:
-    """Write the exported classifier and its .json sidecar (input, output, preprocessing, classes)."""
+                      check: bool = True, quantize: str | None = None, **quantize_options) -> ExportResult:
+    """Write the exported classifier and its .json sidecar (input, output, preprocessing, classes).
+
+    quantize: "int8" or "fp16" (ONNX only), measured on the run's validation split and refused above
+    max_drop accuracy points; options: max_drop, calibration, calibration_method, data (see quantize.py).
+    """
     check_format(format)
+    if quantize is not None:
+        if format != "onnx":
+            raise TransferlabError("--quantize applies to --format onnx")
+        path, sidecar, report = quantize_classifier(clf, quantize, out, sidecar=sidecar_dict(clf, format, None),
+                                                    **quantize_options)
+        return ExportResult(path, sidecar, format, None, report)
+    if quantize_options:
+        raise TransferlabError(f"{', '.join(sorted(quantize_options))} appl{'ies' if len(quantize_options) == 1 else 'y'}"
+                               " only with --quantize")
     model = clf.model.cpu().eval()
     size = clf.preprocessing.input_size
     torch.manual_seed(0)
@@ -53,7 +69,14 @@ def export_classifier(clf: Classifier, format: str = "onnx", out=None, batch: in
     else:
         diff = _export_onnx(model, example, path, reference, check)
     sidecar = path.with_suffix(path.suffix + ".json")
-    atomic_write_json(sidecar, {
+    atomic_write_json(sidecar, sidecar_dict(clf, format, diff))
+    return ExportResult(path, sidecar, format, diff)
+
+
+def sidecar_dict(clf: Classifier, format: str, diff: float | None) -> dict:
+    """The sidecar's content: how to feed the exported model and read its output."""
+    size = clf.preprocessing.input_size
+    return {
         "format": format,
         "input": {"name": "image", "shape": ["batch", 3, size, size], "dtype": "float32", "layout": "NCHW RGB"},
         "output": {"name": "logits", "shape": ["batch", len(clf.classes)], "apply": "softmax for probabilities"},
@@ -66,8 +89,7 @@ def export_classifier(clf: Classifier, format: str = "onnx", out=None, batch: in
         },
         "classes": list(clf.classes),
         "max_abs_diff_vs_pytorch": diff,
-    })
-    return ExportResult(path, sidecar, format, diff)
+    }
 
 
 def _export_torchscript(model, example, path: Path, reference, check: bool) -> float | None:

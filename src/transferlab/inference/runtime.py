@@ -17,7 +17,9 @@ from torch import nn
 
 from ..core.errors import TransferlabError
 
-BACKENDS = ("auto", "torch", "onnxruntime")
+BACKENDS = ("auto", "torch", "onnxruntime", "onnxruntime-int8")
+# a quantized export's measurements, one report per mode, beside the exported model (see quantize.py)
+QUANTIZATION_REPORT = "quantization.json"
 ONNX_OPSET = 17
 # ONNX Runtime's CPU kernels ran best at 8 images per call on 2 cores (1: 108, 8: 112, 32: 94 img/s).
 ONNX_CHUNK = 8
@@ -66,16 +68,17 @@ def resolve_backend(backend: str, device: torch.device, num_images: int, engine_
     if backend == "auto":
         worth_it = engine_ready or num_images >= ONNX_MIN_IMAGES
         return "onnxruntime" if device.type == "cpu" and worth_it and onnxruntime_available() else "torch"
-    if backend == "onnxruntime":
+    if backend in ("onnxruntime", "onnxruntime-int8"):
         if device.type != "cpu":
-            raise TransferlabError("--backend onnxruntime runs on the CPU; use --device cpu or --backend torch")
-        require_onnxruntime("--backend onnxruntime")
+            raise TransferlabError(f"--backend {backend} runs on the CPU; use --device cpu or --backend torch")
+        require_onnxruntime(f"--backend {backend}")
     return backend
 
 
 def export_onnx(model: nn.Module, example: torch.Tensor, f, outputs: tuple[str, ...] = ("logits",),
-                opset: int = ONNX_OPSET) -> None:
-    """Export with input 'image', the named outputs and a dynamic batch axis; `f` is a path or a binary file.
+                opset: int = ONNX_OPSET, dynamic_batch: bool = True) -> None:
+    """Export with input 'image', the named outputs and a dynamic batch axis (or the example's shapes
+    fixed: dynamic_batch=False); `f` is a path or a binary file.
 
     The TorchScript-based exporter: the dynamo one needs onnxscript and gains nothing for these graphs.
     """
@@ -85,7 +88,8 @@ def export_onnx(model: nn.Module, example: torch.Tensor, f, outputs: tuple[str, 
         warnings.simplefilter("ignore")  # the exporter's deprecation, tracer and folding warnings are not the user's
         with torch.inference_mode(False), torch.no_grad():
             torch.onnx.export(model, (example,), f, input_names=["image"], output_names=list(outputs),
-                              dynamic_axes={name: {0: "batch"} for name in ("image", *outputs)},
+                              dynamic_axes={name: {0: "batch"} for name in ("image", *outputs)} if dynamic_batch
+                              else None,
                               opset_version=opset, dynamo=False)
 
 
@@ -114,6 +118,33 @@ class OnnxRuntimeForward:
             raise TransferlabError(f"this model does not export to ONNX ({str(e).splitlines()[0][:160]}); "
                                    "use --backend torch") from None
         self.session = cpu_session(buffer.getvalue(), threads)
+
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        chunks = [torch.from_numpy(self.session.run(["logits"], {"image": c.contiguous().numpy()})[0])
+                  for c in batch.split(ONNX_CHUNK)]
+        return torch.cat(chunks) if len(chunks) > 1 else chunks[0]
+
+
+def read_quantization_report(folder, mode: str = "int8") -> dict | None:
+    """The recorded report of a quantized export in `folder` (a run folder), or None."""
+    import json
+    from pathlib import Path
+
+    path = Path(folder) / QUANTIZATION_REPORT
+    try:
+        report = json.loads(path.read_text(encoding="utf-8")).get(mode) if path.is_file() else None
+    except (json.JSONDecodeError, OSError, AttributeError):
+        return None
+    return report if isinstance(report, dict) and "model" in report else None
+
+
+class QuantizedForward:
+    """Callable like the model (NCHW float batch -> logits), running a quantized export from disk."""
+
+    def __init__(self, path, threads: int):
+        require_onnxruntime("--backend onnxruntime-int8")
+        self.path = path
+        self.session = cpu_session(path, threads)
 
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
         chunks = [torch.from_numpy(self.session.run(["logits"], {"image": c.contiguous().numpy()})[0])
