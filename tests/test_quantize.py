@@ -105,22 +105,22 @@ def test_predict_uses_the_int8_export_only_when_asked(run_copy, digits_folder, c
     images = sorted((digits_folder / "digit_2").glob("*.png"))[:12]
     assert main(["predict", *map(str, images), "--model", str(run_copy), "--backend", "onnxruntime-int8"]) == 2
     assert "transferlab export" in capsys.readouterr().err
-    assert clf.predict(images, max_drop=5.0, backend="auto") and clf._int8[1] is None  # nothing to use yet
+    assert clf.predict(images, max_drop=5.0, backend="auto") and clf.last_backend != "onnxruntime-int8"  # none yet
     export(str(run_copy), quantize="int8", **FAST)
     clf = load(str(run_copy))
     float_records = clf.predict(images, backend="torch")
-    assert clf._int8[1] is None
+    assert clf.last_backend == "torch"
     int8_records = clf.predict(images, backend="onnxruntime-int8")
-    assert clf._int8[1] is not None
+    assert clf.last_backend == "onnxruntime-int8"
     assert [r.keys() for r in int8_records] == [r.keys() for r in float_records]
     agree = np.mean([a["top"][0]["index"] == b["top"][0]["index"] for a, b in zip(int8_records, float_records)])
     assert agree >= 0.9
     recorded = json.loads((run_copy / "quantization.json").read_text())["int8"]["accuracy_drop_points"]
     fresh = load(str(run_copy))
     fresh.predict(images, max_drop=recorded - 0.5)  # a stricter threshold than the recorded drop: float
-    assert fresh._int8[1] is None
+    assert fresh.last_backend != "onnxruntime-int8"
     fresh.predict(images, max_drop=recorded + 0.5)
-    assert fresh._int8[1] is not None
+    assert fresh.last_backend == "onnxruntime-int8"
 
 
 def test_quantize_option_errors_are_one_line(trained_run, capsys):

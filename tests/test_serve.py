@@ -287,3 +287,24 @@ def test_the_cli_warns_on_an_open_host_without_token(monkeypatch, capsys, traine
     assert "warning: serving on 0.0.0.0 without --token" in err
     assert main(["serve", str(trained_run), "--port", "9"]) == 0
     assert "warning" not in capsys.readouterr().err
+
+
+def test_a_run_is_served_on_its_int8_export_when_asked(trained_run, digits_folder, tmp_path):
+    """--backend onnxruntime-int8: the server runs the run's int8 export (issue 17), same record shape."""
+    import shutil
+
+    from transferlab.api import export
+    from transferlab.serve import create_app
+
+    run = Path(shutil.copytree(trained_run, tmp_path / "run"))
+    export(str(run), quantize="int8", speed_seconds=0.05)
+    image = sorted((digits_folder / "digit_1").glob("*.png"))[0]
+    app = create_app([run], backend="onnxruntime-int8", max_wait_ms=1)
+    served = next(iter(app.state.models.values()))
+    assert type(served.engine()).__name__ == "QuantizedForward"
+    with LiveServer(app) as live:
+        with open(image, "rb") as f:
+            response = httpx.post(f"{live.url}/api/models/run/predict", files=[("images", ("a.png", f.read(), "image/png"))])
+    assert response.status_code == 200
+    (record,) = response.json()
+    assert record["status"] == "ok" and record["top"][0]["label"].startswith("digit_")

@@ -164,6 +164,9 @@ def _add_serve(sub) -> None:
     p.add_argument("--max-upload-mb", type=float, default=20.0, help="largest request body")
     p.add_argument("--max-pixels", type=positive_int, default=40_000_000, help="largest image (width x height)")
     p.add_argument("--max-images", type=positive_int, default=32, help="images per request")
+    p.add_argument("--backend", default="onnxruntime", choices=("onnxruntime", "onnxruntime-int8", "auto"),
+                   help="classifier runs: float engine, the run's int8 export, or auto (int8 within --max-drop)")
+    p.add_argument("--max-drop", type=float, help="with --backend auto: largest recorded int8 accuracy drop, points")
     p.add_argument("--cors", action="append", metavar="ORIGIN", help="allow this browser origin (repeatable; off by default)")
     p.set_defaults(func=lazy_handler("serving", "cmd_serve"))
 

@@ -35,7 +35,8 @@ def cmd_serve(args) -> int:
               "machine can use the models", file=sys.stderr)
     app = create_app(args.models, token=token, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
                      max_queue=args.max_queue, max_upload_mb=args.max_upload_mb, max_pixels=args.max_pixels,
-                     max_images=args.max_images, cors_origins=args.cors or ())
+                     max_images=args.max_images, cors_origins=args.cors or (), backend=args.backend,
+                     max_drop=args.max_drop)
     names = ", ".join(f"{m.name} ({m.kind})" for m in app.state.models.values())
     host = f"[{args.host}]" if ":" in args.host else args.host
     print(f"serving {names} at http://{host}:{args.port}/ (API docs: /docs)", file=sys.stderr)

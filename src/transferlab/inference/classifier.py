@@ -57,6 +57,8 @@ class Classifier:
     meta: dict = field(default_factory=dict)
     _onnx: tuple = field(default=(None, None), init=False, repr=False, compare=False)  # (key, engine)
     _int8: tuple = field(default=(None, None), init=False, repr=False, compare=False)  # (key, engine)
+    # the engine the last predict() ran on: "torch", "onnxruntime" or "onnxruntime-int8"
+    last_backend: str | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self):
         if len(self.classes) != self.model.num_classes:
@@ -116,10 +118,11 @@ class Classifier:
             if backend == "onnxruntime-int8" or (backend == "auto" and max_drop is not None and dev.type == "cpu") \
             else None
         if int8 is not None:
-            resolve_backend("onnxruntime-int8", dev, len(paths))
+            self.last_backend = resolve_backend("onnxruntime-int8", dev, len(paths))
             return self._predict(paths, dev, top, batch_size, workers, progress, int8)
         engine_ready = self._onnx[0] is not None and self._onnx_key(threads) == self._onnx[0]
-        if resolve_backend(backend, dev, len(paths), engine_ready) == "onnxruntime":
+        self.last_backend = resolve_backend(backend, dev, len(paths), engine_ready)
+        if self.last_backend == "onnxruntime":
             # the engine uses every core while the loader's workers decode: measured as fast as an
             # engine per worker, and an ONNX Runtime session must not be used across fork() anyway
             return self._predict(paths, dev, top, batch_size, workers, progress, self.onnx_forward(threads))

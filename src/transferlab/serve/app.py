@@ -75,13 +75,16 @@ async def _json(send, status: int, message: str) -> None:
 def create_app(models, *, token: str | None = None, max_batch: int = 16, max_wait_ms: float = 5.0,
                max_queue: int = 256, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB,
                max_pixels: int = DEFAULT_MAX_PIXELS, max_images: int = DEFAULT_MAX_IMAGES,
-               cors_origins=(), decode_threads: int = 2) -> FastAPI:
+               cors_origins=(), decode_threads: int = 2, backend: str = "onnxruntime",
+               max_drop: float | None = None) -> FastAPI:
     """The app serving `models` (registry names, run folders of either kind, or loaded models).
 
     max_batch / max_wait_ms: dynamic batching (max_batch 1 turns it off); max_queue: images waiting
     per model before the server answers 503; max_upload_mb, max_pixels, max_images: per request.
+    backend / max_drop: a classifier run's engine, as `predict --backend` (onnxruntime-int8 needs
+    `transferlab export RUN --quantize int8`; auto uses it when its recorded drop is <= max_drop).
     """
-    served: dict[str, ServedModel] = {m.name: m for m in load_models(models)}
+    served: dict[str, ServedModel] = {m.name: m for m in load_models(models, backend, max_drop)}
     for m in served.values():
         m.warm_up()
     batchers = {name: DynamicBatcher(m.forward, max_batch, max_wait_ms, max_queue, name) for name, m in served.items()}

@@ -62,6 +62,10 @@ class ServedModel:
     net: object
     source: str
     threads: int = field(default_factory=torch.get_num_threads)
+    # classifier engine: "onnxruntime" (float), "onnxruntime-int8" (the run's int8 export), or "auto":
+    # the int8 export when its recorded accuracy drop is at most max_drop points, else float
+    backend: str = "onnxruntime"
+    max_drop: float | None = None
 
     @property
     def kind(self) -> str:
@@ -112,8 +116,17 @@ class ServedModel:
             return self._classify(items)
         return self._detect(items)
 
+    def engine(self):
+        """The classifier's ONNX Runtime engine: int8 when asked for or within max_drop, else float."""
+        if self.backend != "onnxruntime" and self.run is not None:
+            int8 = self.net.int8_forward(self.threads, required=self.backend == "onnxruntime-int8",
+                                         max_drop=self.max_drop)
+            if int8 is not None:
+                return int8
+        return self.net.onnx_forward(self.threads)
+
     def _classify(self, items: list) -> list[dict]:
-        engine = self.net.onnx_forward(self.threads)
+        engine = self.engine()
         with torch.inference_mode():
             probs = torch.softmax(engine(torch.stack([x for x, _, _ in items])).float(), dim=1)
         classes = self.net.classes
@@ -136,7 +149,7 @@ class ServedModel:
         return records
 
 
-def load_models(models) -> list[ServedModel]:
+def load_models(models, backend: str = "onnxruntime", max_drop: float | None = None) -> list[ServedModel]:
     """Registry names, run folders (either kind) or loaded models -> ServedModels with unique names."""
     from ..api import load
 
@@ -150,5 +163,5 @@ def load_models(models) -> list[ServedModel]:
         while name in names:
             name, i = f"{base}-{i}", i + 1
         names.add(name)
-        served.append(ServedModel(name, net, source))
+        served.append(ServedModel(name, net, source, backend=backend, max_drop=max_drop))
     return served
