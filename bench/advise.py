@@ -61,13 +61,13 @@ SIZES = {"mnist": {"small": 12, "large": 100}, "faces": {"small": 12, "large": 8
 VAL_PER_CLASS = 20
 
 
-def write_variant(root: Path, name: str, per_class: int, seed: int = 0) -> Path:
-    """train/ and val/ class folders of PNGs: `per_class` training and VAL_PER_CLASS validation images."""
+def write_variant(root: Path, name: str, per_class: int, seed: int = 0, val_per_class: int = VAL_PER_CLASS) -> Path:
+    """train/ and val/ class folders of PNGs: `per_class` training and `val_per_class` validation images."""
     x, y = DATASETS[name]()
     rng = np.random.default_rng(seed)
     for label in np.unique(y):
         idx = rng.permutation(np.flatnonzero(y == label))
-        for split, chosen in (("val", idx[:VAL_PER_CLASS]), ("train", idx[VAL_PER_CLASS:VAL_PER_CLASS + per_class])):
+        for split, chosen in (("val", idx[:val_per_class]), ("train", idx[val_per_class:val_per_class + per_class])):
             folder = root / split / f"class_{label}"
             folder.mkdir(parents=True, exist_ok=True)
             for i in chosen:
@@ -96,6 +96,7 @@ def main(argv=None) -> None:
     parser.add_argument("--json", help="also write the results to this file")
     parser.add_argument("--per-class", type=int, help="training images per class for every variant (a smoke run)")
     parser.add_argument("--epochs", type=int, default=TRAIN["epochs"])
+    parser.add_argument("--val-per-class", type=int, default=VAL_PER_CLASS)
     args = parser.parse_args(argv)
     TRAIN["epochs"] = args.epochs
     rows = []
@@ -103,7 +104,8 @@ def main(argv=None) -> None:
         for name in args.datasets.split(","):
             for size in args.sizes.split(","):
                 per_class = args.per_class or SIZES[name][size]
-                root = write_variant(Path(tmp) / f"{name}-{size}" / "data", name, per_class)
+                root = write_variant(Path(tmp) / f"{name}-{size}" / "data", name, per_class,
+                                     val_per_class=args.val_per_class)
                 r = run_variant(root, Path(tmp) / f"{name}-{size}" / "runs")
                 a, res = r["advice"], r["results"]
                 best = max(res, key=lambda s: res[s]["val_acc"])

@@ -33,7 +33,7 @@ def test_strategies_bench(tmp_path):
 
 
 def test_advise_bench():
-    out = bench("advise.py", "--datasets", "digits", "--sizes", "small", "--per-class", 3, "--epochs", 2)
+    out = bench("advise.py", "--datasets", "digits", "--sizes", "small", "--per-class", 3, "--epochs", 2, "--val-per-class", 3)
     assert "digits-small" in out
 
 

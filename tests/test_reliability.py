@@ -108,6 +108,8 @@ def check_run_folder_intact(run: Path) -> list[str]:
                 img.load()
         elif name.endswith(".md"):
             assert path.read_text(encoding="utf-8")
+        elif name.endswith(".html"):  # report.html: the whole page, closed
+            assert path.read_text(encoding="utf-8").rstrip().endswith("</html>"), f"torn {path}"
         else:
             raise AssertionError(f"unexpected file in run folder: {path}")
         checked.append(str(path.relative_to(run)))
