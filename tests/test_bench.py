@@ -41,3 +41,10 @@ def test_advise_bench():
 def test_detect_bench(tmp_path):
     out = bench("detect.py", "--smoke", "--keep", tmp_path)
     assert "images/s" in out
+
+
+def test_audit_bench(tmp_path):
+    pytest.importorskip("cleanlab")
+    out = bench("audit.py", "--datasets", "flowers", "--per-class", 6, "--dups", 3, "--outliers", 2,
+                "--keep", tmp_path)
+    assert "| flowers |" in out

@@ -145,3 +145,19 @@ def walk_images(root: Path, skipped: list | None = None) -> list[Path]:
         dirnames[:] = kept
         out.extend(Path(dirpath) / f for f in filenames if not f.startswith(".") and is_image_file(Path(f)))
     return sorted(out)
+
+
+THUMBNAIL_SIGNATURE_SIDE = 16
+
+
+def thumbnail_signature(path, side: int = THUMBNAIL_SIGNATURE_SIDE) -> np.ndarray | None:
+    """The image as a side x side grey thumbnail, zero-mean and unit-length (its dot product with another
+    is their correlation): the same photo re-encoded, resized or cropped by a few pixels keeps it near 1.
+    None when the file cannot be read."""
+    try:
+        img = open_image(path, min_size=4 * side)
+    except ImageReadError:
+        return None
+    a = np.asarray(img.convert("L").resize((side, side), Image.BOX), dtype=np.float64).ravel()
+    a = a - a.mean()
+    return (a / max(float(np.linalg.norm(a)), 1e-9)).astype(np.float32)

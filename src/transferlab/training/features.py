@@ -15,7 +15,18 @@ from ..core.device import channels_last_on_cpu, forward_in_passes
 from ..core.io import atomic_path
 from ..models import BlockNet
 
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2  # 2: the decode side in the key, no seed for the eval view
+
+# Near duplicates (shared by `transferlab audit` and train's leakage check): a pair is one when the
+# second image is among the first's NEAR_DUPLICATE_NEIGHBOURS most similar in penultimate features,
+# with cosine >= NEAR_DUPLICATE_COSINE, and their grey 16x16 thumbnails correlate >= NEAR_DUPLICATE_PIXELS.
+# Features alone do not separate copies from distinct photos: measured with efficientnet_lite0 at
+# 224 px (bench/audit.py --calibrate, table in advice/audit.py), re-encoded / resized copies of a
+# flower photo fall to cosine 0.70 while distinct flowers of one class reach 0.93. The features find
+# the candidates (cheap: cached), the thumbnails confirm "the same picture".
+NEAR_DUPLICATE_COSINE = 0.65
+NEAR_DUPLICATE_PIXELS = 0.93
+NEAR_DUPLICATE_NEIGHBOURS = 5
 
 DEFAULT_MEMORY_BUDGET = 2 * 1024**3  # bytes of cached activations kept in RAM
 
@@ -52,13 +63,17 @@ def cache_fits(model: BlockNet, n: int, input_size: int, items: int, views: int,
     return feature_bytes_per_item(model, n, input_size, device) * items * max(views, 1) <= budget
 
 
-def feature_cache_key(model: BlockNet, n: int, preprocessing, paths, view: str, seed: int) -> str:
+def feature_cache_key(model: BlockNet, n: int, preprocessing, paths, view: str, seed: int,
+                      decode_side: int | None = None) -> str:
     """A digest of everything the cached activations depend on, so a stale cache is never used:
     architecture, the frozen blocks' weights, the freeze point, preprocessing, augmentation view and
-    seed, and the content (not the name or date) of every image file, in order."""
+    seed (augmented views only: the clean "eval" view is the same under every seed, so `transferlab
+    audit` and a later `train` share it), the side images were first decoded at (None: from the file),
+    and the content (not the name or date) of every image file, in order."""
     h = hashlib.sha256()
     h.update(json.dumps({"format": CACHE_FORMAT, "arch": getattr(model, "arch", type(model).__name__), "freeze": n,
-                         "preprocessing": preprocessing.to_dict(), "view": view, "seed": seed}).encode())
+                         "preprocessing": preprocessing.to_dict(), "view": view,
+                         "seed": None if view == "eval" else seed, "decode_side": decode_side}).encode())
     for name in model.block_names[:n]:
         for key, tensor in model.blocks[name].state_dict().items():
             h.update(key.encode())
@@ -67,6 +82,62 @@ def feature_cache_key(model: BlockNet, n: int, preprocessing, paths, view: str, 
         with open(path, "rb") as f:
             h.update(hashlib.file_digest(f, "sha256").digest())
     return h.hexdigest()[:32]
+
+
+def normalized_rows(features: torch.Tensor) -> torch.Tensor:
+    """Features flattened per image and scaled to unit length (for cosine similarity)."""
+    f = features.flatten(1).float()
+    return f / f.norm(dim=1, keepdim=True).clamp(min=1e-12)
+
+
+def nearest_pairs(a: torch.Tensor, b: torch.Tensor | None, threshold: float, k: int,
+                  chunk: int = 1024) -> list[tuple[int, int, float]]:
+    """(i, j, cosine) for each row i of `a` and its k most similar rows j of `b` (unit-length) at or
+    above `threshold`; with b None, within `a` (no self pairs; each unordered pair once, i < j)."""
+    same = b is None
+    b = a if same else b
+    k = min(k, len(b) - (1 if same else 0))
+    found: dict[tuple[int, int], float] = {}
+    if k <= 0:
+        return []
+    for start in range(0, len(a), chunk):
+        sims = a[start:start + chunk] @ b.T
+        if same:
+            idx = torch.arange(start, start + len(sims))
+            sims[torch.arange(len(sims)), idx] = -2.0
+        values, cols = sims.topk(k, dim=1)
+        for r, (vs, cs) in enumerate(zip(values.tolist(), cols.tolist())):
+            for v, c in zip(vs, cs):
+                if v >= threshold:
+                    i, j = start + r, c
+                    found[(min(i, j), max(i, j)) if same else (i, j)] = v
+    return [(i, j, v) for (i, j), v in sorted(found.items())]
+
+
+def near_duplicate_pairs(a: torch.Tensor, paths_a, b: torch.Tensor | None = None, paths_b=None,
+                         cosine: float = NEAR_DUPLICATE_COSINE, pixels: float = NEAR_DUPLICATE_PIXELS,
+                         k: int = NEAR_DUPLICATE_NEIGHBOURS) -> list[tuple[int, int, float, float]]:
+    """(i, j, feature cosine, thumbnail correlation) of near-duplicate images: candidates by features
+    (nearest_pairs), confirmed by their thumbnails (data.images.thumbnail_signature)."""
+    from ..data.images import thumbnail_signature
+
+    paths_b = paths_a if b is None else paths_b
+    signatures: dict[str, object] = {}
+
+    def signature(path):
+        key = str(path)
+        if key not in signatures:
+            signatures[key] = thumbnail_signature(path)
+        return signatures[key]
+
+    out = []
+    for i, j, v in nearest_pairs(a, b, cosine, k):
+        sa, sb = signature(paths_a[i]), signature(paths_b[j])
+        if sa is not None and sb is not None:
+            corr = float(sa @ sb)
+            if corr >= pixels:
+                out.append((i, j, v, corr))
+    return out
 
 
 class FeatureStore:
