@@ -16,7 +16,8 @@ from ..runs.view import thumbnail_jpeg
 
 CSV_FIELDS = ["kind", "path", "split", "given", "suggested", "score", "other", "other_split", "cross_split", "cosine",
               "other_class", "suggested_score", "robust_z", "size", "reason"]
-MAX_SHOWN = 60  # issues shown per kind in the page (all of them are in the CSV)
+MAX_SHOWN = 60
+TOP_UNUSUAL = 20  # issues shown per kind in the page (all of them are in the CSV)
 TITLES = {
     "exact_duplicate": ("Exact duplicates", "the same file content twice; across splits it inflates validation"),
     "near_duplicate": ("Near duplicates", "the same photo re-encoded, resized or cropped: nearest in features, "
@@ -127,5 +128,10 @@ def audit_html(result) -> str:
         parts.append(f"<h2>{title}: {counts[kind]}</h2><p>{e(note)}{shown}</p><div class='grid'>")
         parts.extend(_card(thumbs, i) for i in issues[:MAX_SHOWN])
         parts.append("</div>")
+        if kind == "outlier" and result.top_outliers:
+            parts.append(f"<h3>The {TOP_UNUSUAL} most unusual images, flagged or not</h3><div class='grid'>")
+            parts.extend(f'<div class="card">{_figure(thumbs, p, e(Path(p).parent.name))}</div>'
+                         for p in result.top_outliers[:TOP_UNUSUAL])
+            parts.append("</div>")
     parts.append("</body></html>")
     return "\n".join(parts)

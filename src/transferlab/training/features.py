@@ -7,6 +7,7 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader
@@ -24,8 +25,8 @@ CACHE_FORMAT = 2  # 2: the decode side in the key, no seed for the eval view
 # 224 px (bench/audit.py --calibrate, table in advice/audit.py), re-encoded / resized copies of a
 # flower photo fall to cosine 0.70 while distinct flowers of one class reach 0.93. The features find
 # the candidates (cheap: cached), the thumbnails confirm "the same picture".
-NEAR_DUPLICATE_COSINE = 0.65
-NEAR_DUPLICATE_PIXELS = 0.93
+NEAR_DUPLICATE_COSINE = 0.5
+NEAR_DUPLICATE_PIXELS = 0.96  # the most the calibrated threshold asks (see pixel_threshold)
 NEAR_DUPLICATE_NEIGHBOURS = 5
 
 DEFAULT_MEMORY_BUDGET = 2 * 1024**3  # bytes of cached activations kept in RAM
@@ -115,11 +116,17 @@ def nearest_pairs(a: torch.Tensor, b: torch.Tensor | None, threshold: float, k: 
 
 
 def near_duplicate_pairs(a: torch.Tensor, paths_a, b: torch.Tensor | None = None, paths_b=None,
-                         cosine: float = NEAR_DUPLICATE_COSINE, pixels: float = NEAR_DUPLICATE_PIXELS,
-                         k: int = NEAR_DUPLICATE_NEIGHBOURS) -> list[tuple[int, int, float, float]]:
-    """(i, j, feature cosine, thumbnail correlation) of near-duplicate images: candidates by features
-    (nearest_pairs), confirmed by their thumbnails (data.images.thumbnail_signature)."""
-    from ..data.images import thumbnail_signature
+                         cosine: float = NEAR_DUPLICATE_COSINE, pixels: float | None = None,
+                         k: int = NEAR_DUPLICATE_NEIGHBOURS,
+                         pixel_candidates: bool = False) -> tuple[list[tuple[int, int, float, float]], float]:
+    """(i, j, feature cosine, thumbnail correlation) of near-duplicate images, and the correlation used:
+    candidates are each image's k nearest in features (and, with pixel_candidates, in thumbnails too:
+    every image's signature is computed), confirmed by their thumbnails (data.images.thumbnail_signature)
+    at or above `pixels`; None: calibrated on this data (pixel_threshold)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from ..core.device import available_cpus
+    from ..data.images import signature_correlation, thumbnail_signature
 
     paths_b = paths_a if b is None else paths_b
     signatures: dict[str, object] = {}
@@ -130,14 +137,51 @@ def near_duplicate_pairs(a: torch.Tensor, paths_a, b: torch.Tensor | None = None
             signatures[key] = thumbnail_signature(path)
         return signatures[key]
 
-    out = []
-    for i, j, v in nearest_pairs(a, b, cosine, k):
+    candidates = {(i, j) for i, j, _ in nearest_pairs(a, b, cosine, k)}
+    if pixel_candidates:
+        everything = list(dict.fromkeys(map(str, list(paths_a) + (list(paths_b) if b is not None else []))))
+        with ThreadPoolExecutor(max_workers=available_cpus()) as pool:
+            signatures.update(zip(everything, pool.map(thumbnail_signature, everything)))
+
+        def whole(paths):
+            rows = [signature(p) for p in paths]
+            width = next((r[0].shape[1] for r in rows if r is not None), 1)
+            return torch.from_numpy(np.stack([r[0][0] if r is not None else np.zeros(width, np.float32)
+                                              for r in rows]))
+
+        candidates |= {(i, j) for i, j, _ in nearest_pairs(whole(paths_a), None if b is None else whole(paths_b),
+                                                            0.8, k)}
+    scored = []
+    bb = a if b is None else b
+    for i, j in sorted(candidates):
         sa, sb = signature(paths_a[i]), signature(paths_b[j])
-        if sa is not None and sb is not None:
-            corr = float(sa @ sb)
-            if corr >= pixels:
-                out.append((i, j, v, corr))
-    return out
+        v = float(a[i] @ bb[j])
+        # a pixel neighbour must look alike to the model too, which keeps out what merely correlates in
+        # grey levels (a dark object on a light floor)
+        if sa is not None and sb is not None and v >= cosine:
+            scored.append((i, j, v, signature_correlation(sa, sb)))
+    if pixels is None:
+        pixels = pixel_threshold(list(paths_a) + (list(paths_b) if b is not None else []), [c for *_, c in scored])
+    return [p for p in scored if p[3] >= pixels], pixels
+
+
+def pixel_threshold(paths, candidates) -> float:
+    """The thumbnail correlation that makes a candidate pair a near duplicate, measured on the data:
+    the 3rd percentile of what copies made of its own images score (data.images.copy_correlations),
+    never below the 99.5th percentile of the candidate pairs (nearly all distinct images), and at
+    most NEAR_DUPLICATE_PIXELS. Small, textured images (EuroSAT's 64 px tiles) need it far lower than
+    photos: measured copies p5 0.79-0.90 vs distinct neighbours up to 0.68 there, copies >= 0.977 vs
+    distinct up to 0.934 on the clothing photos."""
+    import numpy as np
+
+    from ..data.images import copy_correlations
+
+    copies = copy_correlations(paths)
+    if len(copies) == 0:
+        return NEAR_DUPLICATE_PIXELS
+    low = float(np.quantile(copies, 0.03))
+    distinct = float(np.quantile(candidates, 0.995)) if len(candidates) else 0.0
+    return min(NEAR_DUPLICATE_PIXELS, max(low, distinct + 0.02))
 
 
 class FeatureStore:

@@ -170,7 +170,7 @@ class Trainer:
             return
         from .features import near_duplicate_pairs, normalized_rows
 
-        pairs = near_duplicate_pairs(normalized_rows(val_features), [s.path for s in self.scan.splits["val"]],
+        pairs, _ = near_duplicate_pairs(normalized_rows(val_features), [s.path for s in self.scan.splits["val"]],
                                      normalized_rows(train_features), [s.path for s in self.scan.splits["train"]])
         near = len({i for i, *_ in pairs})
         self.leakage["near"] = near
