@@ -205,6 +205,8 @@ def calibrate(per_class: int) -> None:
 
     from transferlab.advice.audit import penultimate_features
     from transferlab.data.folders import scan_dataset
+    from transferlab.data.images import signature_correlation, thumbnail_signature
+    from transferlab.training.features import pixel_threshold
 
     for name in ("flowers", "clothing", "eurosat"):
         with tempfile.TemporaryDirectory() as tmp:
@@ -226,10 +228,19 @@ def calibrate(per_class: int) -> None:
             sims = sims.masked_fill(~same | torch.eye(len(a), dtype=torch.bool), -2)
             distinct = sims.max(1).values
             kinds = {k: copies[k::3] for k in range(3)}
-            print(f"{name:9s} {len(a)} photos | copies: re-encoded min {kinds[0].min():.3f}, resized min "
-                  f"{kinds[1].min():.3f}, cropped min {kinds[2].min():.3f} (all: p1 {copies.quantile(0.01):.3f}) | "
+            print(f"{name:9s} {len(a)} photos, feature cosine | copies: re-encoded min {kinds[0].min():.3f}, resized "
+                  f"min {kinds[1].min():.3f}, cropped min {kinds[2].min():.3f} (all: p1 {copies.quantile(0.01):.3f}) | "
                   f"nearest distinct same-class photo: median {distinct.median():.3f}, p99 {distinct.quantile(0.99):.3f},"
                   f" max {distinct.max():.3f}")
+            sig_a = [thumbnail_signature(s.path) for s in scan.splits["train"]]
+            sig_b = [thumbnail_signature(s.path) for s in scan.splits["val"]]
+            pix = np.array([signature_correlation(x, y) for x, y in zip(sig_a, sig_b)])
+            nearest = sims.topk(min(5, len(a) - 1), dim=1).indices
+            other = np.array([signature_correlation(sig_a[i], sig_a[j]) for i in range(len(a))
+                              for j in nearest[i].tolist() if sims[i, j] > -2])
+            print(f"{'':9s} thumbnail correlation | copies: min {pix.min():.3f}, p3 {np.quantile(pix, 0.03):.3f} | "
+                  f"5 nearest distinct same-class photos: p99 {np.quantile(other, 0.99):.3f}, max {other.max():.3f} "
+                  f"| calibrated threshold {pixel_threshold([s.path for s in scan.splits['train']], other):.3f}")
 
 
 def main() -> None:
