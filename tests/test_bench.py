@@ -46,3 +46,10 @@ def test_detect_bench(tmp_path):
 def test_quantize_bench_smoke(tmp_path):
     out = bench("quantize.py", "--smoke", "--keep", tmp_path)
     assert "int8 forward vs float" in out and "| fp16 |" in out
+
+
+def test_audit_bench(tmp_path):
+    pytest.importorskip("cleanlab")
+    out = bench("audit.py", "--datasets", "flowers", "--per-class", 6, "--dups", 3, "--outliers", 2,
+                "--keep", tmp_path)
+    assert "| flowers |" in out

@@ -71,6 +71,10 @@ def test_cache_key_depends_on_weights_freeze_and_preprocessing(digits_folder):
     assert feature_cache_key(model, 4, pre, paths, "eval", 0) != base
     assert feature_cache_key(model, 3, pre.resized(64), paths, "eval", 0) != base
     assert feature_cache_key(model, 3, pre, paths, "light-1", 0) != base
+    # the clean view is the same under every seed (audit and train share it); augmented views are not
+    assert feature_cache_key(model, 3, pre, paths, "eval", 7) == base
+    assert feature_cache_key(model, 3, pre, paths, "light-1", 7) != feature_cache_key(model, 3, pre, paths, "light-1", 0)
+    assert feature_cache_key(model, 3, pre, paths, "eval", 0, decode_side=379) != base
     with torch.no_grad():
         next(model.blocks["stem"].parameters()).add_(1.0)
     assert feature_cache_key(model, 3, pre, paths, "eval", 0) != base

@@ -12,10 +12,10 @@ _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from .core.lazy import lazy_exports as _lazy_exports  # noqa: E402
 
-__all__ = ["Classifier", "Detector", "TrainConfig", "__version__", "advise", "create_model", "evaluate",
+__all__ = ["Classifier", "Detector", "TrainConfig", "__version__", "advise", "audit", "create_model", "evaluate",
            "export", "list_models", "load", "predict", "train"]
 __getattr__, __dir__ = _lazy_exports(__name__, {
-    "load": "api", "predict": "api", "evaluate": "api", "export": "api", "train": "api",
+    "load": "api", "predict": "api", "evaluate": "api", "export": "api", "train": "api", "audit": "api",
     "Classifier": "inference.classifier", "advise": "advice.advisor", "create_model": "models",
     "list_models": "models", "TrainConfig": "training.config", "Detector": "detect.detector",
 })

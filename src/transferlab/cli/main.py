@@ -90,6 +90,9 @@ def _add_train(sub) -> None:
                    help="recompute the first N blocks in backward to save memory (auto: the high-resolution "
                         "ones, on CPU when the batch stays whole)")
     p.add_argument("--sync-bn", action="store_true", help="several GPUs: synchronise trainable BatchNorm")
+    p.add_argument("--exclude", metavar="FILE", help="leave out the files listed (transferlab audit --write-exclude)")
+    p.add_argument("--no-audit", dest="audit", action="store_false",
+                   help="skip the check for images shared between splits (leakage)")
     p.add_argument("--quiet", action="store_true", help="no progress bars or epoch lines")
     p.set_defaults(func=lazy_handler("training", "cmd_train"))
 
@@ -119,6 +122,32 @@ def _add_advise(sub) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true", help="print the numbers and the decision as JSON")
     p.set_defaults(func=lazy_handler("advising", "cmd_advise"))
+
+
+def _add_audit(sub) -> None:
+    from .commands import positive_int
+
+    p = sub.add_parser("audit", help="find duplicates (and leakage across splits), likely label errors, outliers "
+                                     "and unusable images in a dataset folder, before training")
+    p.add_argument("data", help="dataset folder (class sub-folders, or train/ val/ [test/] with class sub-folders)")
+    p.add_argument("--model", default="efficientnet_lite0", help="registry name or timm:NAME (its features are used)")
+    p.add_argument("--out", help="folder for audit.html, audit.csv, audit.json (default: audits/DATA)")
+    p.add_argument("--json", nargs="?", const="-", metavar="FILE", help="the findings as JSON: to stdout, or to FILE")
+    p.add_argument("--write-exclude", metavar="FILE",
+                   help="write the files to leave out (train --exclude FILE honours it); the data is never modified")
+    p.add_argument("--exclude", metavar="FILE", help="audit without the files of an exclude list")
+    p.add_argument("--cache-dir", help="keep the features here; a later train --cache-dir reuses them")
+    p.add_argument("--threshold", type=float, default=None,
+                   help="near-duplicate cosine similarity of features (default: the calibrated one)")
+    p.add_argument("--weights", default="default", help="'default' (pretrained) or a weights file")
+    p.add_argument("--image-size", type=int, help="another input size (the calibration assumes the model's own)")
+    p.add_argument("--val-split", type=float, default=0.2, help="as train: the split of a single folder")
+    p.add_argument("--seed", type=int, default=0, help="as train: the split of a single folder")
+    p.add_argument("--batch-size", type=positive_int, default=32)
+    p.add_argument("--workers", type=int)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+    p.set_defaults(func=lazy_handler("auditing", "cmd_audit"))
 
 
 def _add_sweep(sub) -> None:
@@ -172,7 +201,7 @@ def _add_serve(sub) -> None:
 
 
 COMMANDS = [_add_demo, add_predict, _add_models, _add_train, add_evaluate, add_export, _add_detect, _add_advise,
-            _add_sweep, _add_serve]
+            _add_audit, _add_sweep, _add_serve]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -34,6 +34,7 @@ class DatasetScan:
     splits: dict[str, list[Sample]]
     skipped: list[tuple[str, str]] = field(default_factory=list)
     split_source: str = "folders"  # or "random"
+    excluded: int = 0  # entries of the exclude list given (--exclude)
 
     def counts(self, split: str = "train") -> dict[str, int]:
         """Images per class in one split."""
@@ -60,6 +61,8 @@ class DatasetScan:
             f"split from {self.split_source})",
             "  per class: " + ", ".join(f"{k}={v}" for k, v in per_class.items()),
         ]
+        if self.excluded:
+            lines.append(f"  left out the files of an exclude list ({self.excluded} entries)")
         if self.imbalance >= 3:
             lines.append(f"  imbalance: largest/smallest class = {self.imbalance:.1f}x (consider --balance weights)")
         if self.skipped:
@@ -77,6 +80,7 @@ class DatasetScan:
             "counts": {k: self.counts(k) for k in self.splits},
             "split_source": self.split_source,
             "skipped": [list(s) for s in self.skipped],
+            **({"excluded": self.excluded} if self.excluded else {}),
         }
 
 
@@ -103,7 +107,24 @@ def check_image(path: Path) -> str | None:
     return None
 
 
-def _collect(folder: Path, classes: list[str], skipped: list, require_all: bool) -> list[Sample]:
+def read_exclude(file, root) -> set[str]:
+    """The files an exclude list names (one path per line, relative to `root` or absolute; blank lines
+    and lines starting with # are ignored), as resolved path strings."""
+    try:
+        text = Path(file).read_text(encoding="utf-8")
+    except OSError as e:
+        raise DatasetError(f"cannot read the exclude list {file}: {e.strerror or e}") from None
+    out = set()
+    for line in text.splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            path = Path(line)
+            out.add(str((path if path.is_absolute() else Path(root) / path).resolve()))
+    return out
+
+
+def _collect(folder: Path, classes: list[str], skipped: list, require_all: bool,
+             exclude: set[str] | None = None) -> list[Sample]:
     samples = []
     for label, name in enumerate(classes):
         class_dir = folder / name
@@ -111,6 +132,8 @@ def _collect(folder: Path, classes: list[str], skipped: list, require_all: bool)
             continue
         good = []
         for f in walk_images(class_dir, skipped):
+            if exclude and str(f.resolve()) in exclude:
+                continue
             reason = check_image(f)
             if reason:
                 skipped.append((str(f), reason))
@@ -124,8 +147,13 @@ def _collect(folder: Path, classes: list[str], skipped: list, require_all: bool)
     return samples
 
 
-def scan_dataset(root, val_split: float = 0.2, seed: int = 0, require_val: bool = True) -> DatasetScan:
-    """Read a class-per-folder dataset; use train/ val/ test/ when present, else a stratified split."""
+def scan_dataset(root, val_split: float = 0.2, seed: int = 0, require_val: bool = True,
+                 exclude=None) -> DatasetScan:
+    """Read a class-per-folder dataset; use train/ val/ test/ when present, else a stratified split.
+
+    exclude: a file listing images to leave out (see read_exclude; `transferlab audit --write-exclude`
+    writes one); they are dropped before the split, so the remaining images split as they would alone.
+    """
     root = Path(root)
     if not root.is_dir():
         raise DatasetError(f"dataset folder not found: {root}; give a folder with one sub-folder of images per class")
@@ -139,7 +167,8 @@ def scan_dataset(root, val_split: float = 0.2, seed: int = 0, require_val: bool 
     if len(classes) < 2:
         raise DatasetError(f"{train_dir} has a single class ({classes[0]}); a classifier needs at least two class folders")
     skipped: list[tuple[str, str]] = []
-    train = _collect(train_dir, classes, skipped, require_all=True)
+    excluded = read_exclude(exclude, root) if exclude else None
+    train = _collect(train_dir, classes, skipped, require_all=True, exclude=excluded)
     splits = {"train": train}
     val_dir = _find_split_dir(root, "val")
     test_dir = _find_split_dir(root, "test")
@@ -152,14 +181,42 @@ def scan_dataset(root, val_split: float = 0.2, seed: int = 0, require_val: bool 
                 f"{folder} has class folder(s) {', '.join(extra)} that are not in {train_dir}; "
                 "every class needs training images"
             )
-        splits[split] = _collect(folder, classes, skipped, require_all=False)
+        splits[split] = _collect(folder, classes, skipped, require_all=False, exclude=excluded)
     source = "folders"
     if val_dir is None and require_val:
         splits["train"], splits["val"] = stratified_split(train, val_split, seed)
         source = f"random {1 - val_split:.0%}/{val_split:.0%} split, seed {seed}"
     if require_val and not splits["val"]:
         raise DatasetError(f"no validation images in {root}; add a val/ folder or use --val-split > 0")
-    return DatasetScan(root, classes, splits, skipped, source)
+    scan = DatasetScan(root, classes, splits, skipped, source)
+    if excluded:
+        scan.excluded = len(excluded)
+    return scan
+
+
+def file_digests(paths, threads: int | None = None) -> list[str]:
+    """sha256 of each file's content (hex), in order; "" for a file that cannot be read."""
+    import hashlib
+
+    def digest(path) -> str:
+        try:
+            with open(path, "rb") as f:
+                return hashlib.file_digest(f, "sha256").hexdigest()
+        except OSError:
+            return ""
+
+    with ThreadPoolExecutor(max_workers=threads or available_cpus()) as pool:
+        return list(pool.map(digest, paths))
+
+
+def cross_split_exact_duplicates(scan: DatasetScan, digests: dict[str, str] | None = None) -> int:
+    """Images of val/test whose exact content (sha256) is also in train: the leakage a split must not have."""
+    paths = [str(s.path) for samples in scan.splits.values() for s in samples]
+    if digests is None:
+        digests = dict(zip(paths, file_digests(paths)))
+    in_train = {digests[str(s.path)] for s in scan.splits.get("train", [])} - {""}
+    return sum(1 for split, samples in scan.splits.items() if split != "train"
+               for s in samples if digests[str(s.path)] in in_train)
 
 
 def stratified_split(samples: list[Sample], fraction: float, seed: int) -> tuple[list[Sample], list[Sample]]:

@@ -145,3 +145,73 @@ def walk_images(root: Path, skipped: list | None = None) -> list[Path]:
         dirnames[:] = kept
         out.extend(Path(dirpath) / f for f in filenames if not f.startswith(".") and is_image_file(Path(f)))
     return sorted(out)
+
+
+THUMBNAIL_SIGNATURE_SIDE = 16
+# centre crops a signature also holds, so that a copy cropped by a few pixels (up to ~7% a side on a
+# 64 px image) still lines up with one of the original's
+THUMBNAIL_SIGNATURE_CROPS = (1.0, 0.93, 0.86)
+
+
+# mean colour (0..1 per channel) two copies of one photo keep: a re-encode, a resize or a few pixels'
+# crop move it by far less; grey-level correlation alone pairs e.g. a dark lake with a dark field
+SIGNATURE_COLOUR_TOLERANCE = 0.05
+
+
+def thumbnail_signature(path, side: int = THUMBNAIL_SIGNATURE_SIDE) -> tuple[np.ndarray, np.ndarray] | None:
+    """(rows, mean colour): the image as side x side grey thumbnails of the whole image and of
+    THUMBNAIL_SIGNATURE_CROPS centre crops, each zero-mean and unit-length (a dot product is a
+    correlation), and its mean RGB. signature_correlation of the same photo re-encoded, resized or
+    cropped by a few pixels stays near 1. None when the file cannot be read; `path` may be a PIL image."""
+    try:
+        img = path if isinstance(path, Image.Image) else open_image(path, min_size=4 * side)
+    except ImageReadError:
+        return None
+    colour = np.asarray(img.convert("RGB").resize((side, side), Image.BOX), dtype=np.float32).reshape(-1, 3)
+    colour = colour.mean(0) / 255.0
+    img = img.convert("L")
+    w, h = img.size
+    rows = []
+    for crop in THUMBNAIL_SIGNATURE_CROPS:
+        dx, dy = w * (1 - crop) / 2, h * (1 - crop) / 2
+        a = np.asarray(img.resize((side, side), Image.BOX, box=(dx, dy, w - dx, h - dy)), dtype=np.float64).ravel()
+        a = a - a.mean()
+        rows.append(a / max(float(np.linalg.norm(a)), 1e-9))
+    return np.stack(rows).astype(np.float32), colour
+
+
+def signature_correlation(a, b) -> float:
+    """The best correlation between two thumbnail signatures (over their crops); 0 when their mean
+    colours differ by more than SIGNATURE_COLOUR_TOLERANCE."""
+    if float(np.abs(a[1] - b[1]).max()) > SIGNATURE_COLOUR_TOLERANCE:
+        return 0.0
+    return float((a[0] @ b[0].T).max())
+
+
+def copy_correlations(paths, count: int = 40, seed: int = 0) -> np.ndarray:
+    """Signature correlations between sample images and copies of them made here: re-encoded at JPEG
+    quality 70, resized to 70%, cropped by ~3% a side. What a near duplicate of this data scores."""
+    import io
+    import random
+
+    rng = random.Random(seed)
+    paths = list(paths)
+    out = []
+    for path in rng.sample(paths, min(count, len(paths))):
+        try:
+            img = open_image(path)
+        except ImageReadError:
+            continue
+        original = thumbnail_signature(img)
+        w, h = img.size
+        c = max(1, round(0.03 * min(w, h)))
+        copies = [img.resize((max(8, round(w * 0.7)), max(8, round(h * 0.7))), Image.BICUBIC),
+                  img.crop((c, c, w - rng.randint(0, c), h - c))]
+        buf = io.BytesIO()
+        img.save(buf, "JPEG", quality=70)
+        copies.append(Image.open(io.BytesIO(buf.getvalue())))
+        for copy in copies:
+            buf = io.BytesIO()
+            copy.convert("RGB").save(buf, "JPEG", quality=90)
+            out.append(signature_correlation(original, thumbnail_signature(Image.open(io.BytesIO(buf.getvalue())))))
+    return np.array(out)

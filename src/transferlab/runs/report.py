@@ -134,6 +134,11 @@ def render_report(meta: dict, history: list[dict], evaluations: dict) -> str:
         f"- best val accuracy **{m['val_acc']:.4f}** (loss {m['val_loss']:.4f}) at epoch {m['best_epoch']} "
         f"of {m['epochs_run']}",
     ]
+    leak = meta.get("leakage")
+    if leak:
+        near = "not checked" if leak.get("near") is None else leak["near"]
+        lines.append(f"- images shared between splits (leakage): {leak['exact']} exact copies in val/test, "
+                     f"near duplicates of train images in val: {near}")
     if "advice" in meta:
         adv = meta["advice"]
         lines += ["", "## Why this strategy", "", adv.get("explanation", "")]

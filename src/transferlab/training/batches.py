@@ -148,7 +148,9 @@ class BatchSource:
         key = None
         if store is not None:
             paths = [s.path for s in self.scan.splits[split]]
-            key = feature_cache_key(model, n, self.pre, paths, view, self.cfg.seed)
+            decoded = self.decoded.get(split)
+            key = feature_cache_key(model, n, self.pre, paths, view, self.cfg.seed,
+                                    decoded.max_side if decoded is not None else None)
             hit = store.get(key)
             if hit is not None and len(hit) == len(paths):
                 return hit

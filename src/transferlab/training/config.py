@@ -53,6 +53,10 @@ class TrainConfig:
     grad_checkpointing: str = "auto"
     sync_bn: bool = False  # several GPUs: SyncBatchNorm for the trainable BatchNorm layers
     max_bad_steps: int = 10  # consecutive non-finite losses before the run stops
+    # train warns when val/test share images with train (exact content; near duplicates too where the
+    # penultimate features are cached anyway) and records the count in model.json; False skips it
+    audit: bool = True
+    exclude: str | None = None  # a file listing images to leave out (transferlab audit --write-exclude)
     advice: dict | None = None  # set by --strategy auto: the advisor's numbers and reasons
 
     def validate(self) -> None:

@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 from ..core.device import channels_last_on_cpu, pick_device
 from ..core.distributed import barrier, broadcast_object, init_distributed, process_device
 from ..core.errors import TransferlabError
-from ..data.folders import scan_dataset
+from ..data.folders import cross_split_exact_duplicates, scan_dataset
 from ..models import BlockNet, create_model
 from ..runs.classification import write_run
 from ..runs.folder import default_run_dir, prepare_run_dir, remove_stale_temp_files
@@ -70,8 +70,17 @@ class Trainer:
             remove_stale_temp_files(self.out)
         if self.dist.enabled and config.balance == "sampler":
             raise TransferlabError("--balance sampler is not supported with several processes; use --balance weights")
-        self.scan = scan_dataset(data, config.val_split, config.seed)
+        self.scan = scan_dataset(data, config.val_split, config.seed, exclude=config.exclude)
         self.log(self.scan.summary())
+        # leakage: images of val/test that are also in train. The exact check reads every file once
+        # (cheap); the near-duplicate one runs where the penultimate features get cached anyway
+        self.leakage: dict | None = None
+        if config.audit and self.dist.is_main:
+            exact = cross_split_exact_duplicates(self.scan)
+            self.leakage = {"exact": exact, "near": None}
+            if exact:
+                self.log(f"warning: {exact} validation/test image(s) are exact copies of training images, which "
+                         f"inflates validation accuracy; `transferlab audit {data} --write-exclude FILE` lists them")
         torch.manual_seed(config.seed)
         weights = "none" if config.strategy == "scratch" else config.weights
         self.model: BlockNet = create_model(config.model, num_classes=len(self.scan.classes), weights=weights)
@@ -146,12 +155,28 @@ class Trainer:
         prefix = self.model.frozen_blocks
         if self.batches.features_fit(self.model, prefix):
             views, val_features = self.batches.cached_features(self.model, prefix)
+            self._check_near_duplicates(prefix, views[0], val_features)
             val = self.batches.feature_batches(val_features, shuffle=False, batch_size=self.cfg.batch_size * 4,
                                                split="val")
             return prefix, (lambda epoch, g: self.batches.feature_batches(views[(epoch - 1) % len(views)], True, g)), \
                 val, views[0]
         val = self.batches.image_loader("val", train=False)
         return 0, (lambda epoch, g: self.batches.image_loader("train", True, g, epoch)), val, None
+
+    def _check_near_duplicates(self, prefix: int, train_features, val_features) -> None:
+        """Count val images whose penultimate features nearly equal a training image's (the cached
+        features at freeze point all-but-head cost nothing more); warn once in one line."""
+        if self.leakage is None or self.leakage["near"] is not None or prefix != len(self.model.block_names) - 1:
+            return
+        from .features import near_duplicate_pairs, normalized_rows
+
+        pairs, _ = near_duplicate_pairs(normalized_rows(val_features), [s.path for s in self.scan.splits["val"]],
+                                     normalized_rows(train_features), [s.path for s in self.scan.splits["train"]])
+        near = len({i for i, *_ in pairs})
+        self.leakage["near"] = near
+        if near > self.leakage["exact"]:
+            self.log(f"warning: {near} validation image(s) are copies or near copies of training images; "
+                     f"`transferlab audit {self.scan.root}` shows them")
 
     def _run_phase(self, pi: int, first_epoch: int, epoch_offset: int, loss_fn, state: dict | None) -> None:
         cfg = self.cfg
@@ -261,7 +286,7 @@ class Trainer:
         distributed = {"world_size": self.dist.world_size,
                        "backend": torch.distributed.get_backend() if self.dist.enabled else None}
         clf = write_run(self.out, self.model, self.scan, self.cfg, self.phases, metrics, self.history,
-                        {"distributed": distributed})
+                        {"distributed": distributed, "leakage": self.leakage})
         self.log(f"run saved to {self.out} (best val acc {metrics['val_acc']:.3f} at epoch {metrics['best_epoch']})")
         barrier(self.dist)
         return Run(self.out, clf.meta["metrics"], self.history, clf)
