@@ -83,9 +83,9 @@ def fine_tune(work: Path, n_train: int, n_test: int, epochs: int) -> None:
 
 
 def real_photos(faces: Path, n_images: int, upscale: float, work: Path) -> None:
-    """(d) Training speed on real photos: the pre-issue-14 pipeline (decoding in the main process,
-    float32) against the defaults (worker processes, bfloat16 backbone where the CPU runs it),
-    one epoch of blazeface_back each, with the time split into waiting for data and the step."""
+    """(d) Training speed on real photos: a plain loop as the trainer ran before issue 14 against the
+    defaults (worker processes, decoding at the size training needs, channels-last, bfloat16 backbone
+    where the CPU runs it), one epoch of blazeface_back each, time split into data and step."""
     from PIL import Image
 
     from transferlab.core.device import default_workers
@@ -120,17 +120,57 @@ def real_photos(faces: Path, n_images: int, upscale: float, work: Path) -> None:
     side = max(open_image(paths[0]).size)
     print(f"(d) decode {len(paths)} photos of ~{side} px: {len(paths) / (t1 - t0):.0f} images/s at full size, "
           f"{len(paths) / (t2 - t1):.0f} images/s at the size training needs (>= 512 px long side)")
-    results = {}
-    for label, options in (("before: main-process decoding, float32", {"workers": 0, "amp": "off"}),
-                           ("defaults", {})):
-        config = TrainConfig(model="blazeface_back", epochs=1, val_split=0.0, **options)
-        row = train(subset, work / f"run-{len(results)}", config, progress=False).history[-1]
-        results[label] = row["images_per_s"]
-        print(f"(d) train blazeface_back, {len(samples)} photos, {label}: {row['images_per_s']:.1f} images/s; "
-              f"waiting for data {row['data_s']:.1f} s, forward/backward/step {row['step_s']:.1f} s")
-    before, now = results.values()
-    print(f"(d) defaults vs before: {now / before:.2f}x images/s "
+    before = plain_epoch(samples_of(subset))
+    print(f"(d) train blazeface_back, {len(samples)} photos, plain loop (full-size decoding in the main process, "
+          f"float32, contiguous layout: the trainer before issue 14): {before['images_per_s']:.1f} images/s; "
+          f"waiting for data {before['data_s']:.1f} s, forward/backward/step {before['step_s']:.1f} s")
+    row = train(subset, work / "run", TrainConfig(model="blazeface_back", epochs=1, val_split=0.0),
+                progress=False).history[-1]
+    print(f"(d) train blazeface_back, {len(samples)} photos, transferlab defaults: {row['images_per_s']:.1f} images/s; "
+          f"waiting for data {row['data_s']:.1f} s, forward/backward/step {row['step_s']:.1f} s "
           f"({default_workers(len(samples), 32)} worker processes)")
+    print(f"(d) defaults vs plain loop: {row['images_per_s'] / before['images_per_s']:.2f}x images/s")
+
+
+def samples_of(csv_path: Path):
+    from transferlab.detect import load_faces
+
+    return load_faces(csv_path).samples
+
+
+def plain_epoch(samples, batch_size: int = 32) -> dict:
+    """One epoch the way the trainer ran before issue 14: full-size decoding, augmentation and letterbox
+    in the main process, float32 in the default layout, the same loss and optimizer."""
+    from transferlab.data.images import open_image
+    from transferlab.detect.augment import AugmentConfig, augment, photometric
+    from transferlab.detect.image import letterbox, to_tensor
+    from transferlab.detect.loss import DetectionLoss
+    from transferlab.detect.weights import load_pretrained
+
+    model = load_pretrained("blazeface_back").train()
+    criterion = DetectionLoss(model.config.anchors)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
+    rng = np.random.default_rng(0)
+    data_s = step_s = 0.0
+    for start in range(0, len(samples), batch_size):
+        t0 = time.perf_counter()
+        images, targets = [], []
+        for s in samples[start:start + batch_size]:
+            config = AugmentConfig()  # colour jitter first, on the full-size photo, as it was
+            image = photometric(np.asarray(open_image(s.image)), rng, config.jitter)
+            image, boxes, kps = augment(image, s.boxes, s.keypoints, rng, config)
+            boxed, lb = letterbox(image, 256)
+            shift = torch.tensor([lb.pad_x, lb.pad_y])
+            images.append(to_tensor(boxed))
+            targets.append(((torch.from_numpy(boxes) * lb.scale + shift.repeat(2)) / 256,
+                            (torch.from_numpy(kps) * lb.scale + shift) / 256))
+        t1 = time.perf_counter()
+        losses = criterion(*model(torch.stack(images)), targets)
+        optimizer.zero_grad()
+        losses["loss"].backward()
+        optimizer.step()
+        data_s, step_s = data_s + t1 - t0, step_s + time.perf_counter() - t1
+    return {"images_per_s": len(samples) / (data_s + step_s), "data_s": data_s, "step_s": step_s}
 
 
 def main() -> None:

@@ -76,3 +76,20 @@ def test_loss_without_faces_still_penalises_false_alarms():
     losses = criterion(reg, logits + 5, [(torch.zeros(0, 4), torch.zeros(0, 6, 2))])
     assert losses["cls"] > 1 and losses["box"] == 0
     losses["loss"].backward()
+
+
+def test_colour_jitter_leaves_the_letterbox_border_black(tmp_path):
+    """Jitter runs after the letterbox (cheaper), on the picture only: the border stays the zeros
+    (-1 after scaling) the pretrained model was trained with."""
+    from PIL import Image
+
+    from transferlab.detect.data import Sample
+    from transferlab.detect.trainer import FaceTrainSet
+
+    Image.fromarray(np.full((100, 300, 3), 90, np.uint8)).save(tmp_path / "wide.png")
+    sample = Sample(tmp_path / "wide.png", np.float32([[100, 20, 160, 80]]),
+                    np.full((1, 6, 2), np.nan, np.float32))
+    config = AugmentConfig(jitter=0.5, zoom_out_p=0.0, crop_p=0.0, flip_p=0.0)
+    x, _, _ = FaceTrainSet([sample], 128, config, seed=1)[0]
+    assert torch.all(x[:, :40] == -1) and torch.all(x[:, -40:] == -1)   # the border rows
+    assert not torch.allclose(x[:, 64], torch.full_like(x[:, 64], 90 / 127.5 - 1))  # the picture was jittered

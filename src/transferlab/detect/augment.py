@@ -88,9 +88,9 @@ def hflip(image, boxes, keypoints):
 
 def augment(image: np.ndarray, boxes: np.ndarray, keypoints: np.ndarray, rng: np.random.Generator,
             config: AugmentConfig = AugmentConfig()):
-    """The training augmentation: photometric, zoom-out, IoU-constrained crop, flip."""
-    if config.jitter:
-        image = photometric(image, rng, config.jitter)
+    """The geometric training augmentation: zoom-out, IoU-constrained crop, flip. The photometric part
+    (`photometric`) is applied by the caller once the image is at the model's size, where it costs a
+    tenth of what it costs on the decoded photo."""
     if rng.random() < config.zoom_out_p:
         image, boxes, keypoints = zoom_out(image, boxes, keypoints, rng, config.zoom_out_max)
     if rng.random() < config.crop_p:

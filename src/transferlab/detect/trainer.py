@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
@@ -33,7 +34,7 @@ from ..runs.report import plot_metric, plot_pr_curves
 from ..training.checkpoint import Checkpointer
 from ..training.loop import amp_dtype
 from ..training.schedules import lr_factor
-from .augment import AugmentConfig, augment
+from .augment import AugmentConfig, augment, photometric
 from .data import FaceDataset, Sample, load_faces
 from .detector import Detector
 from .evaluate import PRCurve, evaluate_detector
@@ -103,16 +104,28 @@ class FaceTrainSet(Dataset):
 
     def __getitem__(self, i: int):
         s = self.samples[i]
-        # decode near the size training needs (JPEG draft): twice the input side leaves crops sharp
+        # decode at the size training needs (JPEG draft, then a resize): twice the input side leaves crops
+        # sharp, and augmentation on a 512 px image costs a third of an 800 px one (measured 24 -> ~9 ms)
         need = self.size * (2 if self.augment_config is not None and self.augment_config.crop_p > 0 else 1)
         decoded, scale = open_image_scaled(s.image, long_side=need)
+        if max(decoded.size) > need:
+            factor = need / max(decoded.size)
+            decoded = decoded.resize((max(1, round(decoded.width * factor)), max(1, round(decoded.height * factor))),
+                                     Image.BILINEAR)
+            scale *= factor
         image = np.asarray(decoded)
         boxes, kps = s.boxes * np.float32(scale), s.keypoints * np.float32(scale)
+        rng = None
         if self.augment_config is not None:
             # seeded by (run seed, epoch, index): identical across workers and after a resume
             rng = np.random.default_rng([self.seed, self.epoch, i])
             image, boxes, kps = augment(image, boxes, kps, rng, self.augment_config)
         boxed, lb = letterbox(image, self.size)
+        if rng is not None and self.augment_config.jitter:
+            # colour jitter on the letterboxed picture only: the zero border is what the model expects
+            h, w = max(1, round(image.shape[0] * lb.scale)), max(1, round(image.shape[1] * lb.scale))
+            window = boxed[lb.pad_y:lb.pad_y + h, lb.pad_x:lb.pad_x + w]
+            boxed[lb.pad_y:lb.pad_y + h, lb.pad_x:lb.pad_x + w] = photometric(window, rng, self.augment_config.jitter)
         boxes = (torch.from_numpy(boxes) * lb.scale + torch.tensor([lb.pad_x, lb.pad_y] * 2)) / self.size
         kps = (torch.from_numpy(kps) * lb.scale + torch.tensor([lb.pad_x, lb.pad_y])) / self.size
         return to_tensor(boxed), boxes.float(), kps.float()
