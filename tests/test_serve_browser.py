@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -84,7 +85,12 @@ def test_the_page_labels_an_upload_and_shows_the_run(browser, trained_run, digit
         page.wait_for_selector("#cell-gallery .thumb img")
         thumbs = page.locator("#cell-gallery .thumb img")
         assert thumbs.count() == min(count, 24) and count > 0
-        page.wait_for_function("[...document.querySelectorAll('#cell-gallery img')].every(i => i.complete && i.naturalWidth > 0)")
+        # polled from here: wait_for_function compiles its predicate in the page, which the page's CSP
+        # (no 'unsafe-eval') refuses at times
+        deadline = time.time() + 30
+        while not thumbs.evaluate_all("imgs => imgs.every(i => i.complete && i.naturalWidth > 0)"):
+            assert time.time() < deadline, "gallery images did not load"
+            page.wait_for_timeout(100)
         assert "true digit_2, predicted digit_2" in page.locator("#cell-title").inner_text()
         assert page.locator("#run-curves svg").count() == 2
         page.screenshot(path=str(tmp_path / "run.png"), full_page=True)

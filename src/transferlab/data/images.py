@@ -202,8 +202,10 @@ def copy_correlations(paths, count: int = 40, seed: int = 0) -> np.ndarray:
             img = open_image(path)
         except ImageReadError:
             continue
-        original = thumbnail_signature(img)
         w, h = img.size
+        if min(w, h) < 16:  # too small to crop a few pixels from and still be the same picture
+            continue
+        original = thumbnail_signature(img)
         c = max(1, round(0.03 * min(w, h)))
         copies = [img.resize((max(8, round(w * 0.7)), max(8, round(h * 0.7))), Image.BICUBIC),
                   img.crop((c, c, w - rng.randint(0, c), h - c))]
