@@ -33,8 +33,8 @@ def log(*a, **k):
     print(*a, **{"file": sys.stderr, "flush": True, **k})
 
 
-def run_predict(images: int, keep: Path | None) -> str:
-    cmd = [sys.executable, str(HERE / "predict.py"), "--images", str(images)]
+def run_predict(images: int, keep: Path | None, repeats: int = 3) -> str:
+    cmd = [sys.executable, str(HERE / "predict.py"), "--images", str(images), "--repeats", str(repeats)]
     if keep:
         cmd += ["--keep", str(keep / "photos")]
     proc = subprocess.run(cmd, capture_output=True, text=True)
@@ -131,6 +131,7 @@ def main(argv=None) -> int:
     ap.add_argument("--train-per-class", type=int, default=None)
     ap.add_argument("--val-per-class", type=int, default=None)
     ap.add_argument("--epochs", type=int, default=10)
+    ap.add_argument("--predict-repeats", type=int, default=3, help="interleaved rounds of the predict bench")
     ap.add_argument("--ft-epochs", type=int, default=2, help="fine-tuning cases: epochs (the last one is timed)")
     ap.add_argument("--ft-per-class", type=int, default=None, help="fine-tuning cases: images per class")
     ap.add_argument("--keep", type=Path, help="write the generated data (and each case's result) here and keep it")
@@ -142,7 +143,7 @@ def main(argv=None) -> int:
     if a.what in ("all", "predict"):
         log("predict ...")
         sections.append(("predict (efficientnet_lite0, real-size JPEGs)",
-                         run_predict(a.predict_images or (64 if quick else 200), a.keep)))
+                         run_predict(a.predict_images or (64 if quick else 200), a.keep, a.predict_repeats)))
     if a.what in ("all", "train"):
         import train as bt
 

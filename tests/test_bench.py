@@ -19,8 +19,9 @@ def bench(script: str, *args, timeout: int = 600) -> str:
 
 
 def test_run_all_cases_quick(tmp_path):
-    out = bench("run.py", "all", "--quick", "--predict-images", 6, "--memory-images", 12, "--train-per-class", 2,
-                "--val-per-class", 1, "--epochs", 1, "--ft-epochs", 1, "--ft-per-class", 1, "--keep", tmp_path)
+    out = bench("run.py", "all", "--quick", "--predict-images", 6, "--memory-images", 6, "--train-per-class", 2,
+                "--val-per-class", 1, "--epochs", 1, "--ft-epochs", 1, "--ft-per-class", 1, "--predict-repeats", 1,
+                "--keep", tmp_path)
     for section in ("## predict", "## train", "## memory"):
         assert section in out
     assert "images/s" in out
