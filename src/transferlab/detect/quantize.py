@@ -12,11 +12,10 @@ import torch
 from torch import nn
 
 from ..core.errors import DatasetError, TransferlabError
-from ..core.io import atomic_write_json
 from ..inference.quantize import (DEFAULT_CALIBRATION_IMAGES, DEFAULT_CALIBRATION_METHOD, DEFAULT_MAX_DROP,
-                                  ImageCalibrationReader, check_options, images_per_second, int8_model,
-                                  static_float_model, write_report)
-from ..inference.runtime import QUANTIZATION_REPORT, cpu_session, weights_fingerprint
+                                  ImageCalibrationReader, check_options, images_per_second, int8_model, publish,
+                                  static_float_model)
+from ..inference.runtime import cpu_session, weights_fingerprint
 from ..runs.folder import read_meta
 from .detector import Detector
 from .evaluate import evaluate_detector
@@ -123,12 +122,7 @@ def quantize_detector(detector: Detector, out=None, max_drop: float = DEFAULT_MA
                 f"int8 quantization would cost {drop:.2f} AP@0.5 points (float {numbers['float']['ap50']:.4f}, int8 "
                 f"{numbers['quantized']['ap50']:.4f} on {len(val_set.samples)} validation images), above --max-drop "
                 f"{max_drop:g}; nothing was written (raise --max-drop, or try another --calibration-method)")
-        sidecar_path = path.with_suffix(path.suffix + ".json")
-        atomic_write_json(work / "sidecar.json", {**(sidecar or {}), "quantization": report})
-        shutil.move(str(quant_path), str(path))
-        shutil.move(str(work / "sidecar.json"), str(sidecar_path))
-        write_report(path.parent / QUANTIZATION_REPORT, "int8", report)
-        report = {**report, "report": str(path.parent / QUANTIZATION_REPORT)}
+        sidecar_path, report = publish(work, quant_path, path, sidecar, "int8", report)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return path, sidecar_path, report

@@ -354,16 +354,23 @@ def quantize_classifier(clf: Classifier, mode: str = "int8", out=None, max_drop:
                 f"{mode} {numbers['quantized']['accuracy']:.4f}, top-1 agreement {numbers['agreement']:.1%} on "
                 f"{len(labels)} validation images), above --max-drop {max_drop:g}; nothing was written "
                 f"(raise --max-drop, or try another --calibration-method or more --calibration images)")
-        sidecar_path = path.with_suffix(path.suffix + ".json")
-        atomic_write_json(work / "sidecar.json", {**(sidecar or {}), "quantization": report})
-        # everything is measured and written beside the targets: now move them in
-        shutil.move(str(quant_path), str(path))
-        shutil.move(str(work / "sidecar.json"), str(sidecar_path))
-        write_report(path.parent / QUANTIZATION_REPORT, mode, report)
-        report = {**report, "report": str(path.parent / QUANTIZATION_REPORT)}
+        sidecar_path, report = publish(work, quant_path, path, sidecar, mode, report)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return path, sidecar_path, report
+
+
+def publish(work: Path, quant_path: Path, path: Path, sidecar: dict | None, mode: str,
+            report: dict) -> tuple[Path, dict]:
+    """Move a measured, accepted export from its work folder into place: the model, its sidecar (with
+    the report) and the run's quantization.json entry. Returns the sidecar path and the report."""
+    sidecar_path = path.with_suffix(path.suffix + ".json")
+    atomic_write_json(work / "sidecar.json", {**(sidecar or {}), "quantization": report})
+    # everything is measured and written beside the targets: now move them in
+    shutil.move(str(quant_path), str(path))
+    shutil.move(str(work / "sidecar.json"), str(sidecar_path))
+    write_report(path.parent / QUANTIZATION_REPORT, mode, report)
+    return sidecar_path, {**report, "report": str(path.parent / QUANTIZATION_REPORT)}
 
 
 def write_report(path: Path, mode: str, report: dict) -> None:
