@@ -1,6 +1,5 @@
 """Fine-tuning learns what the pretrained model misses; the run folder is complete and resumable."""
 import csv
-import importlib
 import json
 
 import pytest
@@ -12,11 +11,9 @@ from transferlab.detect.detector import load_detector
 from transferlab.detect.evaluate import evaluate_detector
 from transferlab.detect.trainer import TrainConfig, freeze_blocks, train
 from transferlab.detect.weights import load_pretrained
-from transferlab.core.errors import CheckpointError, TransferlabError
+from transferlab.core.errors import TransferlabError
 from transferlab.core.io import load_state_dict_file
 
-# the package re-exports the train() function under the module's name
-train_module = importlib.import_module("transferlab.detect.trainer")
 
 
 def test_fine_tuning_beats_pretrained_on_held_out_faces(trained_run, synthetic_test):
@@ -54,7 +51,7 @@ def _tiny_config(**kw):
     return TrainConfig(epochs=3, batch_size=8, val_split=0.0, augment=AugmentConfig(zoom_out_p=0.0), **kw)
 
 
-def test_resume_reproduces_an_uninterrupted_run(tmp_path, synthetic_test, monkeypatch):
+def test_resume_reproduces_an_uninterrupted_run(tmp_path, synthetic_test):
     full = train(synthetic_test, tmp_path / "full", _tiny_config(), progress=False)
 
     def crash_after_second_epoch(row):

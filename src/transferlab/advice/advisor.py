@@ -26,7 +26,6 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from ..data.folders import ImageSamples, Sample, scan_dataset
-from ..core.errors import TransferlabError
 from ..models import BlockNet, create_model
 
 # --- thresholds ---------------------------------------------------------------------------------
