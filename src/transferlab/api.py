@@ -87,32 +87,43 @@ def export(model, format: str = "onnx", out=None, **options):
     return export_classifier(net, format, out, **options)
 
 
-def train(data, model: str = "efficientnet_lite0", strategy: str = "two-stage", out=None, resume: bool = False,
+def train(data, model: str | None = None, strategy: str = "two-stage", out=None, resume: bool = False,
           progress: bool = True, callbacks=(), **options):
     """Train a classifier on an image folder and save the run; returns a Run. Options are TrainConfig's
-    fields. strategy="auto" asks the advisor; freeze="auto" searches the freeze point."""
+    fields. strategy="auto" measures the data and trains adaptively (the head, then fine-tuning only
+    while it beats the head); budget="10m" (or seconds) limits the wall clock of the whole run, and with
+    strategy="auto" and no model picks the installed backbone with the best LogME; freeze="auto"
+    searches the freeze point of a partial fine-tune."""
     from .core.distributed import shutdown
+    from .training.budget import Budget, parse_duration
     from .training.config import TrainConfig
     from .training.trainer import Trainer
 
     unknown = set(options) - {f.name for f in fields(TrainConfig)}
     if unknown:
         raise TypeError(f"unknown training option(s): {', '.join(sorted(unknown))}")
+    if options.get("budget") is not None:
+        options["budget"] = parse_duration(options["budget"])
+    budget = Budget(options["budget"]) if options.get("budget") else None  # the clock starts now
     if resume:
         saved = read_config(out)
         saved.update(options)
         cfg = TrainConfig.from_dict(saved)
+        budget = Budget(cfg.budget) if cfg.budget else None
     else:
-        cfg = TrainConfig(model=model, strategy=strategy, **options)
+        choose_backbone = model is None and strategy == "auto" and budget is not None
+        cfg = TrainConfig(model=model or TrainConfig.model, strategy=strategy, **options)
         if cfg.strategy == "auto":
             from .advice.advisor import advise_for_training
+            from .models import installed_models
 
-            cfg = advise_for_training(data, cfg, progress=progress)
+            candidates = installed_models() if choose_backbone else None
+            cfg = advise_for_training(data, cfg, progress=progress, budget=budget, models=candidates)
         if cfg.strategy == "partial" and cfg.freeze == "auto":
             from .advice.sweep import freeze_search
 
             return freeze_search(data, dataclasses.replace(cfg), out=out, progress=progress)
-    trainer = Trainer(data, cfg, out=out, resume=resume, progress=progress, callbacks=callbacks)
+    trainer = Trainer(data, cfg, out=out, resume=resume, progress=progress, callbacks=callbacks, budget=budget)
     try:
         return trainer.fit()
     finally:

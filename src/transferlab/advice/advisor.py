@@ -56,9 +56,14 @@ LOW_HEAD_CONFIDENCE = 0.25
 # Partial fine-tuning on little data keeps at least this fraction of the body frozen: lower layers
 # are generic (Yosinski et al. 2014) and every unfrozen block multiplies the weights to fit.
 MIN_FROZEN_FRACTION = 0.5
+# Probe headroom (1 - leave-one-out probe accuracy) at or below which fine-tuning is not tried.
+NO_HEADROOM = 0.02
+# Under a budget, candidate backbones are measured only while measuring has used less than this
+# share of it: the rest is for training.
+MEASURE_SHARE = 0.2
 # The measuring sample: enough images for stable statistics, few enough for seconds on a CPU.
 SAMPLE_PER_CLASS = 50
-SAMPLE_MAX = 1000
+SAMPLE_MAX = 500
 
 
 # --- LogME --------------------------------------------------------------------------------------
@@ -154,6 +159,8 @@ class Measurements:
     head_confidence: float  # mean max-softmax of the original 1000-class head
     head_entropy: float  # mean entropy of that head, divided by log(classes): 0 sure .. 1 uniform
     blocks: list[str]  # the model's block names, for the freeze point
+    seconds_per_image: float = 0.0  # the measuring forward pass, per image at the measured size
+    input_size: int = 224  # the size it was measured at
 
 
 def sample_per_class(samples: list[Sample], per_class: int = SAMPLE_PER_CLASS, total: int = SAMPLE_MAX,
@@ -247,7 +254,9 @@ def measure(data, model: str = "efficientnet_lite0", weights: str = "default", i
         net.preprocessing = net.preprocessing.resized(image_size)
     sample = sample_per_class(train, seed=seed)
     labels = np.array([s.label for s in sample])
+    t0 = time.perf_counter()
     features, logits, shifts = _forward_sample(net, sample, batch_size, progress)
+    seconds_per_image = (time.perf_counter() - t0) / len(sample)
     probs = logits.softmax(1)
     entropy = -(probs * probs.clamp(min=1e-12).log()).sum(1) / math.log(probs.shape[1])
     per_block: dict[str, list[float]] = {}
@@ -267,6 +276,8 @@ def measure(data, model: str = "efficientnet_lite0", weights: str = "default", i
         head_confidence=float(probs.max(1).values.mean()),
         head_entropy=float(entropy.mean()),
         blocks=net.group_names,
+        seconds_per_image=seconds_per_image,
+        input_size=net.preprocessing.input_size,
     )
 
 
@@ -278,6 +289,9 @@ class Decision:
     freeze: int | None  # blocks frozen (partial and feature-extract), else None
     freeze_block: str | None  # the first trainable block, for humans
     reasons: list[str] = field(default_factory=list)
+    # whether a fine-tuning trial after the head is worth its time (auto tries it when True)
+    finetune_may_pay: bool = True
+    finetune_reason: str = ""
 
 
 def freeze_point(m: Measurements) -> int:
@@ -346,8 +360,19 @@ def decide(m: Measurements) -> Decision:
         strategy, freeze = "finetune", None
         why = f"large and {'similar' if similar else 'different'}: fine-tune every layer at a small learning rate."
     reasons.append(f"decision: {strategy} ({cell}) - {why}")
+    may_pay, pay_reason = finetune_may_pay(m)
+    reasons.append(f"fine-tuning after the head: {'worth a trial' if may_pay else 'not worth trying'} - {pay_reason}")
     block = m.blocks[freeze] if freeze is not None else None
-    return Decision(cell, strategy, freeze, block, reasons)
+    return Decision(cell, strategy, freeze, block, reasons, may_pay, pay_reason)
+
+
+def finetune_may_pay(m: Measurements) -> tuple[bool, str]:
+    """Whether fine-tuning can gain over the frozen features: not when the probe leaves no headroom."""
+    headroom = 1 - m.probe_accuracy
+    if headroom <= NO_HEADROOM:
+        return False, (f"the linear probe already gets {m.probe_accuracy:.1%}: at most {headroom:.1%} left "
+                       f"to gain (no trial at or below {NO_HEADROOM:.0%})")
+    return True, f"the linear probe gets {m.probe_accuracy:.1%}, leaving {headroom:.1%} to gain"
 
 
 # --- the API ------------------------------------------------------------------------------------
@@ -386,22 +411,31 @@ def thresholds() -> dict:
     """The rule thresholds, for reports and benches."""
     return {"small_per_class": SMALL_PER_CLASS, "very_large_per_class": VERY_LARGE_PER_CLASS,
             "similar_separability": SIMILAR_SEPARABILITY, "far_separability": FAR_SEPARABILITY,
-            "bn_shift_far": BN_SHIFT_FAR, "low_head_confidence": LOW_HEAD_CONFIDENCE}
+            "bn_shift_far": BN_SHIFT_FAR, "low_head_confidence": LOW_HEAD_CONFIDENCE, "no_headroom": NO_HEADROOM}
 
 
 def advise(data, model: str = "efficientnet_lite0", models: list[str] | None = None, weights: str = "default",
            image_size: int | None = None, val_split: float = 0.2, seed: int = 0,
-           progress: bool = False) -> Advice:
+           progress: bool = False, budget=None) -> Advice:
     """Measure `data` with `model` (or with each of `models`, ranked by LogME) and advise a strategy.
 
-    With several candidates the advice is for the best-ranked one."""
+    With several candidates the advice is for the best-ranked one. Under a `budget` (training.budget.Budget)
+    candidates are measured only while that has used less than MEASURE_SHARE of it, and one whose
+    feature pass over the training images would take more than half of what is left is passed over."""
     t0 = time.perf_counter()
     candidates = models or [model]
     measured = {}
     for name in candidates:
+        if budget is not None and measured and budget.elapsed() > MEASURE_SHARE * budget.seconds:
+            break
         if progress and len(candidates) > 1:
             print(f"{name}:", file=sys.stderr)
         measured[name] = measure(data, name, weights, image_size, val_split, seed, progress=progress)
+    if budget is not None:
+        cheapest = min(measured, key=lambda n: measured[n].seconds_per_image)
+        measured = {n: m for n, m in measured.items()
+                    if n == cheapest or m.seconds_per_image * m.num_images * 1.25 <= budget.left() / 2}
+    candidates = list(measured)
     order = sorted(candidates, key=lambda n: -measured[n].logme)
     ranking = [{"model": n, "logme": measured[n].logme, "separability": measured[n].separability}
                for n in order] if len(candidates) > 1 else None
@@ -409,14 +443,76 @@ def advise(data, model: str = "efficientnet_lite0", models: list[str] | None = N
     return Advice(best, measured[best], decide(measured[best]), time.perf_counter() - t0, ranking)
 
 
-def advise_for_training(data, cfg, progress: bool = True):
-    """`train --strategy auto`: a copy of cfg with the advised strategy/freeze and cfg.advice recorded."""
-    advice = advise(data, cfg.model, weights=cfg.weights, val_split=cfg.val_split, seed=cfg.seed, progress=progress)
+# --- adaptive auto ------------------------------------------------------------------------------
+@dataclass
+class AutoPlan:
+    """What `train --strategy auto` runs: the concrete training options and why."""
+
+    model: str
+    strategy: str  # two-stage (adaptive: fine-tuning on trial), feature-extract or scratch
+    epochs: int
+    head_epochs: int | None
+    freeze: int | None  # two-stage: blocks kept frozen while fine-tuning
+    finetune_trial: int
+    reasons: list[str] = field(default_factory=list)
+
+
+def seconds_per_training_image(m: Measurements, image_size: int | None) -> float:
+    """A fine-tuning step's cost per image, from the measuring pass: forward and backward are about
+    three forward passes (bench/advise.py logs both), at the training input size."""
+    scale = ((image_size or m.input_size) / m.input_size) ** 2
+    return 3.0 * m.seconds_per_image * scale
+
+
+def plan_auto(advice: Advice, cfg, budget=None) -> AutoPlan:
+    """Turn the advice into an adaptive plan. The head trains first on cached frozen features (cheap),
+    for the full `epochs`, as feature extraction would; then fine-tuning gets `finetune_trial` epochs to
+    beat the head's validation loss, and goes on only if it does (the Trainer decides, during training).
+    Under a budget, fine-tuning gets the epochs that fit, or none."""
+    m, d = advice.measurements, advice.decision
+    reasons = [f"rule: {d.strategy} ({d.cell})"]
+    if d.strategy == "scratch":
+        return AutoPlan(advice.model, "scratch", cfg.epochs, None, None, 0, reasons + ["train from scratch"])
+    head = cfg.epochs
+    finetune = max(1, cfg.epochs - cfg.epochs // 3)  # two-stage's share of the epochs
+    freeze = d.freeze if d.strategy == "partial" else 0
+    if budget is not None:
+        per_epoch = seconds_per_training_image(m, cfg.image_size) * m.num_images
+        val_images = max(1, round(m.num_images * cfg.val_split / max(1e-9, 1 - cfg.val_split)))
+        forward = per_epoch / 3 / max(1, m.num_images)
+        caching = forward * (m.num_images * (1 if cfg.augment == "none" else cfg.cache_views) + val_images)
+        left = budget.left() - caching - 2 * forward * val_images - 5.0
+        fits = int(left // (per_epoch + forward * val_images)) if left > 0 else 0
+        reasons.append(f"budget: {budget.left():.0f}s left; caching features ~{caching:.0f}s, a fine-tuning epoch "
+                       f"~{per_epoch + forward * val_images:.0f}s: {min(fits, finetune)} fine-tuning epoch(s) fit")
+        finetune = min(finetune, fits)
+    if d.strategy == "feature-extract" and not d.finetune_may_pay:
+        finetune = 0
+        reasons.append("fine-tuning skipped: " + d.finetune_reason)
+    if finetune < 1:
+        return AutoPlan(advice.model, "feature-extract", head, None, None, 0, reasons + ["train the head only"])
+    trial = max(1, math.ceil(finetune / 3))
+    reasons.append(f"train the head for {head} epochs on the frozen features, then fine-tune "
+                   + (f"from {m.blocks[freeze]} up" if freeze else "every layer")
+                   + f" for up to {finetune} epochs, kept only if within {trial} it beats the head's val loss")
+    return AutoPlan(advice.model, "two-stage", head + finetune, head, freeze, trial, reasons)
+
+
+def advise_for_training(data, cfg, progress: bool = True, budget=None, models: list[str] | None = None):
+    """`train --strategy auto`: a copy of cfg with the adaptive plan (AutoPlan) and cfg.advice recorded.
+    With several candidate `models` the one with the best LogME is trained."""
+    # measured at the training input size: those are the features the head will see, and smaller is cheaper
+    advice = advise(data, cfg.model, models=models, weights=cfg.weights, image_size=cfg.image_size,
+                    val_split=cfg.val_split, seed=cfg.seed, progress=progress, budget=budget)
     if progress:
         print(format_advice(advice), file=sys.stderr)
-    # partial with --freeze auto keeps "auto": the freeze-depth search then measures the point
-    freeze = cfg.freeze if cfg.freeze == "auto" or advice.strategy != "partial" else advice.freeze
-    return dataclasses.replace(cfg, strategy=advice.strategy, freeze=freeze, advice=jsonable(advice.to_dict()))
+    plan = plan_auto(advice, cfg, budget)
+    if progress:
+        print("auto: " + "; ".join(plan.reasons[1:]), file=sys.stderr)
+    record = jsonable({**advice.to_dict(), "plan": dataclasses.asdict(plan)})
+    return dataclasses.replace(cfg, model=plan.model, strategy=plan.strategy, epochs=plan.epochs,
+                               head_epochs=plan.head_epochs, freeze=plan.freeze, finetune_trial=plan.finetune_trial,
+                               advice=record)
 
 
 def jsonable(d: dict) -> dict:

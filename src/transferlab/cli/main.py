@@ -51,8 +51,14 @@ def _add_train(sub) -> None:
     d = TrainConfig()
     p = sub.add_parser("train", help="transfer-learn a classifier on an image folder (one sub-folder per class)")
     p.add_argument("data", help="dataset folder: class sub-folders, or train/ val/ [test/] each with class sub-folders")
-    p.add_argument("--model", default=d.model, help="registry name or timm:NAME")
-    p.add_argument("--strategy", default=d.strategy, choices=STRATEGIES)
+    p.add_argument("--model", help=f"registry name or timm:NAME (default {d.model}; with --strategy auto --budget: "
+                                    "the installed backbone with the best LogME)")
+    p.add_argument("--strategy", default=d.strategy, choices=STRATEGIES,
+                   help="auto: measure the data, train the head, then fine-tune only while it beats the head")
+    p.add_argument("--budget", help="a wall-clock limit for the run, e.g. 90s, 10m, 1h: epochs that would not "
+                                    "finish are not run and the best model so far is kept")
+    p.add_argument("--finetune-trial", type=int, default=d.finetune_trial, metavar="N",
+                   help="two-stage: keep fine-tuning only if within N epochs it beats the head's val loss (0: off)")
     p.add_argument("--out", help="run folder (default: runs/DATA-MODEL-STRATEGY)")
     p.add_argument("--resume", metavar="RUN", help="continue RUN from its last checkpoint")
     p.add_argument("--epochs", type=int, default=d.epochs)

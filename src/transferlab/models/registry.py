@@ -31,6 +31,11 @@ def list_models() -> list[str]:
     return sorted({spec.name for spec in _REGISTRY.values()})
 
 
+def installed_models() -> list[str]:
+    """Registered models whose pretrained weights are on this machine (no download needed)."""
+    return [name for name in list_models() if _REGISTRY[name].weights.available()]
+
+
 def get_spec(name: str) -> ModelSpec:
     """The ModelSpec of a registered name or of timm:NAME."""
     if name.startswith(TIMM_PREFIX):

@@ -142,6 +142,15 @@ def render_report(meta: dict, history: list[dict], evaluations: dict) -> str:
     if "advice" in meta:
         adv = meta["advice"]
         lines += ["", "## Why this strategy", "", adv.get("explanation", "")]
+        if adv.get("plan"):
+            lines += ["", "Adaptive plan (`--strategy auto`): " + "; ".join(adv["plan"]["reasons"]) + "."]
+    if meta.get("decisions") or meta.get("budget"):
+        lines += ["", "## Decisions during training", ""]
+        lines += [f"- epoch {d['epoch']}, {d['event']}: {d['text']}" for d in meta.get("decisions", [])]
+        if meta.get("budget"):
+            b = meta["budget"]
+            lines.append(f"- budget {b['seconds']:.0f}s: {b['used_s']:.0f}s used before writing the run")
+        lines.append(f"- kept: the model of epoch {m['best_epoch']} ({m.get('best_phase')} phase)")
     lines += ["", "## Epochs", "", "| epoch | phase | train loss | train acc | val loss | val acc | lr | s |",
               "|---|---|---|---|---|---|---|---|"]
     for r in history:

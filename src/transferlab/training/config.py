@@ -17,6 +17,12 @@ class TrainConfig:
     strategy: str = "two-stage"
     epochs: int = 10
     head_epochs: int | None = None  # two-stage: epochs of phase 1 (default: a third)
+    # two-stage: fine-tuning is kept only if within this many epochs its validation loss beats the
+    # head's; else it stops and the head-only model is kept (what --strategy auto does). 0: always kept
+    finetune_trial: int = 0
+    # a wall-clock limit in seconds for the whole run (set from --budget 10m): epochs that would not
+    # finish in time are not started, an epoch that runs late is cut short, the best model is kept
+    budget: float | None = None
     freeze: int | str | None = None  # partial: blocks frozen (count or first trainable block's name)
     lr: float | str | None = None  # None: the strategy's default; "find": a range test picks it
     lr_mult: float = 10.0  # two-stage phase 2: head lr / stem lr
@@ -76,6 +82,8 @@ class TrainConfig:
             (str(self.micro_batch) in ("auto", "off") or str(self.micro_batch).isdigit() and int(self.micro_batch) > 0,
              "--micro-batch must be auto, off or a positive number of images"),
             (self.lr is None or self.lr == "find" or float(self.lr) > 0, "--lr must be positive or 'find'"),
+            (self.finetune_trial >= 0, "--finetune-trial must be 0 or more epochs"),
+            (self.budget is None or self.budget > 0, "--budget must be a positive duration such as 90s, 10m or 1h"),
         ]
         for ok, message in checks:
             if not ok:

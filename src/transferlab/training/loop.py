@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import time
 
 import torch
 from torch import nn
@@ -133,9 +134,13 @@ class Loop:
 
     # --- epochs ---------------------------------------------------------------------------------
     def train_epoch(self, batches, net, optimizer, scheduler, loss_fn, scaler, desc: str = "train",
-                    checkpoint_hint: str = "") -> dict:
-        """One pass over `batches` with optimizer steps every accum_steps batches; mean loss and accuracy."""
+                    checkpoint_hint: str = "", stop=None) -> dict:
+        """One pass over `batches` with optimizer steps every accum_steps batches; mean loss and accuracy.
+        `stop(images_seen, seconds)`, asked after each optimizer step, ends the epoch early when True
+        (the row then has `cut_short`: the fraction of batches done)."""
         self.model.train()
+        started = time.perf_counter()
+        cut_short = None
         total_loss, correct, seen, bad = 0.0, 0, 0, 0
         accum = self.cfg.accum_steps
         bar = tqdm(batches, desc=desc, leave=False, disable=not self.progress, unit="batch")
@@ -170,10 +175,16 @@ class Loop:
             correct += batch_correct
             seen += len(y)
             bar.set_postfix(loss=f"{total_loss / seen:.4f}", acc=f"{correct / seen:.3f}")
+            if stop is not None and step_now and i + 1 < len(batches) and stop(seen, time.perf_counter() - started):
+                cut_short = (i + 1) / len(batches)
+                break
         total_loss, correct, seen = all_reduce_sums([total_loss, correct, seen], self.dist, self.device)
         if seen == 0:
             raise NonFiniteLoss("no finite training step in this epoch; lower --lr")
-        return {"train_loss": total_loss / seen, "train_acc": correct / seen}
+        row = {"train_loss": total_loss / seen, "train_acc": correct / seen}
+        if cut_short is not None:
+            row["cut_short"] = cut_short
+        return row
 
     @torch.inference_mode()
     def validate(self, batches, start: int, loss_fn) -> dict:

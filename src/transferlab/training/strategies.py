@@ -22,11 +22,14 @@ class Phase:
     freeze: int  # number of leading blocks frozen
     lr: float  # learning rate of the head; earlier blocks get less when lr_mult > 1
     lr_mult: float = 1.0  # head lr / first trainable block lr (discriminative learning rates)
+    # adaptive phases: kept only if within `trial` epochs the validation loss beats the best before
+    # the phase; otherwise the phase stops and the best model so far is kept. 0: always kept
+    trial: int = 0
 
     def to_dict(self) -> dict:
         """Plain data for checkpoints and model.json."""
         return {"name": self.name, "epochs": self.epochs, "freeze": self.freeze, "lr": self.lr,
-                "lr_mult": self.lr_mult}
+                "lr_mult": self.lr_mult, "trial": self.trial}
 
 
 def plan_phases(
@@ -37,8 +40,10 @@ def plan_phases(
     freeze: int | str | None = None,
     head_epochs: int | None = None,
     lr_mult: float = 10.0,
+    trial: int = 0,
 ) -> list[Phase]:
-    """The phases a strategy trains in. `freeze` is a block count or the first trainable block's name."""
+    """The phases a strategy trains in. `freeze` is a block count or the first trainable block's name;
+    `trial` (two-stage) makes the fine-tuning phase adaptive (see Phase.trial)."""
     if epochs < 1:
         raise TransferlabError("--epochs must be at least 1")
     all_but_head = len(model.group_names) - 1
@@ -65,7 +70,7 @@ def plan_phases(
         n = _freeze_point(model, freeze) if freeze is not None else 0
         return [
             Phase("head", h, all_but_head, DEFAULT_LR["head"]),
-            Phase("finetune", epochs - h, n, lr or DEFAULT_LR["finetune"], lr_mult),
+            Phase("finetune", epochs - h, n, lr or DEFAULT_LR["finetune"], lr_mult, min(trial, epochs - h)),
         ]
     raise TransferlabError(f"unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
 

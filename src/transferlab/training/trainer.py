@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -25,10 +25,11 @@ from ..runs.classification import write_run
 from ..runs.folder import default_run_dir, prepare_run_dir, remove_stale_temp_files
 from ..runs.metrics import write_metrics
 from .batches import BatchSource, TrainingCache
+from .budget import FINISH_SECONDS, Budget
 from .checkpoint import Checkpointer
 from .config import TrainConfig
 from .early_stopping import EarlyStopping
-from .loop import Loop, build_loss, check_divergence
+from .loop import Loop, NonFiniteLoss, build_loss, check_divergence
 from .schedules import build_scheduler
 from .strategies import Phase, effective_bn_policy, param_groups, plan_phases
 
@@ -52,9 +53,11 @@ class Trainer:
     """Trains one classifier run: set-up in __init__, everything else in fit()."""
 
     def __init__(self, data, config: TrainConfig, out=None, resume: bool = False, progress: bool = True,
-                 callbacks=(), cache: TrainingCache | None = None):
+                 callbacks=(), cache: TrainingCache | None = None, budget: Budget | None = None):
         config.validate()
         self.cfg = config
+        # the budget may have started earlier (the advisor's measuring counts against it)
+        self.budget = budget or (Budget(config.budget) if config.budget else None)
         device = pick_device(config.device)
         self.dist = init_distributed(device)
         self.device = process_device(device, self.dist)
@@ -68,6 +71,8 @@ class Trainer:
             self._on_main(prepare_run_dir, self.out)
         elif self.dist.is_main:
             remove_stale_temp_files(self.out)
+        if self.dist.enabled and self.budget is not None:
+            raise TransferlabError("--budget is not supported with several processes; use --epochs")
         if self.dist.enabled and config.balance == "sampler":
             raise TransferlabError("--balance sampler is not supported with several processes; use --balance weights")
         self.scan = scan_dataset(data, config.val_split, config.seed, exclude=config.exclude)
@@ -98,6 +103,10 @@ class Trainer:
         self.history: list[dict] = []
         self.best = {"val_loss": math.inf, "val_acc": -1.0, "epoch": 0}
         self.phases: list[Phase] = []
+        # what adaptive phases and the budget decided, with their numbers (model.json "decisions")
+        self.decisions: list[dict] = []
+        self.out_of_time = False
+        self.seconds_per_image: float | None = None  # a full forward pass, measured as training goes
 
     def _on_main(self, fn, *args):
         """Run fn on rank 0 only; a user error there is raised on every rank (none is left waiting)."""
@@ -131,7 +140,7 @@ class Trainer:
         state = self._load_checkpoint() if self.resume else None
         if state is None:
             self.phases = plan_phases(cfg.strategy, self.model, cfg.epochs, None if cfg.lr == "find" else cfg.lr,
-                                      cfg.freeze, cfg.head_epochs, cfg.lr_mult)
+                                      cfg.freeze, cfg.head_epochs, cfg.lr_mult, cfg.finetune_trial)
             start_phase, start_epoch = 0, 0
         else:
             start_phase, start_epoch = state["phase"], state["phase_epoch"]
@@ -143,6 +152,8 @@ class Trainer:
                     resumed = state if (state is not None and pi == start_phase and start_epoch > 0) else None
                     self._run_phase(pi, start_epoch if resumed else 0, epoch_offset, loss_fn, resumed)
                     epoch_offset += self.phases[pi].epochs
+                    if self.out_of_time:
+                        break
         except KeyboardInterrupt:
             self.log(f"interrupted: the last completed epoch is saved; resume with "
                      f"`transferlab train {self.scan.root} --resume {self.out}`")
@@ -154,7 +165,14 @@ class Trainer:
         when the frozen prefix fits in memory, else from the images."""
         prefix = self.model.frozen_blocks
         if self.batches.features_fit(self.model, prefix):
+            t0 = time.perf_counter()
             views, val_features = self.batches.cached_features(self.model, prefix)
+            if self.seconds_per_image is None and prefix == len(self.model.block_names) - 1:
+                # the frozen prefix is nearly the whole forward pass: its cost per image prices a
+                # validation pass for the budget (a cache hit costs nothing and says nothing)
+                images = sum(len(v) for v in views) + len(val_features)
+                elapsed = time.perf_counter() - t0
+                self.seconds_per_image = elapsed / images if elapsed > 0.5 else None
             self._check_near_duplicates(prefix, views[0], val_features)
             val = self.batches.feature_batches(val_features, shuffle=False, batch_size=self.cfg.batch_size * 4,
                                                split="val")
@@ -197,19 +215,36 @@ class Trainer:
             scheduler.load_state_dict(state["scheduler"])
             stopping.load_state_dict(state["early_stopping"])
         total_epochs = sum(p.epochs for p in self.phases)
+        before = min((r["val_loss"] for r in self.history if r["epoch"] <= epoch_offset), default=math.inf)
         for e in range(first_epoch, phase.epochs):
             epoch = epoch_offset + e + 1
-            if stopping.should_stop:
+            if stopping.should_stop or self._trial_failed(pi) or not self._epoch_fits(epoch, phase, epoch_offset):
                 break
             torch.manual_seed(cfg.seed * 100_003 + epoch)  # same augmentations and dropout after a resume
             train_batches = epoch_batches(epoch, torch.Generator().manual_seed(cfg.seed * 100_003 + epoch))
             t0 = time.perf_counter()
             row = {"epoch": epoch, "phase": phase.name, "lr": optimizer.param_groups[-1]["lr"]}
-            row.update(self.loop.train_epoch(train_batches, net, optimizer, scheduler, loss_fn, scaler,
-                                             f"epoch {epoch}/{total_epochs} [{phase.name}]", self._checkpoint_hint))
-            row["train_time_s"] = round(time.perf_counter() - t0, 3)
-            row.update(self.loop.validate(val_batches, start, loss_fn))
-            check_divergence(row, len(self.scan.classes), self._checkpoint_hint)
+            try:
+                row.update(self.loop.train_epoch(train_batches, net, optimizer, scheduler, loss_fn, scaler,
+                                                 f"epoch {epoch}/{total_epochs} [{phase.name}]", self._checkpoint_hint,
+                                                 stop=self._batch_deadline(start == 0)))
+                row["train_time_s"] = round(time.perf_counter() - t0, 3)
+                t_val = time.perf_counter()
+                row.update(self.loop.validate(val_batches, start, loss_fn))
+                if start == 0:
+                    self.seconds_per_image = (time.perf_counter() - t_val) / max(1, len(self.scan.splits["val"]))
+                check_divergence(row, len(self.scan.classes), self._checkpoint_hint)
+            except NonFiniteLoss as e:
+                if not phase.trial:
+                    raise
+                # an adaptive phase that diverges has failed its trial: the best model so far stands
+                self._decide("trial", epoch, f"{phase.name} abandoned: {str(e).split(';')[0]}; the best model so far "
+                             "is kept", phase=phase.name, kept=False, val_loss=None, baseline=before)
+                break
+            if row.get("cut_short"):
+                self._decide("budget", epoch, f"epoch {epoch} cut short after {row['cut_short']:.0%} of its batches "
+                             f"to finish within the budget", left_s=round(self.budget.left(), 1))
+                self.out_of_time = True
             row["time_s"] = round(time.perf_counter() - t0, 3)
             self.history.append(row)
             stopping.update(row["val_loss"])
@@ -217,6 +252,8 @@ class Trainer:
                 self.best = {"val_loss": row["val_loss"], "val_acc": row["val_acc"], "epoch": epoch}
                 if self.dist.is_main:
                     self.checkpoints.save_best(self.model.state_dict())
+            if phase.trial and e + 1 == phase.trial:
+                self._judge_trial(pi, epoch, epoch_offset, before)
             if self.dist.is_main:
                 self._save_checkpoint(pi, e + 1, optimizer, scheduler, stopping)
                 write_metrics(self.out / "metrics.csv", self.history)
@@ -228,6 +265,61 @@ class Trainer:
                 callback(self, row)
             if stopping.should_stop and e + 1 < phase.epochs:
                 self.log(f"early stopping: val loss has not improved for {cfg.patience} epochs")
+            if self.out_of_time:
+                break
+
+    # --- adaptive phases and the budget ----------------------------------------------------------
+    def _decide(self, event: str, epoch: int, text: str, **numbers) -> None:
+        """Record a decision taken during training, with its numbers, and say it."""
+        self.decisions.append({"event": event, "epoch": epoch, "text": text, **numbers})
+        self.log(f"{event}: {text}")
+
+    def _judge_trial(self, pi: int, epoch: int, epoch_offset: int, before: float) -> None:
+        """End of an adaptive phase's trial: keep going only if it beat the validation loss before it."""
+        phase = self.phases[pi]
+        best = min(r["val_loss"] for r in self.history if r["epoch"] > epoch_offset)
+        kept = best < before
+        text = (f"{phase.name} kept: its best val loss {best:.4f} after {phase.trial} epoch(s) beats {before:.4f} "
+                f"before it" if kept else
+                f"{phase.name} abandoned: its best val loss {best:.4f} after {phase.trial} epoch(s) does not beat "
+                f"{before:.4f} before it; the best model so far is kept")
+        self._decide("trial", epoch, text, phase=phase.name, kept=kept, val_loss=best, baseline=before)
+
+    def _trial_failed(self, pi: int) -> bool:
+        phase = self.phases[pi].name
+        return any(d["event"] == "trial" and d["phase"] == phase and not d["kept"] for d in self.decisions)
+
+    def _finish_seconds(self) -> float:
+        """What writing the run still costs: a validation pass over the images and the report."""
+        return FINISH_SECONDS + (self.seconds_per_image or 0.0) * len(self.scan.splits["val"])
+
+    def _epoch_fits(self, epoch: int, phase: Phase, epoch_offset: int) -> bool:
+        """Before an epoch: under a budget, start it only if an epoch like the last one of this phase
+        (and its validation) still ends in time, leaving the time to write the run."""
+        if self.budget is None:
+            return True
+        last = [r["time_s"] for r in self.history if r["epoch"] > epoch_offset]
+        need = (last[-1] if last else 0.0) + self._finish_seconds()
+        if self.budget.fits(need):
+            return True
+        self._decide("budget", epoch, f"not starting epoch {epoch} [{phase.name}]: {self.budget.left():.0f}s left, "
+                     f"it needs ~{need:.0f}s with writing the run", left_s=round(self.budget.left(), 1))
+        self.out_of_time = True
+        return False
+
+    def _batch_deadline(self, images: bool):
+        """Under a budget, a test the training loop asks after every batch: stop the epoch now?
+        The epoch's validation pass still has to fit (over images when the phase trains from images)."""
+        if self.budget is None:
+            return None
+        val = len(self.scan.splits["val"])
+
+        def stop(seen: int, elapsed: float) -> bool:
+            per_image = elapsed / max(seen, 1)
+            validation = val * (self.seconds_per_image or per_image / 3) if images else 0.0
+            return not self.budget.fits(per_image * self.cfg.batch_size + validation + self._finish_seconds())
+
+        return stop
 
     def _find_lr(self, pi: int, phase: Phase, features, start: int, loss_fn) -> Phase:
         from .lr_finder import lr_range_test
@@ -242,7 +334,7 @@ class Trainer:
                                self.cfg.weight_decay)
         suggestion = broadcast_object(result.suggestion, self.dist)  # every process trains with rank 0's choice
         self.log(f"lr find [{phase.name}]: suggested lr {suggestion:.2e}")
-        self.phases[pi] = Phase(phase.name, phase.epochs, phase.freeze, suggestion, phase.lr_mult)
+        self.phases[pi] = replace(phase, lr=suggestion)
         return self.phases[pi]
 
     # --- persistence ---------------------------------------------------------------------------
@@ -258,6 +350,7 @@ class Trainer:
             "early_stopping": stopping.state_dict(),
             "best": self.best,
             "history": self.history,
+            "decisions": self.decisions,
             "config": asdict(self.cfg),
         })
 
@@ -267,6 +360,7 @@ class Trainer:
         self.phases = [Phase(**p) for p in state["phases"]]
         self.history = list(state["history"])
         self.best = dict(state["best"])
+        self.decisions = list(state.get("decisions", []))
         done = state["phase"] >= len(self.phases)
         self.log(f"{self.out}: training had already finished; writing the final artifacts again" if done
                  else f"resuming {self.out} after epoch {len(self.history)}")
@@ -279,14 +373,18 @@ class Trainer:
         self.model.freeze(0, effective_bn_policy(self.cfg.strategy, self.cfg.bn))
         self.model.eval()
         metrics = {"best_epoch": self.best["epoch"], "val_acc": self.best["val_acc"], "val_loss": self.best["val_loss"],
-                   "epochs_run": len(self.history)}
+                   "epochs_run": len(self.history),
+                   # which phase made the kept model: "head" means a two-stage run kept the frozen features
+                   "best_phase": next((r["phase"] for r in self.history if r["epoch"] == self.best["epoch"]), None)}
         if not self.dist.is_main:
             barrier(self.dist)
             return Run(self.out, metrics, self.history, None)
         distributed = {"world_size": self.dist.world_size,
                        "backend": torch.distributed.get_backend() if self.dist.enabled else None}
-        clf = write_run(self.out, self.model, self.scan, self.cfg, self.phases, metrics, self.history,
-                        {"distributed": distributed, "leakage": self.leakage})
+        extra = {"distributed": distributed, "leakage": self.leakage, "decisions": self.decisions}
+        if self.budget is not None:
+            extra["budget"] = self.budget.to_dict()  # used_s excludes writing the run, which follows
+        clf = write_run(self.out, self.model, self.scan, self.cfg, self.phases, metrics, self.history, extra)
         self.log(f"run saved to {self.out} (best val acc {metrics['val_acc']:.3f} at epoch {metrics['best_epoch']})")
         barrier(self.dist)
         return Run(self.out, clf.meta["metrics"], self.history, clf)

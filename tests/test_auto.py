@@ -1,0 +1,165 @@
+"""`--strategy auto` and `--budget`: the plan's rules on constructed measurements, the adaptive
+fine-tuning trial on real training (abandoned when it does not help, kept when it does), and the
+budget on the wall clock."""
+from __future__ import annotations
+
+import importlib
+import json
+import time
+
+import numpy as np
+import pytest
+from safetensors.torch import load_file
+
+from transferlab.api import train
+from transferlab.cli.main import main as cli_main
+from transferlab.core.errors import TransferlabError
+from transferlab.models import create_model, installed_models
+from transferlab.training.budget import Budget, parse_duration
+from transferlab.training.config import TrainConfig
+
+A = importlib.import_module("transferlab.advice.advisor")
+
+BLOCKS = ["stem", "stage1", "stage2", "stage3", "stage4", "stage5", "stage6", "stage7", "conv_head", "pool", "head"]
+TRAIN = dict(image_size=48, batch_size=16, augment="none", workers=0)
+
+
+def _measured(probe_accuracy: float, per_class: int, classes: int = 4, bn_shift: float = 0.05,
+              head_confidence: float = 0.5, seconds_per_image: float = 0.01) -> A.Measurements:
+    """Measurements with chosen numbers (the rules read nothing else)."""
+    return A.Measurements(
+        num_images=per_class * classes, num_classes=classes, min_per_class=per_class, sampled=min(per_class, 50) * classes,
+        logme=0.0, probe_accuracy=probe_accuracy, separability=A.separability(probe_accuracy, classes),
+        bn_shift=bn_shift, bn_shift_per_block={b: bn_shift for b in BLOCKS[:-2]}, head_confidence=head_confidence,
+        head_entropy=0.5, blocks=BLOCKS, seconds_per_image=seconds_per_image, input_size=224)
+
+
+def _plan(m: A.Measurements, budget=None, **cfg) -> A.AutoPlan:
+    advice = A.Advice("efficientnet_lite0", m, A.decide(m), 1.0)
+    return A.plan_auto(advice, TrainConfig(strategy="auto", **cfg), budget)
+
+
+# --- the rules, on constructed measurements ----------------------------------------------------------
+def test_no_headroom_trains_the_head_only():
+    plan = _plan(_measured(1 - A.NO_HEADROOM / 2, per_class=20), epochs=6)
+    assert (plan.strategy, plan.finetune_trial, plan.epochs) == ("feature-extract", 0, 6)
+    assert any("fine-tuning skipped" in r for r in plan.reasons)
+
+
+def test_headroom_tries_fine_tuning_after_a_full_head_phase():
+    plan = _plan(_measured(0.9, per_class=20), epochs=6)
+    assert plan.strategy == "two-stage" and plan.head_epochs == 6  # the head as long as feature extraction
+    finetune = plan.epochs - plan.head_epochs
+    assert finetune == 4 and 1 <= plan.finetune_trial < finetune
+
+
+def test_small_and_different_fine_tunes_the_upper_blocks_only():
+    m = _measured(0.5, per_class=A.SMALL_PER_CLASS // 2)
+    assert A.decide(m).strategy == "partial"
+    plan = _plan(m, epochs=6)
+    assert plan.strategy == "two-stage" and plan.freeze == A.freeze_point(m) > 0
+    large = _plan(_measured(0.5, per_class=A.SMALL_PER_CLASS * 2), epochs=6)
+    assert large.strategy == "two-stage" and large.freeze == 0  # large: every layer
+
+
+def test_scratch_only_when_very_large_and_far():
+    far = dict(bn_shift=2 * A.BN_SHIFT_FAR, head_confidence=A.LOW_HEAD_CONFIDENCE / 2)
+    assert _plan(_measured(0.3, A.VERY_LARGE_PER_CLASS, **far), epochs=6).strategy == "scratch"
+    assert _plan(_measured(0.3, A.VERY_LARGE_PER_CLASS), epochs=6).strategy == "two-stage"
+
+
+def test_budget_decides_the_fine_tuning_epochs():
+    m = _measured(0.8, per_class=100, seconds_per_image=0.01)  # 400 images: a fine-tuning epoch ~12 s at 224 px
+    assert _plan(m, Budget(3600), epochs=9).epochs - 9 == 6  # everything fits: two-stage's share
+    short = _plan(m, Budget(60), epochs=9)
+    assert 1 <= short.epochs - 9 < 6 and any("budget" in r for r in short.reasons)
+    assert _plan(m, Budget(15), epochs=9).strategy == "feature-extract"  # not one epoch fits
+
+
+def test_parse_duration():
+    assert parse_duration("90") == parse_duration("90s") == 90
+    assert parse_duration("10m") == 600 and parse_duration("1.5h") == 5400 and parse_duration(30) == 30
+    for bad in ("ten minutes", "-5m", "0"):
+        with pytest.raises(TransferlabError, match="--budget"):
+            parse_duration(bad)
+
+
+# --- the adaptive trial, on real training --------------------------------------------------------------
+def _backbone(state: dict) -> dict:
+    return {k: v for k, v in state.items() if not k.startswith("blocks.head")}
+
+
+@pytest.mark.parametrize("lr,diverges", [(0.03, False), (1.0, True)])
+def test_a_fine_tuning_trial_that_does_not_help_is_abandoned_and_the_head_kept(digits_folder, tmp_path, lr, diverges):
+    # a far too high fine-tuning lr wrecks the network: its val loss cannot beat the head's (at 1.0 it
+    # diverges, which in a trial phase abandons the phase instead of stopping the run)
+    run = train(digits_folder, strategy="two-stage", epochs=6, head_epochs=3, finetune_trial=1, lr=lr,
+                out=tmp_path / "run", progress=False, **TRAIN)
+    meta = json.loads((run.path / "model.json").read_text())
+    (trial,) = [d for d in meta["decisions"] if d["event"] == "trial"]
+    assert trial["kept"] is False and trial["epoch"] == 4
+    if diverges:
+        assert trial["val_loss"] is None and "diverged" in trial["text"]
+    else:
+        assert trial["val_loss"] > trial["baseline"]
+    assert meta["metrics"]["epochs_run"] == 4 - diverges  # the head epochs and the trial epoch, not six
+    assert meta["metrics"]["best_phase"] == "head" and meta["metrics"]["best_epoch"] <= 3
+    pretrained = _backbone(create_model("efficientnet_lite0", num_classes=4).state_dict())
+    saved = _backbone(load_file(run.path / "model.safetensors"))
+    assert all(np.array_equal(saved[k].numpy(), v.numpy()) for k, v in pretrained.items())  # the head-only model
+    assert "abandoned" in (run.path / "report.md").read_text()
+
+
+def test_a_fine_tuning_trial_that_helps_is_kept(digits_folder, tmp_path):
+    # one short head epoch leaves the loss high; fine-tuning (which trains the head too) goes below it
+    run = train(digits_folder, strategy="two-stage", epochs=4, head_epochs=1, finetune_trial=1,
+                out=tmp_path / "run", progress=False, **TRAIN)
+    meta = json.loads((run.path / "model.json").read_text())
+    (trial,) = [d for d in meta["decisions"] if d["event"] == "trial"]
+    assert trial["kept"] is True and trial["val_loss"] < trial["baseline"]
+    assert meta["metrics"]["epochs_run"] == 4 and meta["metrics"]["best_phase"] == "finetune"
+
+
+def test_auto_records_its_plan_and_decisions(digits_folder, tmp_path):
+    run = train(digits_folder, strategy="auto", epochs=3, out=tmp_path / "run", progress=False, **TRAIN)
+    meta = json.loads((run.path / "model.json").read_text())
+    plan = meta["advice"]["plan"]
+    assert meta["strategy"] == plan["strategy"] and meta["config"]["finetune_trial"] == plan["finetune_trial"]
+    assert meta["advice"]["measurements"]["input_size"] == TRAIN["image_size"]  # measured at the training size
+    if plan["strategy"] == "two-stage":
+        assert [d["event"] for d in meta["decisions"]] == ["trial"]
+    assert "Adaptive plan" in (run.path / "report.md").read_text()
+
+
+# --- the budget ------------------------------------------------------------------------------------------
+def test_budget_stops_in_time_and_keeps_the_best_model(digits_folder, tmp_path):
+    budget = 25.0
+    t0 = time.monotonic()
+    run = train(digits_folder, strategy="finetune", epochs=200, budget=f"{budget:g}s", out=tmp_path / "run",
+                progress=False, **TRAIN)
+    wall = time.monotonic() - t0
+    assert wall <= 1.1 * budget, f"{wall:.1f}s for a {budget:g}s budget"
+    meta = json.loads((run.path / "model.json").read_text())
+    assert 1 <= meta["metrics"]["epochs_run"] < 200 and meta["budget"]["seconds"] == budget
+    assert meta["decisions"][-1]["event"] == "budget"
+    assert (run.path / "model.safetensors").exists() and (run.path / "report.html").exists()
+
+
+@pytest.mark.skipif(len(installed_models()) < 2, reason="needs two installed backbones")
+def test_auto_with_a_budget_picks_the_installed_backbone_by_logme(digits_folder, tmp_path):
+    budget = 90.0
+    t0 = time.monotonic()
+    run = train(digits_folder, strategy="auto", budget=budget, epochs=3, out=tmp_path / "run", progress=False,
+                **TRAIN)
+    assert time.monotonic() - t0 <= 1.1 * budget
+    meta = json.loads((run.path / "model.json").read_text())
+    ranking = meta["advice"]["ranking"]
+    assert {r["model"] for r in ranking} <= set(installed_models()) and len(ranking) >= 2
+    assert [r["logme"] for r in ranking] == sorted((r["logme"] for r in ranking), reverse=True)
+    assert meta["architecture"] == ranking[0]["model"] == meta["advice"]["model"]
+
+
+def test_cli_budget_errors_in_one_line(digits_folder, capsys):
+    assert cli_main(["train", str(digits_folder), "--budget", "soon"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--budget" in err[0]
