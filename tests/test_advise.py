@@ -63,6 +63,7 @@ def _measured(features, labels, min_per_class, bn_shift=0.05, head_confidence=0.
     return A.Measurements(
         num_images=min_per_class * classes, num_classes=classes, min_per_class=min_per_class, sampled=len(labels),
         logme=A.logme(features, labels), probe_accuracy=accuracy, separability=A.separability(accuracy, classes),
+        probe_accuracy_half=A.probe_accuracy(*(a[A.half_per_class(labels)] for a in (features, labels))),
         bn_shift=bn_shift, bn_shift_per_block=per_block or {b: bn_shift for b in LITE0_BLOCKS[:-2]},
         head_confidence=head_confidence, head_entropy=0.5, blocks=LITE0_BLOCKS,
     )
@@ -93,7 +94,7 @@ def test_playbook_cells_from_separability_and_size(features, per_class, expected
 def test_domain_shift_alone_does_not_overrule_separable_features():
     shifted = dict(bn_shift=2 * A.BN_SHIFT_FAR, head_confidence=A.LOW_HEAD_CONFIDENCE / 2)
     d = A.decide(_measured(*SEPARABLE, SMALL, **shifted))
-    assert d.strategy == "feature-extract" and "unlike ImageNet" in d.reasons[-2]
+    assert d.strategy == "feature-extract" and "unlike ImageNet" in d.reasons[-3]
     assert A.decide(_measured(*ENTANGLED, SMALL, **shifted)).strategy == "partial"
 
 

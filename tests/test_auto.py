@@ -30,6 +30,7 @@ def _measured(probe_accuracy: float, per_class: int, classes: int = 4, bn_shift:
     return A.Measurements(
         num_images=per_class * classes, num_classes=classes, min_per_class=per_class, sampled=min(per_class, 50) * classes,
         logme=0.0, probe_accuracy=probe_accuracy, separability=A.separability(probe_accuracy, classes),
+        probe_accuracy_half=probe_accuracy,
         bn_shift=bn_shift, bn_shift_per_block={b: bn_shift for b in BLOCKS[:-2]}, head_confidence=head_confidence,
         head_entropy=0.5, blocks=BLOCKS, seconds_per_image=seconds_per_image, input_size=224)
 

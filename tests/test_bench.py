@@ -33,9 +33,15 @@ def test_strategies_bench(tmp_path):
     assert "feature-extract" in out and "two-stage" in out
 
 
-def test_advise_bench():
-    out = bench("advise.py", "--datasets", "digits", "--sizes", "small", "--per-class", 3, "--epochs", 2, "--val-per-class", 3)
-    assert "digits-small" in out
+def test_advise_bench(tmp_path):
+    results = tmp_path / "advise.jsonl"
+    args = ("--datasets", "digits", "--sizes", "small", "--per-class", 3, "--epochs", 2, "--val-per-class", 3,
+            "--image-size", 32, "--seeds", 0, "--results", results)
+    out = bench("advise.py", *args)
+    assert "digits-small" in out and "of trying all five" in out
+    assert len(results.read_text().splitlines()) == 6  # five strategies and auto, one seed
+    again = bench("advise.py", *args, "--only", "auto")  # stored runs are reused, not retrained
+    assert len(results.read_text().splitlines()) == 6 and "digits-small" in again
 
 
 @pytest.mark.skipif(not (BENCH / "detect.py").is_file(), reason="no detection bench")

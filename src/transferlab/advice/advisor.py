@@ -154,6 +154,9 @@ class Measurements:
     logme: float
     probe_accuracy: float
     separability: float
+    # the probe on half the sample (half of each class): the slope of its learning curve, i.e. how
+    # much the frozen features still gain from more data
+    probe_accuracy_half: float
     bn_shift: float  # mean over BN layers
     bn_shift_per_block: dict[str, float]  # block name -> mean shift at its BN layers (blocks without BN absent)
     head_confidence: float  # mean max-softmax of the original 1000-class head
@@ -176,6 +179,13 @@ def sample_per_class(samples: list[Sample], per_class: int = SAMPLE_PER_CLASS, t
         items = by_class[label]
         out.extend(items[i] for i in sorted(rng.permutation(len(items))[:k]))
     return out
+
+
+def half_per_class(labels: np.ndarray, seed: int = 0) -> np.ndarray:
+    """Indices of a seeded half of each class (at least two per class)."""
+    rng = np.random.default_rng(seed + 1)
+    keep = [rng.permutation(np.flatnonzero(labels == k))[:max(2, (labels == k).sum() // 2)] for k in np.unique(labels)]
+    return np.sort(np.concatenate(keep))
 
 
 class _BNStatistics:
@@ -263,6 +273,7 @@ def measure(data, model: str = "efficientnet_lite0", weights: str = "default", i
     for block, value in shifts:
         per_block.setdefault(block, []).append(value)
     accuracy = probe_accuracy(features, labels)
+    half = half_per_class(labels, seed)
     return Measurements(
         num_images=len(train),
         num_classes=len(scan.classes),
@@ -270,6 +281,7 @@ def measure(data, model: str = "efficientnet_lite0", weights: str = "default", i
         sampled=len(sample),
         logme=logme(features, labels),
         probe_accuracy=accuracy,
+        probe_accuracy_half=probe_accuracy(features[half], labels[half]),
         separability=separability(accuracy, len(scan.classes)),
         bn_shift=float(np.mean([v for _, v in shifts])) if shifts else 0.0,
         bn_shift_per_block={b: float(np.mean(v)) for b, v in per_block.items()},
@@ -359,9 +371,9 @@ def decide(m: Measurements) -> Decision:
     else:
         strategy, freeze = "finetune", None
         why = f"large and {'similar' if similar else 'different'}: fine-tune every layer at a small learning rate."
-    reasons.append(f"decision: {strategy} ({cell}) - {why}")
     may_pay, pay_reason = finetune_may_pay(m)
     reasons.append(f"fine-tuning after the head: {'worth a trial' if may_pay else 'not worth trying'} - {pay_reason}")
+    reasons.append(f"decision: {strategy} ({cell}) - {why}")
     block = m.blocks[freeze] if freeze is not None else None
     return Decision(cell, strategy, freeze, block, reasons, may_pay, pay_reason)
 
