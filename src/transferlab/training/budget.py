@@ -49,3 +49,36 @@ class Budget:
     def to_dict(self) -> dict:
         """For model.json: the budget and what the run used of it."""
         return {"seconds": self.seconds, "used_s": round(self.elapsed(), 2)}
+
+
+class Pacer:
+    """The trainer's questions to a budget: does another epoch fit, should this epoch stop now?
+
+    It prices what must still happen after training: a validation pass over the images (the run is
+    evaluated again when written) and writing the run, from the seconds per image measured so far."""
+
+    def __init__(self, budget: Budget, val_images: int, batch_size: int):
+        self.budget = budget
+        self.val_images = val_images
+        self.batch_size = batch_size
+        self.seconds_per_image: float | None = None  # a forward pass, measured as training goes
+
+    def finish_seconds(self) -> float:
+        """What writing the run still costs: a validation pass over the images and the report."""
+        return FINISH_SECONDS + (self.seconds_per_image or 0.0) * self.val_images
+
+    def epoch_need(self, last_epoch_s: float | None) -> float:
+        """Seconds an epoch like the last one, then writing the run, needs (only the latter when unknown)."""
+        return (last_epoch_s or 0.0) + self.finish_seconds()
+
+    def batch_deadline(self, from_images: bool):
+        """A test asked after every optimizer step, (images seen, seconds) -> stop the epoch now? Its
+        validation pass must still fit: over the images when the phase trains from images, else cheap."""
+
+        def stop(seen: int, elapsed: float) -> bool:
+            per_image = elapsed / max(seen, 1)
+            # forward only is about a third of a training step
+            validation = self.val_images * (self.seconds_per_image or per_image / 3) if from_images else 0.0
+            return not self.budget.fits(per_image * self.batch_size + validation + self.finish_seconds())
+
+        return stop

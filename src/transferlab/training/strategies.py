@@ -75,6 +75,16 @@ def plan_phases(
     raise TransferlabError(f"unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
 
 
+def judge_trial(phase: Phase, best_val_loss: float, before: float) -> tuple[bool, str]:
+    """End of an adaptive phase's trial: (kept, why). Kept only if the phase's best validation loss
+    beats the best before the phase."""
+    if best_val_loss < before:
+        return True, (f"{phase.name} kept: its best val loss {best_val_loss:.4f} after {phase.trial} epoch(s) "
+                      f"beats {before:.4f} before it")
+    return False, (f"{phase.name} abandoned: its best val loss {best_val_loss:.4f} after {phase.trial} epoch(s) "
+                   f"does not beat {before:.4f} before it; the best model so far is kept")
+
+
 def effective_bn_policy(strategy: str, requested: str) -> str:
     """'eval' keeps ImageNet statistics; a network trained from scratch has none worth keeping."""
     return "frozen" if strategy == "scratch" and requested == "eval" else requested

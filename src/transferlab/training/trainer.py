@@ -25,13 +25,13 @@ from ..runs.classification import write_run
 from ..runs.folder import default_run_dir, prepare_run_dir, remove_stale_temp_files
 from ..runs.metrics import write_metrics
 from .batches import BatchSource, TrainingCache
-from .budget import FINISH_SECONDS, Budget
+from .budget import Budget, Pacer
 from .checkpoint import Checkpointer
 from .config import TrainConfig
 from .early_stopping import EarlyStopping
 from .loop import Loop, NonFiniteLoss, build_loss, check_divergence
 from .schedules import build_scheduler
-from .strategies import Phase, effective_bn_policy, param_groups, plan_phases
+from .strategies import Phase, effective_bn_policy, judge_trial, param_groups, plan_phases
 
 
 @dataclass
@@ -57,7 +57,7 @@ class Trainer:
         config.validate()
         self.cfg = config
         # the budget may have started earlier (the advisor's measuring counts against it)
-        self.budget = budget or (Budget(config.budget) if config.budget else None)
+        budget = budget or (Budget(config.budget) if config.budget else None)
         device = pick_device(config.device)
         self.dist = init_distributed(device)
         self.device = process_device(device, self.dist)
@@ -71,7 +71,7 @@ class Trainer:
             self._on_main(prepare_run_dir, self.out)
         elif self.dist.is_main:
             remove_stale_temp_files(self.out)
-        if self.dist.enabled and self.budget is not None:
+        if self.dist.enabled and budget is not None:
             raise TransferlabError("--budget is not supported with several processes; use --epochs")
         if self.dist.enabled and config.balance == "sampler":
             raise TransferlabError("--balance sampler is not supported with several processes; use --balance weights")
@@ -99,6 +99,7 @@ class Trainer:
         self.pre = self.model.preprocessing
         self.batches = BatchSource(self.scan, self.pre, config, self.device, self.dist, self.log, self.progress, cache)
         self.loop = Loop(self.model, config, self.device, self.dist, self.progress, self.pre.input_size)
+        self.pacer = Pacer(budget, len(self.scan.splits["val"]), config.batch_size) if budget else None
         self.checkpoints = Checkpointer(self.out)
         self.history: list[dict] = []
         self.best = {"val_loss": math.inf, "val_acc": -1.0, "epoch": 0}
@@ -106,7 +107,6 @@ class Trainer:
         # what adaptive phases and the budget decided, with their numbers (model.json "decisions")
         self.decisions: list[dict] = []
         self.out_of_time = False
-        self.seconds_per_image: float | None = None  # a full forward pass, measured as training goes
 
     def _on_main(self, fn, *args):
         """Run fn on rank 0 only; a user error there is raised on every rank (none is left waiting)."""
@@ -167,12 +167,12 @@ class Trainer:
         if self.batches.features_fit(self.model, prefix):
             t0 = time.perf_counter()
             views, val_features = self.batches.cached_features(self.model, prefix)
-            if self.seconds_per_image is None and prefix == len(self.model.block_names) - 1:
+            elapsed = time.perf_counter() - t0
+            if self.pacer and self.pacer.seconds_per_image is None and prefix == len(self.model.block_names) - 1 \
+                    and elapsed > 0.5:
                 # the frozen prefix is nearly the whole forward pass: its cost per image prices a
-                # validation pass for the budget (a cache hit costs nothing and says nothing)
-                images = sum(len(v) for v in views) + len(val_features)
-                elapsed = time.perf_counter() - t0
-                self.seconds_per_image = elapsed / images if elapsed > 0.5 else None
+                # validation pass (a cache hit costs nothing and says nothing)
+                self.pacer.seconds_per_image = elapsed / (sum(len(v) for v in views) + len(val_features))
             self._check_near_duplicates(prefix, views[0], val_features)
             val = self.batches.feature_batches(val_features, shuffle=False, batch_size=self.cfg.batch_size * 4,
                                                split="val")
@@ -227,12 +227,12 @@ class Trainer:
             try:
                 row.update(self.loop.train_epoch(train_batches, net, optimizer, scheduler, loss_fn, scaler,
                                                  f"epoch {epoch}/{total_epochs} [{phase.name}]", self._checkpoint_hint,
-                                                 stop=self._batch_deadline(start == 0)))
+                                                 stop=self.pacer and self.pacer.batch_deadline(start == 0)))
                 row["train_time_s"] = round(time.perf_counter() - t0, 3)
                 t_val = time.perf_counter()
                 row.update(self.loop.validate(val_batches, start, loss_fn))
-                if start == 0:
-                    self.seconds_per_image = (time.perf_counter() - t_val) / max(1, len(self.scan.splits["val"]))
+                if self.pacer and start == 0:
+                    self.pacer.seconds_per_image = (time.perf_counter() - t_val) / max(1, len(self.scan.splits["val"]))
                 check_divergence(row, len(self.scan.classes), self._checkpoint_hint)
             except NonFiniteLoss as e:
                 if not phase.trial:
@@ -243,7 +243,7 @@ class Trainer:
                 break
             if row.get("cut_short"):
                 self._decide("budget", epoch, f"epoch {epoch} cut short after {row['cut_short']:.0%} of its batches "
-                             f"to finish within the budget", left_s=round(self.budget.left(), 1))
+                             f"to finish within the budget", left_s=round(self.pacer.budget.left(), 1))
                 self.out_of_time = True
             row["time_s"] = round(time.perf_counter() - t0, 3)
             self.history.append(row)
@@ -253,7 +253,9 @@ class Trainer:
                 if self.dist.is_main:
                     self.checkpoints.save_best(self.model.state_dict())
             if phase.trial and e + 1 == phase.trial:
-                self._judge_trial(pi, epoch, epoch_offset, before)
+                best = min(r["val_loss"] for r in self.history if r["epoch"] > epoch_offset)
+                kept, text = judge_trial(phase, best, before)
+                self._decide("trial", epoch, text, phase=phase.name, kept=kept, val_loss=best, baseline=before)
             if self.dist.is_main:
                 self._save_checkpoint(pi, e + 1, optimizer, scheduler, stopping)
                 write_metrics(self.out / "metrics.csv", self.history)
@@ -274,52 +276,24 @@ class Trainer:
         self.decisions.append({"event": event, "epoch": epoch, "text": text, **numbers})
         self.log(f"{event}: {text}")
 
-    def _judge_trial(self, pi: int, epoch: int, epoch_offset: int, before: float) -> None:
-        """End of an adaptive phase's trial: keep going only if it beat the validation loss before it."""
-        phase = self.phases[pi]
-        best = min(r["val_loss"] for r in self.history if r["epoch"] > epoch_offset)
-        kept = best < before
-        text = (f"{phase.name} kept: its best val loss {best:.4f} after {phase.trial} epoch(s) beats {before:.4f} "
-                f"before it" if kept else
-                f"{phase.name} abandoned: its best val loss {best:.4f} after {phase.trial} epoch(s) does not beat "
-                f"{before:.4f} before it; the best model so far is kept")
-        self._decide("trial", epoch, text, phase=phase.name, kept=kept, val_loss=best, baseline=before)
-
     def _trial_failed(self, pi: int) -> bool:
         phase = self.phases[pi].name
         return any(d["event"] == "trial" and d["phase"] == phase and not d["kept"] for d in self.decisions)
 
-    def _finish_seconds(self) -> float:
-        """What writing the run still costs: a validation pass over the images and the report."""
-        return FINISH_SECONDS + (self.seconds_per_image or 0.0) * len(self.scan.splits["val"])
-
     def _epoch_fits(self, epoch: int, phase: Phase, epoch_offset: int) -> bool:
         """Before an epoch: under a budget, start it only if an epoch like the last one of this phase
-        (and its validation) still ends in time, leaving the time to write the run."""
-        if self.budget is None:
+        still ends in time, leaving the time to write the run."""
+        if self.pacer is None:
             return True
         last = [r["time_s"] for r in self.history if r["epoch"] > epoch_offset]
-        need = (last[-1] if last else 0.0) + self._finish_seconds()
-        if self.budget.fits(need):
+        need = self.pacer.epoch_need(last[-1] if last else None)
+        if self.pacer.budget.fits(need):
             return True
-        self._decide("budget", epoch, f"not starting epoch {epoch} [{phase.name}]: {self.budget.left():.0f}s left, "
-                     f"it needs ~{need:.0f}s with writing the run", left_s=round(self.budget.left(), 1))
+        left = self.pacer.budget.left()
+        self._decide("budget", epoch, f"not starting epoch {epoch} [{phase.name}]: {left:.0f}s left, it needs "
+                     f"~{need:.0f}s with writing the run", left_s=round(left, 1))
         self.out_of_time = True
         return False
-
-    def _batch_deadline(self, images: bool):
-        """Under a budget, a test the training loop asks after every batch: stop the epoch now?
-        The epoch's validation pass still has to fit (over images when the phase trains from images)."""
-        if self.budget is None:
-            return None
-        val = len(self.scan.splits["val"])
-
-        def stop(seen: int, elapsed: float) -> bool:
-            per_image = elapsed / max(seen, 1)
-            validation = val * (self.seconds_per_image or per_image / 3) if images else 0.0
-            return not self.budget.fits(per_image * self.cfg.batch_size + validation + self._finish_seconds())
-
-        return stop
 
     def _find_lr(self, pi: int, phase: Phase, features, start: int, loss_fn) -> Phase:
         from .lr_finder import lr_range_test
@@ -382,8 +356,8 @@ class Trainer:
         distributed = {"world_size": self.dist.world_size,
                        "backend": torch.distributed.get_backend() if self.dist.enabled else None}
         extra = {"distributed": distributed, "leakage": self.leakage, "decisions": self.decisions}
-        if self.budget is not None:
-            extra["budget"] = self.budget.to_dict()  # used_s excludes writing the run, which follows
+        if self.pacer is not None:
+            extra["budget"] = self.pacer.budget.to_dict()  # used_s excludes writing the run, which follows
         clf = write_run(self.out, self.model, self.scan, self.cfg, self.phases, metrics, self.history, extra)
         self.log(f"run saved to {self.out} (best val acc {metrics['val_acc']:.3f} at epoch {metrics['best_epoch']})")
         barrier(self.dist)
