@@ -47,6 +47,24 @@ def test_logme_fixed_point_is_the_maximum_of_the_evidence(n, d):
         assert _direct_evidence(f, y, alpha * da, beta * db) < evidence + 1e-6
 
 
+@pytest.mark.parametrize("n_per_class,dim,spread", [(10, 100, 3.0), (30, 8, 1.6)])  # n < features, and n > features
+def test_probe_is_the_exact_leave_one_out_accuracy(n_per_class, dim, spread):
+    """The closed form against refitting sklearn's ridge (with its intercept) n times per strength."""
+    from sklearn.linear_model import Ridge
+
+    features, labels = _clusters(n_per_class, 4, dim, spread=spread, seed=4)
+    x = (features - features.mean(0)) / (features.std(0) + 1e-6)  # the probe standardises once, up front
+    onehot = np.eye(4)[labels]
+    scale = np.linalg.eigvalsh(x @ x.T).clip(0).sum() / len(x)
+    best = 0.0
+    for lam in scale * np.logspace(-3, 1, 9):
+        hits = [Ridge(alpha=lam).fit(np.delete(x, i, 0), np.delete(onehot, i, 0)).predict(x[i:i + 1]).argmax()
+                == labels[i] for i in range(len(x))]
+        best = max(best, float(np.mean(hits)))
+    assert A.probe_accuracy(features, labels) == pytest.approx(best)
+    assert 0.4 < best < 0.95  # neither chance nor the interpolating ridge "predicting" its left-out labels
+
+
 def test_logme_and_probe_rank_separable_features_above_noise():
     separable, labels = _clusters(30, 4, 64, spread=0.3)
     noise = np.random.default_rng(2).normal(size=separable.shape)

@@ -110,28 +110,31 @@ def logme_fit(u: np.ndarray, sigma: np.ndarray, y: np.ndarray, n: int, d: int) -
 
 # --- linear probe -------------------------------------------------------------------------------
 def probe_accuracy(features: np.ndarray, labels: np.ndarray) -> float:
-    """Leave-one-out accuracy of a ridge classifier on standardised features, in closed form.
+    """Leave-one-out accuracy of a ridge classifier (one-hot targets, unpenalised intercept) on
+    standardised features, in closed form: the best over a small grid of ridge strengths (scaled to
+    the kernel's trace), which is what a user's own feature-extraction run would tune.
 
-    With the kernel K = X X^T, the hat matrix H = K (K + lam I)^-1 gives every left-out prediction
-    at once: (yhat_i - H_ii y_i) / (1 - H_ii). The ridge strength is the best of a small grid
-    (scaled to the kernel's trace), which is what a user's own feature-extraction run would tune.
+    With centred features and targets, the hat matrix is H = 11^T/n + K_c (K_c + lam I)^-1 for the
+    centred kernel K_c = X_c X_c^T; every left-out residual is then (y_i - yhat_i) / (1 - H_ii). The 1/n
+    of the intercept matters: without it, a ridge that interpolates (n < features, small lam) gets
+    H_ii = 1 - 1/n and "predicts" every left-out label exactly.
     """
     x = np.asarray(features, dtype=np.float64)
     x = (x - x.mean(0)) / (x.std(0) + 1e-6)
     classes, y = np.unique(labels, return_inverse=True)
-    targets = np.eye(len(classes))[y]
-    targets = targets - targets.mean(0)
-    kernel = x @ x.T
-    eigval, eigvec = np.linalg.eigh(kernel)
+    onehot = np.eye(len(classes))[y]
+    targets = onehot - onehot.mean(0)
+    n = len(x)
+    eigval, eigvec = np.linalg.eigh(x @ x.T)
     eigval = np.clip(eigval, 0, None)
     proj = eigvec.T @ targets
-    scale = eigval.sum() / len(x)
+    scale = eigval.sum() / n
     best = 0.0
     for lam in scale * np.logspace(-3, 1, 9):
         shrink = eigval / (eigval + lam)
-        fitted = eigvec @ (shrink[:, None] * proj)
-        leverage = (eigvec**2 * shrink).sum(1)
-        loo = (fitted - leverage[:, None] * targets) / (1 - leverage[:, None]).clip(1e-9)
+        residual = targets - eigvec @ (shrink[:, None] * proj)
+        leverage = (eigvec**2 * shrink).sum(1) + 1.0 / n
+        loo = onehot - residual / (1 - leverage[:, None]).clip(1e-9)
         best = max(best, float((loo.argmax(1) == y).mean()))
     return best
 
