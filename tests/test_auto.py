@@ -32,7 +32,8 @@ def _measured(probe_accuracy: float, per_class: int, classes: int = 4, bn_shift:
         logme=0.0, probe_accuracy=probe_accuracy, separability=A.separability(probe_accuracy, classes),
         probe_accuracy_half=probe_accuracy,
         bn_shift=bn_shift, bn_shift_per_block={b: bn_shift for b in BLOCKS[:-2]}, head_confidence=head_confidence,
-        head_entropy=0.5, blocks=BLOCKS, seconds_per_image=seconds_per_image, input_size=224)
+        head_entropy=0.5, blocks=BLOCKS, seconds_per_image=seconds_per_image, input_size=224,
+        num_val_images=per_class * classes // 4)
 
 
 def _plan(m: A.Measurements, budget=None, **cfg) -> A.AutoPlan:
@@ -70,11 +71,21 @@ def test_scratch_only_when_very_large_and_far():
 
 
 def test_budget_decides_the_fine_tuning_epochs():
-    m = _measured(0.8, per_class=100, seconds_per_image=0.01)  # 400 images: a fine-tuning epoch ~12 s at 224 px
+    m = _measured(0.8, per_class=100, seconds_per_image=0.01)  # 400 images: a fine-tuning epoch ~13 s at 224 px
     assert _plan(m, Budget(3600), epochs=9).epochs - 9 == 6  # everything fits: two-stage's share
     short = _plan(m, Budget(60), epochs=9)
     assert 1 <= short.epochs - 9 < 6 and any("budget" in r for r in short.reasons)
-    assert _plan(m, Budget(15), epochs=9).strategy == "feature-extract"  # not one epoch fits
+    assert _plan(m, Budget(25), epochs=9).strategy == "feature-extract"  # not one epoch fits
+
+
+def test_budget_shrinks_the_feature_pass_to_fit():
+    m = _measured(0.8, per_class=500, seconds_per_image=0.01)  # 2000 images + 100 val, 2 views: ~41 s at 224 px
+    roomy = _plan(m, Budget(3600), epochs=6)
+    assert (roomy.image_size, roomy.cache_views) == (224, 2)
+    fewer_views = _plan(m, Budget(60), epochs=6)  # half of 60 s: one view (~21 s) fits
+    assert (fewer_views.image_size, fewer_views.cache_views) == (224, 1)
+    smaller = _plan(m, Budget(20), epochs=6)  # 10 s: only half the size (~5 s)
+    assert (smaller.image_size, smaller.cache_views) == (112, 1) and smaller.strategy == "feature-extract"
 
 
 def test_parse_duration():

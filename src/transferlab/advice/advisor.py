@@ -27,6 +27,7 @@ from torch.utils.data import DataLoader
 
 from ..data.folders import ImageSamples, Sample, scan_dataset
 from ..models import BlockNet, create_model
+from ..training.budget import FINISH_SECONDS
 
 # --- thresholds ---------------------------------------------------------------------------------
 # Training images in the smallest class below which a dataset is "small": with fewer, fine-tuning
@@ -58,9 +59,11 @@ LOW_HEAD_CONFIDENCE = 0.25
 MIN_FROZEN_FRACTION = 0.5
 # Probe headroom (1 - leave-one-out probe accuracy) at or below which fine-tuning is not tried.
 NO_HEADROOM = 0.02
-# Under a budget, candidate backbones are measured only while measuring has used less than this
-# share of it: the rest is for training.
-MEASURE_SHARE = 0.2
+# Under a budget, measuring (every candidate backbone together) may take this share of it, and the
+# feature pass that caches the frozen features at most half of what is left after measuring; the
+# rest is for the head, fine-tuning and writing the run.
+MEASURE_SHARE = 0.1
+FEATURE_PASS_SHARE = 0.5
 # The measuring sample: enough images for stable statistics, few enough for seconds on a CPU.
 SAMPLE_PER_CLASS = 50
 SAMPLE_MAX = 500
@@ -167,21 +170,22 @@ class Measurements:
     blocks: list[str]  # the model's block names, for the freeze point
     seconds_per_image: float = 0.0  # the measuring forward pass, per image at the measured size
     input_size: int = 224  # the size it was measured at
+    num_val_images: int = 0
 
 
 def sample_per_class(samples: list[Sample], per_class: int = SAMPLE_PER_CLASS, total: int = SAMPLE_MAX,
                      seed: int = 0) -> list[Sample]:
-    """A class-balanced, seeded sample: at most `per_class` per class and about `total` in all."""
+    """A class-balanced, seeded sample: at most `per_class` per class and about `total` in all, in
+    round-robin class order, so that every prefix of it is balanced too (a measurement cut short by
+    its time limit still sees every class)."""
     by_class: dict[int, list[Sample]] = {}
     for s in samples:
         by_class.setdefault(s.label, []).append(s)
     k = max(2, min(per_class, total // max(1, len(by_class))))
     rng = np.random.default_rng(seed)
-    out = []
-    for label in sorted(by_class):
-        items = by_class[label]
-        out.extend(items[i] for i in sorted(rng.permutation(len(items))[:k]))
-    return out
+    chosen = [[by_class[label][i] for i in sorted(rng.permutation(len(by_class[label]))[:k])]
+              for label in sorted(by_class)]
+    return [items[j] for j in range(k) for items in chosen if j < len(items)]
 
 
 def half_per_class(labels: np.ndarray, seed: int = 0) -> np.ndarray:
@@ -235,14 +239,20 @@ class _BNStatistics:
 
 
 @torch.inference_mode()
-def _forward_sample(model: BlockNet, samples: list[Sample], batch_size: int, progress: bool):
-    """Penultimate features and original-head logits of the sample, collecting BN statistics on the way."""
+def _forward_sample(model: BlockNet, samples: list[Sample], batch_size: int, progress: bool,
+                    max_seconds: float | None = None, min_images: int = 0):
+    """Penultimate features and original-head logits of the sample (or of its first images, once
+    `max_seconds` have passed and `min_images` are done), collecting BN statistics on the way."""
     loader = DataLoader(ImageSamples(samples, model.preprocessing.eval_transform()), batch_size=batch_size)
     stats = _BNStatistics(model)
     last = len(model.block_names) - 1  # the forward's sequence: everything before the head
     features, logits = [], []
+    t0 = time.perf_counter()
     try:
         for i, (x, _) in enumerate(loader):
+            done = i * batch_size
+            if max_seconds is not None and done >= min_images and time.perf_counter() - t0 > max_seconds:
+                break
             f = model.forward_blocks(x, 0, last)
             features.append(f.flatten(1).float())
             logits.append(model.forward_blocks(f, last, last + 1).float())
@@ -257,8 +267,10 @@ def _forward_sample(model: BlockNet, samples: list[Sample], batch_size: int, pro
 
 
 def measure(data, model: str = "efficientnet_lite0", weights: str = "default", image_size: int | None = None,
-            val_split: float = 0.2, seed: int = 0, batch_size: int = 32, progress: bool = False) -> Measurements:
-    """Measure a dataset folder with a pretrained model: one forward pass over a balanced sample."""
+            val_split: float = 0.2, seed: int = 0, batch_size: int = 32, progress: bool = False,
+            max_seconds: float | None = None) -> Measurements:
+    """Measure a dataset folder with a pretrained model: one forward pass over a balanced sample
+    (cut short, but with at least 4 images per class, when it would take more than `max_seconds`)."""
     scan = scan_dataset(data, val_split, seed)
     train = scan.splits["train"]
     counts = [n for n in scan.counts("train").values()]
@@ -266,10 +278,12 @@ def measure(data, model: str = "efficientnet_lite0", weights: str = "default", i
     if image_size:
         net.preprocessing = net.preprocessing.resized(image_size)
     sample = sample_per_class(train, seed=seed)
-    labels = np.array([s.label for s in sample])
     t0 = time.perf_counter()
-    features, logits, shifts = _forward_sample(net, sample, batch_size, progress)
-    seconds_per_image = (time.perf_counter() - t0) / len(sample)
+    features, logits, shifts = _forward_sample(net, sample, batch_size, progress, max_seconds,
+                                               min_images=4 * len(scan.classes))
+    seconds_per_image = (time.perf_counter() - t0) / len(features)
+    sample = sample[:len(features)]
+    labels = np.array([s.label for s in sample])
     probs = logits.softmax(1)
     entropy = -(probs * probs.clamp(min=1e-12).log()).sum(1) / math.log(probs.shape[1])
     per_block: dict[str, list[float]] = {}
@@ -279,6 +293,7 @@ def measure(data, model: str = "efficientnet_lite0", weights: str = "default", i
     half = half_per_class(labels, seed)
     return Measurements(
         num_images=len(train),
+        num_val_images=len(scan.splits["val"]),
         num_classes=len(scan.classes),
         min_per_class=min(counts),
         sampled=len(sample),
@@ -440,16 +455,17 @@ def advise(data, model: str = "efficientnet_lite0", models: list[str] | None = N
     t0 = time.perf_counter()
     candidates = models or [model]
     measured = {}
+    limit = MEASURE_SHARE * budget.seconds / len(candidates) if budget is not None else None
     for name in candidates:
-        if budget is not None and measured and budget.elapsed() > MEASURE_SHARE * budget.seconds:
-            break
         if progress and len(candidates) > 1:
             print(f"{name}:", file=sys.stderr)
-        measured[name] = measure(data, name, weights, image_size, val_split, seed, progress=progress)
-    if budget is not None:
+        measured[name] = measure(data, name, weights, image_size, val_split, seed, progress=progress,
+                                 max_seconds=limit)
+    if budget is not None:  # a backbone whose feature pass cannot fit even at its smallest is passed over
         cheapest = min(measured, key=lambda n: measured[n].seconds_per_image)
         measured = {n: m for n, m in measured.items()
-                    if n == cheapest or m.seconds_per_image * m.num_images * 1.25 <= budget.left() / 2}
+                    if n == cheapest or feature_pass_seconds(m, m.num_images + m.num_val_images, m.input_size // 2)
+                    <= FEATURE_PASS_SHARE * budget.left()}
     candidates = list(measured)
     order = sorted(candidates, key=lambda n: -measured[n].logme)
     ranking = [{"model": n, "logme": measured[n].logme, "separability": measured[n].separability}
@@ -469,48 +485,67 @@ class AutoPlan:
     head_epochs: int | None
     freeze: int | None  # two-stage: blocks kept frozen while fine-tuning
     finetune_trial: int
+    image_size: int | None
+    cache_views: int
     reasons: list[str] = field(default_factory=list)
 
 
-def seconds_per_training_image(m: Measurements, image_size: int | None) -> float:
-    """A fine-tuning step's cost per image, from the measuring pass: forward and backward are about
-    three forward passes (bench/advise.py logs both), at the training input size."""
-    scale = ((image_size or m.input_size) / m.input_size) ** 2
-    return 3.0 * m.seconds_per_image * scale
+def feature_pass_seconds(m: Measurements, images: int, size: int | None = None) -> float:
+    """Seconds for the backbone's forward pass over `images` at input `size`, from the measuring pass
+    (the cost grows with the pixels)."""
+    return m.seconds_per_image * ((size or m.input_size) / m.input_size) ** 2 * images
+
+
+def _fit_feature_pass(m: Measurements, cfg, budget) -> tuple[int, int, str]:
+    """(image size, cached views, why) for a feature pass that takes at most FEATURE_PASS_SHARE of what
+    the budget has left: fewer augmented views first, then smaller inputs (down to half the size)."""
+    views = cfg.cache_views if cfg.augment != "none" else 1
+    size = cfg.image_size or m.input_size
+    choices = [(size, views), (size, 1)] + [(max(32, round(size * f / 16) * 16), 1) for f in (0.75, 0.5)]
+    allowed = FEATURE_PASS_SHARE * budget.left()
+    for s, v in choices:
+        need = feature_pass_seconds(m, m.num_images * v + m.num_val_images, s)
+        if need <= allowed:
+            break
+    return s, v, (f"feature pass ~{need:.0f}s at {s}px with {v} view(s) per training image "
+                  f"(at most {allowed:.0f}s: {FEATURE_PASS_SHARE:.0%} of the {budget.left():.0f}s left)")
 
 
 def plan_auto(advice: Advice, cfg, budget=None) -> AutoPlan:
     """Turn the advice into an adaptive plan. The head trains first on cached frozen features (cheap),
     for the full `epochs`, as feature extraction would; then fine-tuning gets `finetune_trial` epochs to
     beat the head's validation loss, and goes on only if it does (the Trainer decides, during training).
-    Under a budget, fine-tuning gets the epochs that fit, or none."""
+    Under a budget: the input size and cached views whose feature pass fits, then the fine-tuning
+    epochs that fit (forward and backward cost about three forward passes), or none."""
     m, d = advice.measurements, advice.decision
     reasons = [f"rule: {d.strategy} ({d.cell})"]
+    size, views = cfg.image_size, cfg.cache_views
     if d.strategy == "scratch":
-        return AutoPlan(advice.model, "scratch", cfg.epochs, None, None, 0, reasons + ["train from scratch"])
+        return AutoPlan(advice.model, "scratch", cfg.epochs, None, None, 0, size, views, reasons + ["train from scratch"])
     head = cfg.epochs
     finetune = max(1, cfg.epochs - cfg.epochs // 3)  # two-stage's share of the epochs
     freeze = d.freeze if d.strategy == "partial" else 0
     if budget is not None:
-        per_epoch = seconds_per_training_image(m, cfg.image_size) * m.num_images
-        val_images = max(1, round(m.num_images * cfg.val_split / max(1e-9, 1 - cfg.val_split)))
-        forward = per_epoch / 3 / max(1, m.num_images)
-        caching = forward * (m.num_images * (1 if cfg.augment == "none" else cfg.cache_views) + val_images)
-        left = budget.left() - caching - 2 * forward * val_images - 5.0
-        fits = int(left // (per_epoch + forward * val_images)) if left > 0 else 0
-        reasons.append(f"budget: {budget.left():.0f}s left; caching features ~{caching:.0f}s, a fine-tuning epoch "
-                       f"~{per_epoch + forward * val_images:.0f}s: {min(fits, finetune)} fine-tuning epoch(s) fit")
+        size, views, why = _fit_feature_pass(m, cfg, budget)
+        reasons.append("budget: " + why)
+        caching = feature_pass_seconds(m, m.num_images * views + m.num_val_images, size)
+        epoch = feature_pass_seconds(m, 3 * m.num_images + m.num_val_images, size)
+        left = budget.left() - caching - feature_pass_seconds(m, m.num_val_images, size) - FINISH_SECONDS
+        fits = max(0, int(left // epoch))
+        reasons.append(f"budget: a fine-tuning epoch ~{epoch:.0f}s; {min(fits, finetune)} fit in the "
+                       f"{max(left, 0):.0f}s left after the feature pass")
         finetune = min(finetune, fits)
     if d.strategy == "feature-extract" and not d.finetune_may_pay:
         finetune = 0
         reasons.append("fine-tuning skipped: " + d.finetune_reason)
     if finetune < 1:
-        return AutoPlan(advice.model, "feature-extract", head, None, None, 0, reasons + ["train the head only"])
+        return AutoPlan(advice.model, "feature-extract", head, None, None, 0, size, views,
+                        reasons + ["train the head only"])
     trial = max(1, math.ceil(finetune / 3))
     reasons.append(f"train the head for {head} epochs on the frozen features, then fine-tune "
                    + (f"from {m.blocks[freeze]} up" if freeze else "every layer")
                    + f" for up to {finetune} epochs, kept only if within {trial} it beats the head's val loss")
-    return AutoPlan(advice.model, "two-stage", head + finetune, head, freeze, trial, reasons)
+    return AutoPlan(advice.model, "two-stage", head + finetune, head, freeze, trial, size, views, reasons)
 
 
 def advise_for_training(data, cfg, progress: bool = True, budget=None, models: list[str] | None = None):
@@ -527,7 +562,7 @@ def advise_for_training(data, cfg, progress: bool = True, budget=None, models: l
     record = jsonable({**advice.to_dict(), "plan": dataclasses.asdict(plan)})
     return dataclasses.replace(cfg, model=plan.model, strategy=plan.strategy, epochs=plan.epochs,
                                head_epochs=plan.head_epochs, freeze=plan.freeze, finetune_trial=plan.finetune_trial,
-                               advice=record)
+                               image_size=plan.image_size, cache_views=plan.cache_views, advice=record)
 
 
 def jsonable(d: dict) -> dict:

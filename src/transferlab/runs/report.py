@@ -6,7 +6,8 @@ from pathlib import Path
 from ..core.io import atomic_path, atomic_write_text
 
 
-def _pyplot():
+def pyplot():
+    """matplotlib's pyplot on the file-only Agg backend (imported on first use: it takes seconds)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -17,7 +18,7 @@ def _pyplot():
 
 def plot_curves(history: list[dict], path: Path) -> None:
     """Loss and accuracy per epoch, train and val, with a dotted line where a new phase starts."""
-    plt = _pyplot()
+    plt = pyplot()
     epochs = [r["epoch"] for r in history]
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
     ax_loss.plot(epochs, [r["train_loss"] for r in history], "o-", label="train")
@@ -39,7 +40,7 @@ def plot_curves(history: list[dict], path: Path) -> None:
 
 def plot_confusion(confusion: list[list[int]], classes: list[str], path: Path, title: str = "confusion") -> None:
     """The confusion matrix as a heat map (rows: true class), with counts for up to 30 classes."""
-    plt = _pyplot()
+    plt = pyplot()
     k = len(classes)
     size = min(14, 3 + 0.45 * k)
     fig, ax = plt.subplots(figsize=(size, size))
@@ -60,7 +61,7 @@ def plot_confusion(confusion: list[list[int]], classes: list[str], path: Path, t
 
 def plot_metric(history: list[dict], key: str, path: Path, title: str) -> None:
     """One metric against the epoch (rows without it are left out)."""
-    plt = _pyplot()
+    plt = pyplot()
     rows = [r for r in history if r.get(key) is not None]
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.plot([r["epoch"] for r in rows], [r[key] for r in rows], "o-")
@@ -72,7 +73,7 @@ def plot_metric(history: list[dict], key: str, path: Path, title: str) -> None:
 
 def plot_sweep(trials: list, blocks: list[str], path: Path) -> None:
     """Validation accuracy against freeze point, one line per rung (longer runs, fewer points)."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4))
     for rung in sorted({t.rung for t in trials}):
         ts = sorted((t for t in trials if t.rung == rung), key=lambda t: t.freeze)
@@ -90,7 +91,7 @@ def plot_sweep(trials: list, blocks: list[str], path: Path) -> None:
 
 def plot_pr_curves(curves: dict, path: Path, title: str = "Face detection, IoU 0.5") -> None:
     """Precision against recall, one line per model, AP in the legend."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5, 4.5))
     for name, c in curves.items():
         ax.plot(c.recall, c.precision, label=f"{name} (AP {c.ap:.3f})")

@@ -9,8 +9,11 @@ from ..core.errors import TransferlabError
 
 UNITS = {"s": 1, "m": 60, "h": 3600}
 # Writing the run after the last epoch: weights, model.json, the report's plots and its HTML page,
-# besides evaluating the validation images again (estimated separately). Measured 2-4 s on a 2-core CPU.
+# besides evaluating the validation images again (estimated separately). Measured 2-3.5 s on a 2-core
+# CPU once pyplot is imported (the Trainer imports it up front under a budget).
 FINISH_SECONDS = 5.0
+# The pacer plans to end this share of the budget early: epochs vary, and so does a shared machine.
+MARGIN = 0.05
 
 
 def parse_duration(text) -> float:
@@ -64,8 +67,9 @@ class Pacer:
         self.seconds_per_image: float | None = None  # a forward pass, measured as training goes
 
     def finish_seconds(self) -> float:
-        """What writing the run still costs: a validation pass over the images and the report."""
-        return FINISH_SECONDS + (self.seconds_per_image or 0.0) * self.val_images
+        """What writing the run still costs (a validation pass over the images and the report), and the
+        safety margin."""
+        return FINISH_SECONDS + (self.seconds_per_image or 0.0) * self.val_images + MARGIN * self.budget.seconds
 
     def epoch_need(self, last_epoch_s: float | None) -> float:
         """Seconds an epoch like the last one, then writing the run, needs (only the latter when unknown)."""

@@ -24,6 +24,7 @@ from ..models import BlockNet, create_model
 from ..runs.classification import write_run
 from ..runs.folder import default_run_dir, prepare_run_dir, remove_stale_temp_files
 from ..runs.metrics import write_metrics
+from ..runs.report import pyplot
 from .batches import BatchSource, TrainingCache
 from .budget import Budget, Pacer
 from .checkpoint import Checkpointer
@@ -100,6 +101,8 @@ class Trainer:
         self.batches = BatchSource(self.scan, self.pre, config, self.device, self.dist, self.log, self.progress, cache)
         self.loop = Loop(self.model, config, self.device, self.dist, self.progress, self.pre.input_size)
         self.pacer = Pacer(budget, len(self.scan.splits["val"]), config.batch_size) if budget else None
+        if self.pacer and self.dist.is_main:
+            pyplot()  # its import is the slowest part of writing the run: pay it now, where the clock sees it
         self.checkpoints = Checkpointer(self.out)
         self.history: list[dict] = []
         self.best = {"val_loss": math.inf, "val_acc": -1.0, "epoch": 0}
@@ -283,7 +286,7 @@ class Trainer:
     def _epoch_fits(self, epoch: int, phase: Phase, epoch_offset: int) -> bool:
         """Before an epoch: under a budget, start it only if an epoch like the last one of this phase
         still ends in time, leaving the time to write the run."""
-        if self.pacer is None:
+        if self.pacer is None or not self.history:  # a run that trained nothing would have nothing to keep
             return True
         last = [r["time_s"] for r in self.history if r["epoch"] > epoch_offset]
         need = self.pacer.epoch_need(last[-1] if last else None)
