@@ -228,12 +228,13 @@ def timing(n: int, work: Path, cache: Path) -> None:
 def calibrate(per_class: int) -> None:
     """The measurements behind the near-duplicate rule (training.features): for copies of each set's images
     (re-encoded, resized, cropped, as planted) and for distinct candidate pairs (each image's nearest in
-    features and in colour thumbnails), the pixel distance over the farthest own copy's, and over contrast."""
+    features and in colour thumbnails), the pixel distance over the copies' (copy_tolerance), and over
+    the contrast."""
     import torch
 
     from transferlab.advice.audit import penultimate_features
     from transferlab.data.folders import scan_dataset
-    from transferlab.data.pixels import copy_distance, pixel_distance, pixel_view
+    from transferlab.data.pixels import copy_distances, copy_tolerance, pixel_distance, pixel_view
     from transferlab.training.features import (NEAR_DUPLICATE_CONTRAST, NEAR_DUPLICATE_COPY_MARGIN,
                                                NEAR_DUPLICATE_NEIGHBOURS, nearest_pairs)
 
@@ -251,11 +252,12 @@ def calibrate(per_class: int) -> None:
             originals = [s.path for s in scan.splits["train"]]
             copies = [tmp / "d" / "val" / p.parent.name / f"{p.stem}-copy.jpg" for p in originals]
             views = {p: pixel_view(p) for p in originals + copies}
-            own = {p: copy_distance(p) for p in originals + copies}
+            own = {p: copy_distances(p) for p in originals + copies}
 
             def measure(a, b):
                 d = pixel_distance(views[a], views[b])
-                return d / max(own[a], own[b]), d / max(min(views[a].contrast, views[b].contrast), 1e-9)
+                return (d / copy_tolerance(views[a], views[b], own[a], own[b]),
+                        d / max(min(views[a].contrast, views[b].contrast), 1e-9))
 
             planted = np.array([measure(a, b) for a, b in zip(originals, copies)])
             feats = torch.from_numpy(penultimate_features(scan, progress=False)["train"])

@@ -98,19 +98,29 @@ def _jpeg(img: Image.Image, quality: int) -> Image.Image:
     return Image.open(io.BytesIO(buf.getvalue()))
 
 
-def copy_distance(path) -> float | None:
-    """The farthest pixel_distance between an image and copies of it made here (re-encoded at JPEG
-    quality 70; resized to 70% and to 130%; cropped by 3% a side; each saved as JPEG): how far a near
-    duplicate of this very image lands. None when the file cannot be read."""
+def copy_distances(path, quality: int = 50) -> dict[str, float] | None:
+    """The pixel_distance between an image and copies of it made here, by kind: "reencoded" (JPEG at
+    `quality`), "resized" (the farther of 70% and 130%) and "cropped" (by 3% a side), each saved as
+    JPEG: how far a near duplicate of this very image lands. None when the file cannot be read."""
     try:
         img = open_image(path, min_size=COMPARE_SIDE)
     except ImageReadError:
         return None
     w, h = img.size
     c = max(1, round(0.03 * min(w, h)))
-    copies = [_jpeg(img, 70)] + [_jpeg(x, 90) for x in (
-        img.resize((max(8, round(w * 0.7)), max(8, round(h * 0.7))), Image.BICUBIC),
-        img.resize((round(w * 1.3), round(h * 1.3)), Image.BICUBIC),
-        img.crop((c, c, w - c, h - c)))]
     original = pixel_view(img)
-    return max(pixel_distance(original, pixel_view(x)) for x in copies)
+
+    def distance(copy):
+        return pixel_distance(original, pixel_view(copy))
+
+    return {"reencoded": distance(_jpeg(img, quality)),
+            "resized": max(distance(_jpeg(img.resize((max(8, round(w * f)), max(8, round(h * f))), Image.BICUBIC), 90))
+                           for f in (0.7, 1.3)),
+            "cropped": distance(_jpeg(img.crop((c, c, w - c, h - c)), 90))}
+
+
+def copy_tolerance(a: PixelView, b: PixelView, copies_a: dict, copies_b: dict) -> float:
+    """How far apart the two images could lie were one a copy of the other: with the same size, as far
+    as a re-encoded copy of either lies; otherwise as far as any copy of either (copy_distances)."""
+    kinds = ("reencoded",) if a.size == b.size else ("reencoded", "resized", "cropped")
+    return max(d[k] for d in (copies_a, copies_b) for k in kinds)

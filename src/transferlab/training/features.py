@@ -140,7 +140,7 @@ def near_duplicate_pairs(a: torch.Tensor, paths_a, b: torch.Tensor | None = None
     from concurrent.futures import ThreadPoolExecutor
 
     from ..core.device import available_cpus
-    from ..data.pixels import THUMBNAIL_SIDE, copy_distance, pixel_distance, pixel_view
+    from ..data.pixels import THUMBNAIL_SIDE, copy_distances, copy_tolerance, pixel_distance, pixel_view
 
     paths_a = [str(p) for p in paths_a]
     paths_b = paths_a if b is None else [str(p) for p in paths_b]
@@ -180,10 +180,13 @@ def near_duplicate_pairs(a: torch.Tensor, paths_a, b: torch.Tensor | None = None
             if d <= NEAR_DUPLICATE_CONTRAST * min(va.contrast, vb.contrast):
                 close.append((i, j, d))
         involved = list(dict.fromkeys([paths_a[i] for i, _, _ in close] + [paths_b[j] for _, j, _ in close]))
-        copies = dict(zip(involved, pool.map(copy_distance, involved)))
+        copies = dict(zip(involved, pool.map(copy_distances, involved)))
     out = []
     for i, j, d in close:
-        own = max(copies[paths_a[i]] or 0.0, copies[paths_b[j]] or 0.0)
+        ca, cb = copies[paths_a[i]], copies[paths_b[j]]
+        if ca is None or cb is None:
+            continue
+        own = copy_tolerance(views[paths_a[i]], views[paths_b[j]], ca, cb)
         if d <= NEAR_DUPLICATE_COPY_MARGIN * own:
             out.append((i, j, float(a[i] @ bb[j]), d, own))
     return out
