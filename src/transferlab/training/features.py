@@ -21,24 +21,25 @@ CACHE_FORMAT = 2  # 2: the decode side in the key, no seed for the eval view
 # Near duplicates (shared by `transferlab audit` and train's leakage check). Candidates: each image's
 # NEAR_DUPLICATE_NEIGHBOURS nearest in penultimate features (at cosine >= NEAR_DUPLICATE_COSINE) and, in
 # the audit, in 8x8 colour thumbnails. A candidate is a near duplicate when, in pixels (data.pixels),
-#   1. it is as close as the images' own copies are: distance <= NEAR_DUPLICATE_COPY_MARGIN x the farthest
-#      of the copies made of either image (re-encoded, resized, cropped; measured per image), and
+#   1. it is as close as the images' own copies are: distance <= NEAR_DUPLICATE_COPY_MARGIN x how far
+#      copies made of either image land (data.pixels.copy_tolerance: a re-encoded copy when the two have
+#      one size, else the farthest of re-encoded, resized and cropped ones; measured per image), and
 #   2. the picture has structure to confirm it: distance <= NEAR_DUPLICATE_CONTRAST x its contrast.
 # The first tells copies of a digit from another writer's near-identical digit; the second keeps out
 # flat tiles (calm sea, dense forest), which lie as close to one another as to their own copies.
 # Measured by `python bench/audit.py --calibrate --per-class 20` (each image and a copy of it re-encoded
 # at JPEG quality 55-75, resized to 60-125% or cropped by a few pixels; distinct pairs: each image's 5
 # nearest in features and in thumbnails):
-#   distance / own copies'   copies max   distinct pairs with structure min
+#   distance / copies'       copies max   distinct pairs with structure min
 #     flowers  (100)         1.28         6.79
-#     clothing (200)         1.18         4.66
-#     eurosat  (200)         1.19         (none has structure)
-#     mnist    (200)         1.27         1.56 (two writers' "1"; 1.38 among the bench's 1,000 digits)
+#     clothing (200)         1.18         5.08
+#     eurosat  (200)         1.08         (none has structure)
+#     mnist    (200)         1.27         1.94 (two writers' "1"; none of 5,000 clean digits is within 1.35)
 #   distance / contrast: copies max 0.32 on photos and digits, 0.84 on EuroSAT; distinct pairs as close as
-#   copies min 1.42 (EuroSAT's flat sea and forest tiles; 1.22 among the bench's 2,000 tiles).
-# 12 of the 200 EuroSAT copies are of flat tiles (0.88x to 3.8x their contrast; one is a single colour): a flat
-# tile's copy cannot be told from another flat tile by its pixels (two calm-sea tiles differ by 1.2 grey
-# levels, a re-encoded copy of one by 1.7), so it is not reported.
+#   copies min 1.42 (flat EuroSAT tiles).
+# 12 of the 200 EuroSAT copies are of flat tiles (0.88x to 3.8x their contrast; one is a single colour):
+# a flat tile's copy cannot be told from another flat tile by its pixels (two calm-sea tiles of contrast
+# 0.8 differ by 1.1 grey levels, a re-encoded copy of one by 1.6), so it is not reported.
 NEAR_DUPLICATE_COSINE = 0.5
 NEAR_DUPLICATE_NEIGHBOURS = 5
 NEAR_DUPLICATE_COPY_MARGIN = 1.35
