@@ -12,7 +12,7 @@ recall among the 20 most unusual images, and precision/recall of the flagged one
     python bench/audit.py                                  # all datasets, full size
     python bench/audit.py --datasets flowers --per-class 20  # smaller
     python bench/audit.py --timing 5000                    # also: audit time on 5,000 MNIST images
-    python bench/audit.py --calibrate                      # cosine of copies vs distinct photos
+    python bench/audit.py --calibrate                      # the near-duplicate rule: copies vs distinct pairs
 """
 from __future__ import annotations
 
