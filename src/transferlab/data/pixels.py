@@ -101,7 +101,9 @@ def _jpeg(img: Image.Image, quality: int) -> Image.Image:
 def copy_distances(path, quality: int = 50) -> dict[str, float] | None:
     """The pixel_distance between an image and copies of it made here, by kind: "reencoded" (JPEG at
     `quality`), "resized" (the farther of 70% and 130%) and "cropped" (by 3% a side), each saved as
-    JPEG: how far a near duplicate of this very image lands. None when the file cannot be read."""
+    JPEG: how far a near duplicate of this very image lands. None when the file cannot be read.
+    quality 50 is a harsher re-encode than people usually save: against copies made at 70, digits
+    re-encoded at 55 lay up to 1.41x as far."""
     try:
         img = open_image(path, min_size=COMPARE_SIDE)
     except ImageReadError:
