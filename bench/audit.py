@@ -12,7 +12,7 @@ recall among the 20 most unusual images, and precision/recall of the flagged one
     python bench/audit.py                                  # all datasets, full size
     python bench/audit.py --datasets flowers --per-class 20  # smaller
     python bench/audit.py --timing 5000                    # also: audit time on 5,000 MNIST images
-    python bench/audit.py --calibrate                      # cosine of copies vs distinct photos
+    python bench/audit.py --calibrate                      # the near-duplicate rule: copies vs distinct pairs
 """
 from __future__ import annotations
 
@@ -111,7 +111,7 @@ def build(name: str, dest: Path, per_class: int | None, flip: float, dups: int, 
     rng.shuffle(order)
     dup_src = [i for i in order if placed[i][1] == "train"][:dups]
     flip_idx = [i for i in order if i not in set(dup_src)][:round(flip * len(placed))]
-    truth = {"flipped": set(), "pairs": set(), "outliers": set()}
+    truth = {"flipped": set(), "pairs": set(), "outliers": set(), "preexisting": set(), "flat_identical": 0}
     written = {}
     for i, (f, split, c) in enumerate(placed):
         new_c = rng.choice([k for k in classes if k != c]) if i in set(flip_idx) else c
@@ -121,6 +121,7 @@ def build(name: str, dest: Path, per_class: int | None, flip: float, dups: int, 
         written[i] = target
         if new_c != c:
             truth["flipped"].add(str(target))
+    truth["preexisting"], truth["flat_identical"] = pixel_identical_pairs([written[i] for i in range(len(placed))])
     for k, i in enumerate(dup_src):
         f, _, c = placed[i]
         data = near_copy(f, k % 3, rng)
@@ -140,8 +141,33 @@ def build(name: str, dest: Path, per_class: int | None, flip: float, dups: int, 
     return truth, len(placed)
 
 
+def pixel_identical_pairs(paths, max_rms: float = 2.0, min_contrast: float = 10.0):
+    """Pairs of files that show the same picture by a strict pixel test of its own (not the audit's rule):
+    area-averaged to 32x32 RGB, within max_rms grey levels RMS. Returns (pairs, flat): pairs of pictures
+    with structure, and the count of flat ones (either image's contrast, the RMS deviation from its mean
+    colour, below min_contrast: a calm-sea tile is "identical" to many others that are not copies of it)."""
+    import torch
+
+    thumbs = np.stack([np.asarray(Image.open(p).convert("RGB").resize((32, 32), Image.BOX), dtype=np.float32).ravel()
+                       for p in paths])
+    contrast = thumbs.reshape(len(paths), -1, 3).std(1).mean(1)
+    t = torch.from_numpy(thumbs)
+    pairs, flat = set(), 0
+    for start in range(0, len(t), 512):
+        rms = torch.cdist(t[start:start + 512], t) / np.sqrt(t.shape[1])
+        for i, j in (rms <= max_rms).nonzero().tolist():
+            i += start
+            if i < j:
+                if min(contrast[i], contrast[j]) < min_contrast:
+                    flat += 1
+                else:
+                    pairs.add(frozenset((str(paths[i]), str(paths[j]))))
+    return pairs, flat
+
+
 def score(result, truth: dict) -> dict:
-    """Precision and recall of each kind against the planted truth."""
+    """Precision and recall of each kind against the planted truth (duplicates: a reported pair is right
+    when planted, an exact copy, or pixel-identical in the source data already)."""
     def pr(found: set, true: set, relevant: set | None = None):
         relevant = found if relevant is None else relevant
         tp = len(found & true)
@@ -150,7 +176,7 @@ def score(result, truth: dict) -> dict:
     dup_issues = result.of_kind("exact_duplicate") + result.of_kind("near_duplicate")
     reported = {frozenset((i["path"], i["other"])) for i in dup_issues}
     exact = {frozenset((i["path"], i["other"])) for i in result.of_kind("exact_duplicate")}
-    true_pairs = truth["pairs"] | exact  # exact copies already in the source data are real duplicates too
+    true_pairs = truth["pairs"] | exact | truth["preexisting"]  # copies already in the source data count too
     d_prec, _, _ = pr(reported, true_pairs)
     _, d_rec, _ = pr(reported, truth["pairs"])
     labels = {i["path"] for i in result.of_kind("label_issue")}
@@ -159,7 +185,8 @@ def score(result, truth: dict) -> dict:
     o_prec, o_rec, _ = pr(flagged, truth["outliers"])
     top20 = set(result.top_outliers[:20])
     return {"dup_precision": d_prec, "dup_recall": d_rec, "dup_reported": len(reported),
-            "dup_unplanted": len(reported - true_pairs),
+            "dup_wrong": len(reported - true_pairs), "dup_preexisting": len(truth["preexisting"] | exact),
+            "dup_flat": truth["flat_identical"],
             "label_precision": l_prec, "label_recall": l_rec, "label_reported": len(labels),
             "label_flipped": len(truth["flipped"]),
             "outlier_recall_top20": len(top20 & truth["outliers"]) / max(1, len(truth["outliers"])),
@@ -199,48 +226,54 @@ def timing(n: int, work: Path, cache: Path) -> None:
 
 
 def calibrate(per_class: int) -> None:
-    """Cosine similarity of features: photos vs their re-encoded / resized / cropped copies, vs the most
-    similar distinct photo of the same class."""
+    """The measurements behind the near-duplicate rule (training.features): for copies of each set's images
+    (re-encoded, resized, cropped, as planted) and for distinct candidate pairs (each image's nearest in
+    features and in colour thumbnails), the pixel distance over the copies' (copy_tolerance), and over
+    the contrast."""
     import torch
 
     from transferlab.advice.audit import penultimate_features
     from transferlab.data.folders import scan_dataset
-    from transferlab.data.images import signature_correlation, thumbnail_signature
-    from transferlab.training.features import pixel_threshold
+    from transferlab.data.pixels import copy_distances, copy_tolerance, pixel_distance, pixel_view
+    from transferlab.training.features import (NEAR_DUPLICATE_CONTRAST, NEAR_DUPLICATE_COPY_MARGIN,
+                                               NEAR_DUPLICATE_NEIGHBOURS, nearest_pairs)
 
-    for name in ("flowers", "clothing", "eurosat"):
+    for name in ("flowers", "clothing", "eurosat", "mnist"):
         with tempfile.TemporaryDirectory() as tmp:
             tmp = Path(tmp)
             rng = random.Random(0)
             items = source_images(name, per_class, tmp)
-            for k, (p, c) in enumerate(items):
-                (tmp / "d" / "train" / c).mkdir(parents=True, exist_ok=True)
-                (tmp / "d" / "val" / c).mkdir(parents=True, exist_ok=True)
+            for k, (p, c) in enumerate(items):  # the originals in train/, a copy of each in val/
+                for split in ("train", "val"):
+                    (tmp / "d" / split / c).mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(p, tmp / "d" / "train" / c / p.name)
-                (tmp / "d" / "val" / c / f"{p.stem}.jpg").write_bytes(near_copy(p, k % 3, rng))
+                (tmp / "d" / "val" / c / f"{p.stem}-copy.jpg").write_bytes(near_copy(p, k % 3, rng))
             scan = scan_dataset(tmp / "d")
-            f = penultimate_features(scan, progress=False)
-            a, b = torch.from_numpy(f["train"]), torch.from_numpy(f["val"])
-            labels = torch.tensor([s.label for s in scan.splits["train"]])
-            copies = (a * b).sum(1)  # same order: train i and val i are one photo
-            sims = a @ a.T
-            same = labels[:, None] == labels[None, :]
-            sims = sims.masked_fill(~same | torch.eye(len(a), dtype=torch.bool), -2)
-            distinct = sims.max(1).values
-            kinds = {k: copies[k::3] for k in range(3)}
-            print(f"{name:9s} {len(a)} photos, feature cosine | copies: re-encoded min {kinds[0].min():.3f}, resized "
-                  f"min {kinds[1].min():.3f}, cropped min {kinds[2].min():.3f} (all: p1 {copies.quantile(0.01):.3f}) | "
-                  f"nearest distinct same-class photo: median {distinct.median():.3f}, p99 {distinct.quantile(0.99):.3f},"
-                  f" max {distinct.max():.3f}")
-            sig_a = [thumbnail_signature(s.path) for s in scan.splits["train"]]
-            sig_b = [thumbnail_signature(s.path) for s in scan.splits["val"]]
-            pix = np.array([signature_correlation(x, y) for x, y in zip(sig_a, sig_b)])
-            nearest = sims.topk(min(5, len(a) - 1), dim=1).indices
-            other = np.array([signature_correlation(sig_a[i], sig_a[j]) for i in range(len(a))
-                              for j in nearest[i].tolist() if sims[i, j] > -2])
-            print(f"{'':9s} thumbnail correlation | copies: min {pix.min():.3f}, p3 {np.quantile(pix, 0.03):.3f} | "
-                  f"5 nearest distinct same-class photos: p99 {np.quantile(other, 0.99):.3f}, max {other.max():.3f} "
-                  f"| calibrated threshold {pixel_threshold([s.path for s in scan.splits['train']], other):.3f}")
+            originals = [s.path for s in scan.splits["train"]]
+            copies = [tmp / "d" / "val" / p.parent.name / f"{p.stem}-copy.jpg" for p in originals]
+            views = {p: pixel_view(p) for p in originals + copies}
+            own = {p: copy_distances(p) for p in originals + copies}
+
+            def measure(a, b):
+                d = pixel_distance(views[a], views[b])
+                return (d / copy_tolerance(views[a], views[b], own[a], own[b]),
+                        d / max(min(views[a].contrast, views[b].contrast), 1e-9))
+
+            planted = np.array([measure(a, b) for a, b in zip(originals, copies)])
+            feats = torch.from_numpy(penultimate_features(scan, progress=False)["train"])
+            thumbs = torch.from_numpy(np.stack([views[p].thumbnail() for p in originals]))
+            dist = torch.cdist(thumbs, thumbs).fill_diagonal_(float("inf"))
+            pairs = {(i, j) for i, j, _ in nearest_pairs(feats, None, -1.0, NEAR_DUPLICATE_NEIGHBOURS)}
+            pairs |= {(min(i, j), max(i, j)) for i, row in enumerate(dist.topk(NEAR_DUPLICATE_NEIGHBOURS,
+                                                                            largest=False).indices.tolist()) for j in row}
+            distinct = np.array([measure(originals[i], originals[j]) for i, j in sorted(pairs)])
+            structured = planted[:, 1] <= NEAR_DUPLICATE_CONTRAST
+            print(f"{name:9s} {len(originals)} images | distance / own copies': copies max {planted[structured, 0].max():.2f}"
+                  f" (flat ones: {', '.join(f'{v:.2f}' for v in planted[~structured, 0]) or 'none'}); distinct pairs "
+                  f"with structure min {distinct[distinct[:, 1] <= NEAR_DUPLICATE_CONTRAST, 0].min(initial=np.inf):.2f} | "
+                  f"distance / contrast: copies max {planted[structured, 1].max():.2f} (flat: "
+                  f"{', '.join(f'{v:.2f}' for v in planted[~structured, 1]) or 'none'}); distinct pairs as close as "
+                  f"copies min {distinct[distinct[:, 0] <= NEAR_DUPLICATE_COPY_MARGIN, 1].min(initial=np.inf):.2f}")
 
 
 def main() -> None:
@@ -272,15 +305,19 @@ def main() -> None:
             s.update(name=name, images=n, seconds=time.perf_counter() - t0)
             rows.append(s)
             print(f"{name}: {result.summary()}", flush=True)
-        print("\n| dataset | images | dup P | dup R | label P | label R | outlier R@top20 | outlier P | outlier R "
-              "| reported (dups / labels / outliers) | s |")
-        print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|")
+        print("\n| dataset | images | pre-existing dups (flat) | dup P | dup R | label P | label R | outlier R@top20 "
+              "| outlier P | outlier R | reported (dups / labels / outliers) | s |")
+        print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|")
         for r in rows:
-            print(f"| {r['name']} | {r['images']} | {fmt(r['dup_precision'])} | {fmt(r['dup_recall'])} | "
+            print(f"| {r['name']} | {r['images']} | {r['dup_preexisting']} ({r['dup_flat']}) | "
+                  f"{fmt(r['dup_precision'])} | {fmt(r['dup_recall'])} | "
                   f"{fmt(r['label_precision'])} | {fmt(r['label_recall'])} | {fmt(r['outlier_recall_top20'])} | "
                   f"{fmt(r['outlier_precision'])} | {fmt(r['outlier_recall'])} | {r['dup_reported']} "
-                  f"({r['dup_unplanted']} unplanted) / {r['label_reported']} (of {r['label_flipped']} flipped) / "
+                  f"({r['dup_wrong']} wrong) / {r['label_reported']} (of {r['label_flipped']} flipped) / "
                   f"{r['outlier_flagged']} | {r['seconds']:.0f} |")
+        print("\npre-existing dups: pairs of the source images already pixel-identical (32x32 RGB within 2 grey "
+              "levels RMS), counted as true when reported; (flat): such pairs of flat pictures (contrast under 10 "
+              "levels), which are not copies and not counted")
         if args.timing:
             timing(args.timing, work, work / "timing-cache")
 

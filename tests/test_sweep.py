@@ -15,6 +15,7 @@ from transferlab.api import train
 from transferlab.training.config import TrainConfig
 
 train_module = importlib.import_module("transferlab.training.batches")
+trainer_module = importlib.import_module("transferlab.training.trainer")
 
 FAST = dict(image_size=32, batch_size=32, augment="none", seed=0, workers=0)
 
@@ -50,6 +51,10 @@ def test_sweep_keeps_the_best_run_and_reuses_cached_features(digits_folder, tmp_
         return real(model, n, *args, **kwargs)
 
     monkeypatch.setattr(train_module, "prefix_features", counting)
+    leakage_checks = []
+    real_check = trainer_module.cross_split_exact_duplicates
+    monkeypatch.setattr(trainer_module, "cross_split_exact_duplicates",
+                        lambda scan: leakage_checks.append(scan) or real_check(scan))
     cfg = TrainConfig(model="efficientnet_lite0", strategy="partial", freeze="auto", epochs=2, **FAST)
     run = S.freeze_search(digits_folder, cfg, out=tmp_path / "run", progress=False, points=[0, 8, 10])
     trials = json.loads((run.path / "sweep.json").read_text())
@@ -60,7 +65,10 @@ def test_sweep_keeps_the_best_run_and_reuses_cached_features(digits_folder, tmp_
     assert [t["trainable_params"] for t in first] == sorted((t["trainable_params"] for t in first), reverse=True)
     # one prefix pass (train + val) per cached freeze point: the final run reused the trial's features
     assert sorted(calls) == [8, 8, 10, 10]
+    # the data's leakage check runs once per sweep (in the final run), not once per trial
+    assert len(leakage_checks) == 1
     meta = json.loads((run.path / "model.json").read_text())
+    assert meta["leakage"]["exact"] == 0
     assert meta["strategy"] == "partial" and meta["freeze"] == best["freeze"]
     assert meta["advice"]["freeze_search"]["best_freeze"] == best["freeze"]
     assert meta["metrics"]["val_acc"] == pytest.approx(final["val_acc"])

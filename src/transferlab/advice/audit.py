@@ -18,10 +18,10 @@ import numpy as np
 
 from ..core.errors import TransferlabError
 from ..data.folders import DatasetScan, file_digests, scan_dataset
-from ..training.features import NEAR_DUPLICATE_COSINE, near_duplicate_pairs, normalized_rows
+from ..training.features import NEAR_DUPLICATE_COPY_MARGIN, NEAR_DUPLICATE_COSINE, near_duplicate_pairs, normalized_rows
 
-# Near duplicates: see NEAR_DUPLICATE_COSINE and pixel_threshold in training/features.py for the rule
-# and the measurements behind it (bench/audit.py --calibrate prints them again).
+# Near duplicates: see NEAR_DUPLICATE_COPY_MARGIN in training/features.py for the rule and the
+# measurements behind it (bench/audit.py --calibrate prints them again).
 # tiny: shorter side below 32 px and below half the dataset's median (so MNIST's 28 px digits are not
 # all flagged, while a 6 px thumbnail among them is)
 TINY_SIDE = 32
@@ -58,7 +58,6 @@ class AuditResult:
     class_counts: dict[str, dict[str, int]]
     imbalance: float
     threshold: float  # feature cosine of near-duplicate candidates
-    pixel_threshold: float  # thumbnail correlation that confirms one (calibrated on the data)
     model: str
     timings: dict = field(default_factory=dict)
     top_outliers: list[str] = field(default_factory=list)  # the most unusual images, flagged or not
@@ -98,8 +97,8 @@ class AuditResult:
         c = self.counts()
         sizes = ", ".join(f"{k}={v}" for k, v in self.split_sizes.items() if v)
         lines = [f"{self.root}: {len(self.classes)} classes, {sum(self.split_sizes.values())} images ({sizes})",
-                 f"  duplicates: {c['exact_duplicate']} exact, {c['near_duplicate']} near (thumbnails correlate >= "
-                 f"{self.pixel_threshold:.2f}, calibrated on copies of this data); "
+                 f"  duplicates: {c['exact_duplicate']} exact, {c['near_duplicate']} near (pixels as close as "
+                 f"copies made of the same image, within {NEAR_DUPLICATE_COPY_MARGIN}x); "
                  f"{self.cross_split_duplicates} pairs across splits (leakage)",
                  f"  likely label errors: {c['label_issue']}; outliers: {c['outlier']}",
                  f"  tiny images: {c['tiny']}; unreadable: {c['unreadable']}; "
@@ -113,8 +112,7 @@ class AuditResult:
         """Plain data for --json."""
         return {"root": self.root, "model": self.model, "classes": self.classes, "splits": self.split_sizes,
                 "split_source": self.split_source, "class_counts": self.class_counts,
-                "imbalance": self.imbalance, "near_duplicate_cosine": self.threshold,
-                "near_duplicate_pixels": self.pixel_threshold, "counts": self.counts(),
+                "imbalance": self.imbalance, "near_duplicate_cosine": self.threshold, "counts": self.counts(),
                 "cross_split_duplicates": self.cross_split_duplicates, "timings": self.timings,
                 "issues": self.issues, "top_outliers": self.top_outliers}
 
@@ -167,11 +165,11 @@ def _records(scan: DatasetScan) -> list[dict]:
 
 
 def duplicate_issues(files: list[dict], digests: list[str], features: np.ndarray,
-                     threshold: float = NEAR_DUPLICATE_COSINE, pixels: float | None = None) -> list[dict]:
-    """Exact duplicates (same sha256) and near duplicates (features' nearest neighbours at cosine >=
-    threshold whose thumbnails correlate >= pixels; None: calibrated on the data), one record per pair,
-    with both splits; a pair in two splits is leakage (cross_split). score: the thumbnail correlation;
-    cosine: the features'. Returns the records and the pixel threshold used."""
+                     threshold: float = NEAR_DUPLICATE_COSINE) -> list[dict]:
+    """Exact duplicates (same sha256) and near duplicates (training.features.near_duplicate_pairs, with
+    feature candidates at cosine >= threshold), one record per pair, closest first, with both splits; a
+    pair in two splits is leakage (cross_split). score: the pixel distance (grey levels; 0 for exact
+    copies); copies: the farthest copy made of either image; cosine: the features'."""
     import torch
 
     issues = []
@@ -184,20 +182,20 @@ def duplicate_issues(files: list[dict], digests: list[str], features: np.ndarray
         for a in range(len(group)):
             for b in range(a + 1, len(group)):
                 exact.add((group[a], group[b]))
-    pairs = [(i, j, 1.0, 1.0, "exact_duplicate") for i, j in sorted(exact)]
+    pairs = [(i, j, 0.0, 0.0, 1.0, "exact_duplicate") for i, j in sorted(exact)]
     f = torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32))
     paths = [r["path"] for r in files]
-    near, pixels = near_duplicate_pairs(f, paths, cosine=threshold, pixels=pixels, pixel_candidates=True)
-    pairs += [(i, j, corr, cos, "near_duplicate") for i, j, cos, corr in near if (i, j) not in exact]
-    for i, j, score, cos, kind in pairs:
+    near = near_duplicate_pairs(f, paths, cosine=threshold, pixel_candidates=True)
+    pairs += [(i, j, d, own, cos, "near_duplicate") for i, j, cos, d, own in near if (i, j) not in exact]
+    for i, j, score, own, cos, kind in pairs:
         a, b = files[i], files[j]
         if a["split"] != "train" and b["split"] == "train":  # the train copy first
             a, b = b, a
         issues.append({"kind": kind, "path": a["path"], "split": a["split"], "other": b["path"],
-                       "other_split": b["split"], "cross_split": a["split"] != b["split"], "score": round(score, 4), "cosine": round(cos, 4),
-                       "given": a["class"], "other_class": b["class"]})
-    issues.sort(key=lambda r: (r["kind"] != "exact_duplicate", not r["cross_split"], -r["score"]))
-    return issues, pixels
+                       "other_split": b["split"], "cross_split": a["split"] != b["split"], "score": round(score, 2),
+                       "copies": round(own, 2), "cosine": round(cos, 4), "given": a["class"], "other_class": b["class"]})
+    issues.sort(key=lambda r: (r["kind"] != "exact_duplicate", not r["cross_split"], r["score"]))
+    return issues
 
 
 def out_of_fold_probabilities(features: np.ndarray, labels: np.ndarray, folds: int = FOLDS,
@@ -309,7 +307,7 @@ def audit(data, model: str = "efficientnet_lite0", out=None, weights: str = "def
     feats = np.concatenate([features[split] for split, samples in scan.splits.items() if samples])
     t1 = time.perf_counter()
     digests = file_digests([f["path"] for f in files])
-    issues, pixels = duplicate_issues(files, digests, feats, threshold)
+    issues = duplicate_issues(files, digests, feats, threshold)
     t_dup = time.perf_counter() - t1
     t1 = time.perf_counter()
     issues += label_issues(files, feats, scan.classes, folds, seed)
@@ -330,7 +328,7 @@ def audit(data, model: str = "efficientnet_lite0", out=None, weights: str = "def
     result = AuditResult(
         root=str(scan.root), classes=scan.classes, split_sizes={k: len(v) for k, v in scan.splits.items()},
         split_source=scan.split_source, issues=issues, class_counts={k: scan.counts(k) for k in scan.splits},
-        imbalance=round(scan.imbalance, 3), threshold=threshold, pixel_threshold=round(pixels, 4), model=model,
+        imbalance=round(scan.imbalance, 3), threshold=threshold, model=model,
         timings={"total_s": round(total, 2), "features_s": round(t_feat, 2), "duplicates_s": round(t_dup, 2),
                  "label_issues_s": round(t_label, 2), "outliers_s": round(t_out, 2), "images": len(files)},
         top_outliers=[files[i]["path"] for i in ranking[:50]])

@@ -14,14 +14,14 @@ from pathlib import Path
 from ..core.io import atomic_write_text
 from ..runs.view import thumbnail_jpeg
 
-CSV_FIELDS = ["kind", "path", "split", "given", "suggested", "score", "other", "other_split", "cross_split", "cosine",
-              "other_class", "suggested_score", "robust_z", "size", "reason"]
+CSV_FIELDS = ["kind", "path", "split", "given", "suggested", "score", "other", "other_split", "cross_split", "copies",
+              "cosine", "other_class", "suggested_score", "robust_z", "size", "reason"]
 MAX_SHOWN = 60
 TOP_UNUSUAL = 20  # issues shown per kind in the page (all of them are in the CSV)
 TITLES = {
     "exact_duplicate": ("Exact duplicates", "the same file content twice; across splits it inflates validation"),
-    "near_duplicate": ("Near duplicates", "the same photo re-encoded, resized or cropped: nearest in features, "
-                                         "confirmed by the thumbnails' correlation (pixels)"),
+    "near_duplicate": ("Near duplicates", "the same photo re-encoded, resized or cropped: near in features or "
+                                         "thumbnails, and in pixels as close as copies made of the image itself"),
     "label_issue": ("Likely label errors", "cleanlab's confident learning on out-of-fold probe probabilities; "
                                            "score: the probe's probability of the given class"),
     "outlier": ("Outliers", "far from every class in feature space (kNN distance; lower score = stranger)"),
@@ -88,7 +88,7 @@ def _card(thumbs: _Thumbs, issue: dict) -> str:
         tag = ' <b class="leak">leakage</b>' if issue.get("cross_split") else ""
         first = _figure(thumbs, issue["path"], e(issue["split"]) + " / " + e(issue["given"]))
         second = _figure(thumbs, issue["other"], e(issue["other_split"]) + " / " + e(issue["other_class"]))
-        return f'<div class="card pair">{first}{second}<p>pixels {issue["score"]:.3f}, features {issue["cosine"]:.3f}{tag}</p></div>'
+        return f'<div class="card pair">{first}{second}<p>pixels differ by {issue["score"]:.1f} (its own copies: {issue.get("copies", 0):.1f}), features {issue["cosine"]:.3f}{tag}</p></div>'
     if kind == "label_issue":
         caption = (f'given <b>{e(issue["given"])}</b> ({issue["score"]:.2f})<br>suggested '
                    f'<b>{e(issue["suggested"])}</b> ({issue["suggested_score"]:.2f})')

@@ -90,7 +90,8 @@ def freeze_search(data, cfg: TrainConfig, out=None, progress: bool = True, point
     trials: list[Trial] = []
 
     def trial_config(n: int, epochs: int) -> TrainConfig:
-        return dataclasses.replace(cfg, freeze=n, epochs=epochs)
+        # the leakage check looks at the data, not the freeze point: the final run makes it, once
+        return dataclasses.replace(cfg, freeze=n, epochs=epochs, audit=False)
 
     def params(n: int) -> int:
         model.freeze(n)
@@ -122,7 +123,7 @@ def freeze_search(data, cfg: TrainConfig, out=None, progress: bool = True, point
         f"Freeze search (successive halving over freeze points {summary['points']}, eta {eta}): "
         f"freezing {best} blocks (training from {blocks[best]}) had the best validation accuracy.")
     t0 = time.perf_counter()
-    final_cfg = dataclasses.replace(trial_config(best, epochs), freeze=best, advice=advice)
+    final_cfg = dataclasses.replace(cfg, freeze=best, epochs=epochs, advice=advice)
     run = Trainer(data, final_cfg, out, progress=progress, cache=shared).fit()
     trials.append(Trial(final_rung, epochs, best, blocks[best], params(best), run.metrics["val_acc"],
                         run.metrics["val_loss"], time.perf_counter() - t0))

@@ -144,9 +144,10 @@ def _add_audit(sub) -> None:
     p.add_argument("--exclude", metavar="FILE", help="audit without the files of an exclude list")
     p.add_argument("--cache-dir", help="keep the features here; a later train --cache-dir reuses them")
     p.add_argument("--threshold", type=float, default=None,
-                   help="near-duplicate cosine similarity of features (default: the calibrated one)")
+                   help="feature cosine from which a nearest neighbour is a near-duplicate candidate (default 0.5; "
+                        "the pixels decide)")
     p.add_argument("--weights", default="default", help="'default' (pretrained) or a weights file")
-    p.add_argument("--image-size", type=int, help="another input size (the calibration assumes the model's own)")
+    p.add_argument("--image-size", type=int, help="another input size (the candidates' cosine was measured at the model's own)")
     p.add_argument("--val-split", type=float, default=0.2, help="as train: the split of a single folder")
     p.add_argument("--seed", type=int, default=0, help="as train: the split of a single folder")
     p.add_argument("--batch-size", type=positive_int, default=32)

@@ -185,13 +185,14 @@ class Trainer:
         return 0, (lambda epoch, g: self.batches.image_loader("train", True, g, epoch)), val, None
 
     def _check_near_duplicates(self, prefix: int, train_features, val_features) -> None:
-        """Count val images whose penultimate features nearly equal a training image's (the cached
-        features at freeze point all-but-head cost nothing more); warn once in one line."""
+        """Count val images that are near copies of a training image (candidates from the features cached
+        at freeze point all-but-head, which cost nothing more, confirmed by their pixels); warn once in
+        one line."""
         if self.leakage is None or self.leakage["near"] is not None or prefix != len(self.model.block_names) - 1:
             return
         from .features import near_duplicate_pairs, normalized_rows
 
-        pairs, _ = near_duplicate_pairs(normalized_rows(val_features), [s.path for s in self.scan.splits["val"]],
+        pairs = near_duplicate_pairs(normalized_rows(val_features), [s.path for s in self.scan.splits["val"]],
                                      normalized_rows(train_features), [s.path for s in self.scan.splits["train"]])
         near = len({i for i, *_ in pairs})
         self.leakage["near"] = near
