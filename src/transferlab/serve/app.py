@@ -12,9 +12,12 @@ import asyncio
 import hmac
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
+from importlib.resources import files
 
+import fastapi_offline
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
@@ -28,7 +31,12 @@ from .models import ServedModel, UploadError, load_models
 DEFAULT_MAX_UPLOAD_MB = 20.0
 DEFAULT_MAX_PIXELS = 40_000_000
 DEFAULT_MAX_IMAGES = 32
-STATIC_FILES = {"app.js": "text/javascript; charset=utf-8", "style.css": "text/css; charset=utf-8"}
+JS, CSS = "text/javascript; charset=utf-8", "text/css; charset=utf-8"
+# what /static/{file} serves, from a fixed index (never a path from the client): the page's files, and
+# Swagger UI 5's for /docs (FastAPI's default page loads them from a CDN; the server must work offline),
+# shipped in the fastapi-offline package
+PAGE_FILES = {"app.js": JS, "style.css": CSS}
+DOCS_FILES = {"swagger-ui-bundle.js": JS, "swagger-ui.css": CSS, "favicon.png": "image/png"}
 RETRY_AFTER_S = 1
 
 
@@ -90,7 +98,9 @@ def create_app(models, *, token: str | None = None, max_batch: int = 16, max_wai
     batchers = {name: DynamicBatcher(m.forward, max_batch, max_wait_ms, max_queue, name) for name, m in served.items()}
     decoder = ThreadPoolExecutor(decode_threads, thread_name_prefix="decode")
     views: dict[str, tuple[dict, list[str]]] = {}
-    pages = {"index.html": static_text("index.html"), **{n: static_text(n) for n in STATIC_FILES}}
+    index = static_text("index.html")
+    assets = {**{n: (static_text(n), t) for n, t in PAGE_FILES.items()},
+              **{n: (files(fastapi_offline).joinpath("static", n).read_bytes(), t) for n, t in DOCS_FILES.items()}}
 
     @asynccontextmanager
     async def lifespan(app):
@@ -101,7 +111,7 @@ def create_app(models, *, token: str | None = None, max_batch: int = 16, max_wai
             await b.stop()
         decoder.shutdown(wait=False, cancel_futures=True)
 
-    app = FastAPI(title="transferlab", version=__version__, lifespan=lifespan,
+    app = FastAPI(title="transferlab", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="Pretrained and fine-tuned vision models: labels (classifiers) and faces (detectors).")
     app.state.models, app.state.batchers = served, batchers
 
@@ -201,13 +211,23 @@ def create_app(models, *, token: str | None = None, max_batch: int = 16, max_wai
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def page() -> HTMLResponse:
-        return HTMLResponse(pages["index.html"])
+        return HTMLResponse(index)
+
+    @app.get("/docs", response_class=HTMLResponse, include_in_schema=False)
+    async def docs() -> HTMLResponse:
+        # validatorUrl None: Swagger UI would otherwise send the schema to validator.swagger.io
+        return get_swagger_ui_html(openapi_url=app.openapi_url, title=f"{app.title} API",
+                                   swagger_js_url="/static/swagger-ui-bundle.js",
+                                   swagger_css_url="/static/swagger-ui.css",
+                                   swagger_favicon_url="/static/favicon.png",
+                                   swagger_ui_parameters={"validatorUrl": None})
 
     @app.get("/static/{file}", include_in_schema=False)
     async def static(file: str) -> Response:
-        if file not in STATIC_FILES:  # a fixed index of files, never a path from the client
+        if file not in assets:
             raise ApiError(404, "not found")
-        return Response(pages[file], media_type=STATIC_FILES[file])
+        content, media_type = assets[file]
+        return Response(content, media_type=media_type)
 
     @app.exception_handler(HTTPException)
     async def http_error(request, exc: HTTPException) -> JSONResponse:
