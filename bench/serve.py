@@ -160,8 +160,8 @@ def main(argv=None) -> int:
     p.add_argument("--warm-up", type=int, default=64, help="requests per mode before measuring")
     p.add_argument("--rss-requests", type=int, default=10_000, help="requests between the two RSS readings (0: skip)")
     p.add_argument("--concurrency", default="1,8,32")
-    p.add_argument("--max-batch", type=int, default=16)
-    p.add_argument("--max-wait-ms", type=float, default=5.0)
+    p.add_argument("--max-batch", type=int, default=4)
+    p.add_argument("--max-wait-ms", type=float, default=0.0)
     p.add_argument("--json", help="write the results here")
     args = p.parse_args(argv)
     levels = [int(c) for c in args.concurrency.split(",")]
