@@ -1,12 +1,14 @@
 """Benchmark: `transferlab serve` under load, with dynamic batching and with batching off (max batch 1).
 
-    python bench/serve.py [--requests 300] [--rss-requests 10000] [--concurrency 1,8,32] [--json FILE]
+    python bench/serve.py [--requests 300] [--rounds 2] [--rss-requests 10000] [--concurrency 1,8,32] [--json FILE]
 
-Starts `transferlab serve efficientnet_lite0` in a subprocess on a free loopback port for each mode,
-sends 640x480 JPEGs (one image per request, from scikit-image and scikit-learn photos) from an asyncio
-client (keep-alive connections, prebuilt requests) at each concurrency, and reports requests/s, p50/p99 latency and errors. With batching
-on, it then sends --rss-requests more and reports the server's RSS before and after. The client runs
-on the same machine and takes its share of the CPU.
+Starts `transferlab serve efficientnet_lite0` twice in subprocesses on free loopback ports, with
+dynamic batching and with max batch 1 (the same code path, batching off), warms both up, then sends
+640x480 JPEGs (one image per request, from scikit-image and scikit-learn photos) from an asyncio
+client (keep-alive connections, prebuilt requests) to each mode in turn at each concurrency, --rounds
+times, and reports requests/s, p50/p99 latency, errors and the 1-minute load average. It then sends
+--rss-requests more to the batching server and reports its RSS before and after. The client runs on
+the same machine and takes its share of the CPU.
 """
 from __future__ import annotations
 
@@ -153,46 +155,63 @@ async def load(url: str, model: str, images: list[bytes], requests: int, concurr
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="efficientnet_lite0")
-    p.add_argument("--requests", type=int, default=300, help="requests per concurrency level")
+    p.add_argument("--requests", type=int, default=300, help="requests per mode, concurrency level and round")
+    p.add_argument("--rounds", type=int, default=2, help="times every (mode, concurrency) is measured")
+    p.add_argument("--warm-up", type=int, default=64, help="requests per mode before measuring")
     p.add_argument("--rss-requests", type=int, default=10_000, help="requests between the two RSS readings (0: skip)")
     p.add_argument("--concurrency", default="1,8,32")
-    p.add_argument("--max-batch", type=int, default=16)
-    p.add_argument("--max-wait-ms", type=float, default=5.0)
+    p.add_argument("--max-batch", type=int, default=4)
+    p.add_argument("--max-wait-ms", type=float, default=0.0)
     p.add_argument("--json", help="write the results here")
     args = p.parse_args(argv)
     levels = [int(c) for c in args.concurrency.split(",")]
+    top = max(levels)
     images = photos_640x480()
     results = {"machine": {"cpus": os.cpu_count(), "loadavg_before": os.getloadavg()}, "rows": [], "rss": None}
-    for mode, max_batch in (("batching", args.max_batch), ("off", 1)):
-        server = Server(args.model, max_batch, args.max_wait_ms)
-        try:
+    # both servers up at once, measured back to back, alternating which goes first: other work on a
+    # shared machine then weighs on both modes alike, and an idle server takes no CPU
+    servers = {"batching": Server(args.model, args.max_batch, args.max_wait_ms),
+               "off": Server(args.model, 1, args.max_wait_ms)}
+    try:
+        for server in servers.values():
             server.wait()
-            asyncio.run(load(server.url, args.model, images, 16, 4))  # warm-up
+        for server in servers.values():  # ONNX Runtime's first calls at each batch size, the allocator, the client
+            asyncio.run(load(server.url, args.model, images, args.warm_up, top))
+        for round_ in range(1, args.rounds + 1):
             for c in levels:
-                row = {"mode": mode, "max_batch": max_batch, **asyncio.run(load(server.url, args.model, images,
-                                                                               args.requests, c))}
-                results["rows"].append(row)
-                print(f"{mode:>8} c={c:<3} {row['req_per_s']:7.1f} req/s  p50 {row['p50_ms']:7.1f} ms  "
-                      f"p99 {row['p99_ms']:7.1f} ms  errors {row['errors']}", flush=True)
-            if mode == "batching" and args.rss_requests:
-                before = rss_mib(server.proc.pid)
-                r = asyncio.run(load(server.url, args.model, images, args.rss_requests, max(levels)))
-                after = rss_mib(server.proc.pid)
-                results["rss"] = {"requests": args.rss_requests, "before_mib": before, "after_mib": after,
-                                  "growth_mib": after - before, "errors": r["errors"], "req_per_s": r["req_per_s"]}
-                print(f"RSS {before:.0f} MiB -> {after:.0f} MiB over {args.rss_requests} requests "
-                      f"({r['errors']} errors, {r['req_per_s']:.1f} req/s)", flush=True)
-        finally:
+                for mode in ("batching", "off") if round_ % 2 else ("off", "batching"):
+                    load_before = os.getloadavg()[0]
+                    measured = asyncio.run(load(servers[mode].url, args.model, images, args.requests, c))
+                    row = {"round": round_, "mode": mode, "max_batch": args.max_batch if mode == "batching" else 1,
+                           **measured, "loadavg_1min": load_before}
+                    results["rows"].append(row)
+                    print(f"round {round_} {mode:>8} c={c:<3} {row['req_per_s']:7.1f} req/s  "
+                          f"p50 {row['p50_ms']:7.1f} ms  p99 {row['p99_ms']:7.1f} ms  errors {row['errors']}  "
+                          f"(load {load_before:.2f})", flush=True)
+        if args.rss_requests:
+            pid = servers["batching"].proc.pid
+            before = rss_mib(pid)
+            r = asyncio.run(load(servers["batching"].url, args.model, images, args.rss_requests, top))
+            after = rss_mib(pid)
+            results["rss"] = {"requests": args.rss_requests, "before_mib": before, "after_mib": after,
+                              "growth_mib": after - before, "errors": r["errors"], "req_per_s": r["req_per_s"]}
+            print(f"RSS {before:.0f} MiB -> {after:.0f} MiB over {args.rss_requests} requests "
+                  f"({r['errors']} errors, {r['req_per_s']:.1f} req/s)", flush=True)
+    finally:
+        for server in servers.values():
             server.stop()
     results["machine"]["loadavg_after"] = os.getloadavg()
-    print("\n| mode | concurrency | requests/s | p50 ms | p99 ms | errors |\n|---|---|---|---|---|---|")
+    print("\n| round | mode | concurrency | requests/s | p50 ms | p99 ms | errors | load |")
+    print("|---|---|---|---|---|---|---|---|")
     for r in results["rows"]:
         label = f"batching (max {r['max_batch']})" if r["mode"] == "batching" else "off (max batch 1)"
-        print(f"| {label} | {r['concurrency']} | {r['req_per_s']:.1f} | {r['p50_ms']:.0f} | {r['p99_ms']:.0f} | {r['errors']} |")
-    top = max(levels)
-    on = next(r for r in results["rows"] if r["mode"] == "batching" and r["concurrency"] == top)
-    off = next(r for r in results["rows"] if r["mode"] == "off" and r["concurrency"] == top)
-    print(f"\nat concurrency {top}: batching gives {on['req_per_s'] / off['req_per_s']:.2f}x the requests/s of batching off")
+        print(f"| {r['round']} | {label} | {r['concurrency']} | {r['req_per_s']:.1f} | {r['p50_ms']:.0f} | "
+              f"{r['p99_ms']:.0f} | {r['errors']} | {r['loadavg_1min']:.1f} |")
+    for round_ in range(1, args.rounds + 1):
+        on, off = (next(r for r in results["rows"] if (r["round"], r["mode"], r["concurrency"]) == (round_, m, top))
+                   for m in ("batching", "off"))
+        print(f"round {round_}, concurrency {top}: batching gives {on['req_per_s'] / off['req_per_s']:.2f}x "
+              f"the requests/s of batching off")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
     return 0

@@ -276,6 +276,37 @@ def test_report_html_is_self_contained(trained_run):
     assert "https://" not in html
 
 
+def test_the_docs_page_works_offline(server):
+    """/docs loads Swagger UI from this server, not from a CDN: every URL it names is on this host and
+    answers; the CDN-only ReDoc page is not served."""
+    import re
+
+    html = httpx.get(f"{server.url}/docs").text
+    assert "http://" not in html and "https://" not in html
+    urls = re.findall(r'(?:src|href)="([^"]+)"', html) + re.findall(r"url: '([^']+)'", html)
+    assert {"/static/swagger-ui-bundle.js", "/static/swagger-ui.css", "/openapi.json"} <= set(urls)
+    for url in urls:
+        assert url.startswith("/") and not url.startswith("//"), url
+        assert httpx.get(server.url + url).status_code == 200, url
+    assert httpx.get(f"{server.url}/redoc").status_code == 404
+
+
+def test_the_page_files_are_package_data():
+    """Every file the page and report.html read is matched by pyproject's package-data globs, so a wheel
+    ships it."""
+    import fnmatch
+    import tomllib
+
+    import transferlab
+
+    root = Path(transferlab.__file__).parent
+    pyproject = tomllib.loads((root.parents[1] / "pyproject.toml").read_text())
+    globs = pyproject["tool"]["setuptools"]["package-data"]["transferlab"]
+    files = [p.relative_to(root).as_posix() for p in (root / "runs" / "static").iterdir()]
+    assert {"index.html", "app.js", "style.css"} <= {Path(f).name for f in files}
+    assert [f for f in files if not any(fnmatch.fnmatch(f, g) for g in globs)] == []
+
+
 def test_the_cli_warns_on_an_open_host_without_token(monkeypatch, capsys, trained_run):
     import uvicorn
 

@@ -1,6 +1,6 @@
 """The page in a real browser: Playwright for Python driving Chromium from the OS packages
 (Playwright's own browser download is not used). Upload an image, see the right label; open the Run
-view and click a confusion-matrix cell; no console error, no request leaving 127.0.0.1."""
+view and click a confusion-matrix cell; open /docs; no console error, no request leaving 127.0.0.1."""
 from __future__ import annotations
 
 import os
@@ -103,6 +103,10 @@ def test_the_page_labels_an_upload_and_shows_the_run(browser, trained_run, digit
         assert page.locator(".card .faces").inner_text() == "1 face(s)"
         page.wait_for_timeout(300)  # the canvas draws when the image has loaded
         page.screenshot(path=str(tmp_path / "detect.png"), full_page=True)
+
+        page.goto(live.url + "/docs")  # Swagger UI, served by this server too (no CDN)
+        page.wait_for_selector(".swagger-ui .opblock")
+        assert page.locator(".swagger-ui .opblock").count() >= 5
         page.close()
     assert problems["console"] == []
     assert problems["outside"] == []

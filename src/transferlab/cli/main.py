@@ -193,8 +193,10 @@ def _add_serve(sub) -> None:
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--token", help="require Authorization: Bearer TOKEN on every /api call "
                                    "(default: $TRANSFERLAB_TOKEN)")
-    p.add_argument("--max-batch", type=positive_int, default=16, help="dynamic batching: images per batch (1: off)")
-    p.add_argument("--max-wait-ms", type=float, default=5.0, help="dynamic batching: how long a batch waits to fill")
+    p.add_argument("--max-batch", type=positive_int, default=4, help="dynamic batching: images per batch (1: off)")
+    p.add_argument("--max-wait-ms", type=float, default=0.0,
+                   help="dynamic batching: how long a batch waits to fill (0: it takes what queued while the "
+                        "model was busy)")
     p.add_argument("--max-queue", type=positive_int, default=256,
                    help="images waiting per model; beyond it the server answers 503 with Retry-After")
     p.add_argument("--max-upload-mb", type=float, default=20.0, help="largest request body")

@@ -27,8 +27,8 @@ def cmd_serve(args) -> int:
 
         from ..serve.app import create_app
     except ImportError as e:
-        raise TransferlabError(f"serving needs FastAPI and uvicorn ({e.name} is missing): "
-                               "pip install 'transferlab[serve]'") from None
+        raise TransferlabError(f"serving needs the serve extra: FastAPI, uvicorn, python-multipart, "
+                               f"fastapi-offline ({e.name} is missing): pip install 'transferlab[serve]'") from None
     token = args.token or os.environ.get("TRANSFERLAB_TOKEN") or None
     if not is_loopback(args.host) and not token:
         print(f"transferlab: warning: serving on {args.host} without --token: anyone who can reach this "

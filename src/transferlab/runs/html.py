@@ -4,19 +4,19 @@ from __future__ import annotations
 
 import base64
 import json
+from importlib.resources import files
 from pathlib import Path
 
 from ..core.io import atomic_write_text
 from .view import run_view, thumbnail_jpeg
 
-# the page's files ship inside the package (package data), next to the server that serves them
-STATIC_DIR = Path(__file__).resolve().parents[1] / "serve" / "static"
 REPORT_FILE = "report.html"
 
 
 def static_text(name: str) -> str:
-    """One of the page's files (index.html, app.js, style.css)."""
-    return (STATIC_DIR / name).read_text(encoding="utf-8")
+    """One of the page's files (index.html, app.js, style.css): package data of this layer, which
+    report.html inlines and `transferlab serve` (a higher layer) serves."""
+    return files(__package__).joinpath("static", name).read_text(encoding="utf-8")
 
 
 def render_report(data: dict) -> str:

@@ -12,9 +12,12 @@ import asyncio
 import hmac
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
+from importlib.resources import files
 
+import fastapi_offline
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
@@ -28,7 +31,12 @@ from .models import ServedModel, UploadError, load_models
 DEFAULT_MAX_UPLOAD_MB = 20.0
 DEFAULT_MAX_PIXELS = 40_000_000
 DEFAULT_MAX_IMAGES = 32
-STATIC_FILES = {"app.js": "text/javascript; charset=utf-8", "style.css": "text/css; charset=utf-8"}
+JS, CSS = "text/javascript; charset=utf-8", "text/css; charset=utf-8"
+# what /static/{file} serves, from a fixed index (never a path from the client): the page's files, and
+# Swagger UI 5's for /docs (FastAPI's default page loads them from a CDN; the server must work offline),
+# shipped in the fastapi-offline package
+PAGE_FILES = {"app.js": JS, "style.css": CSS}
+DOCS_FILES = {"swagger-ui-bundle.js": JS, "swagger-ui.css": CSS, "favicon.png": "image/png"}
 RETRY_AFTER_S = 1
 
 
@@ -72,15 +80,20 @@ async def _json(send, status: int, message: str) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-def create_app(models, *, token: str | None = None, max_batch: int = 16, max_wait_ms: float = 5.0,
+def create_app(models, *, token: str | None = None, max_batch: int = 4, max_wait_ms: float = 0.0,
                max_queue: int = 256, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB,
                max_pixels: int = DEFAULT_MAX_PIXELS, max_images: int = DEFAULT_MAX_IMAGES,
                cors_origins=(), decode_threads: int = 2, backend: str = "onnxruntime",
                max_drop: float | None = None) -> FastAPI:
     """The app serving `models` (registry names, run folders of either kind, or loaded models).
 
-    max_batch / max_wait_ms: dynamic batching (max_batch 1 turns it off); max_queue: images waiting
-    per model before the server answers 503; max_upload_mb, max_pixels, max_images: per request.
+    max_batch / max_wait_ms: dynamic batching (max_batch 1 turns it off). On 2 CPU cores ONNX Runtime
+    runs lite0 cheapest per image at batches of 2-4; from 8 on, a batch's activations outgrow the 2 MiB
+    L2 cache and each image costs more than alone. With max_wait_ms 0, Triton's default, a batch is what
+    queued while the model was busy: waiting longer only adds latency when the cost per image barely
+    falls with the batch size.
+    max_queue: images waiting per model before the server answers 503; max_upload_mb, max_pixels,
+    max_images: per request.
     backend / max_drop: a classifier run's engine, as `predict --backend` (onnxruntime-int8 needs
     `transferlab export RUN --quantize int8`; auto uses it when its recorded drop is <= max_drop).
     """
@@ -90,7 +103,9 @@ def create_app(models, *, token: str | None = None, max_batch: int = 16, max_wai
     batchers = {name: DynamicBatcher(m.forward, max_batch, max_wait_ms, max_queue, name) for name, m in served.items()}
     decoder = ThreadPoolExecutor(decode_threads, thread_name_prefix="decode")
     views: dict[str, tuple[dict, list[str]]] = {}
-    pages = {"index.html": static_text("index.html"), **{n: static_text(n) for n in STATIC_FILES}}
+    index = static_text("index.html")
+    assets = {**{n: (static_text(n), t) for n, t in PAGE_FILES.items()},
+              **{n: (files(fastapi_offline).joinpath("static", n).read_bytes(), t) for n, t in DOCS_FILES.items()}}
 
     @asynccontextmanager
     async def lifespan(app):
@@ -101,7 +116,7 @@ def create_app(models, *, token: str | None = None, max_batch: int = 16, max_wai
             await b.stop()
         decoder.shutdown(wait=False, cancel_futures=True)
 
-    app = FastAPI(title="transferlab", version=__version__, lifespan=lifespan,
+    app = FastAPI(title="transferlab", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="Pretrained and fine-tuned vision models: labels (classifiers) and faces (detectors).")
     app.state.models, app.state.batchers = served, batchers
 
@@ -201,13 +216,23 @@ def create_app(models, *, token: str | None = None, max_batch: int = 16, max_wai
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def page() -> HTMLResponse:
-        return HTMLResponse(pages["index.html"])
+        return HTMLResponse(index)
+
+    @app.get("/docs", response_class=HTMLResponse, include_in_schema=False)
+    async def docs() -> HTMLResponse:
+        # validatorUrl None: Swagger UI would otherwise send the schema to validator.swagger.io
+        return get_swagger_ui_html(openapi_url=app.openapi_url, title=f"{app.title} API",
+                                   swagger_js_url="/static/swagger-ui-bundle.js",
+                                   swagger_css_url="/static/swagger-ui.css",
+                                   swagger_favicon_url="/static/favicon.png",
+                                   swagger_ui_parameters={"validatorUrl": None})
 
     @app.get("/static/{file}", include_in_schema=False)
     async def static(file: str) -> Response:
-        if file not in STATIC_FILES:  # a fixed index of files, never a path from the client
+        if file not in assets:
             raise ApiError(404, "not found")
-        return Response(pages[file], media_type=STATIC_FILES[file])
+        content, media_type = assets[file]
+        return Response(content, media_type=media_type)
 
     @app.exception_handler(HTTPException)
     async def http_error(request, exc: HTTPException) -> JSONResponse:

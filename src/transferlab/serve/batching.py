@@ -1,5 +1,6 @@
 """Dynamic batching, as TorchServe and Triton do it: requests wait in a bounded queue and go through
-the model together, up to `max_batch` items or `max_wait_ms` after the first one arrived.
+the model together, up to `max_batch` items or `max_wait_ms` after the first one arrived (with 0, what
+queued while the previous batch ran).
 
 The model runs in one dedicated thread, so the event loop never waits on inference; a full queue
 refuses new work (the server answers 503 with Retry-After) instead of growing without limit.

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import warnings
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -66,6 +67,7 @@ class ServedModel:
     # the int8 export when its recorded accuracy drop is at most max_drop points, else float
     backend: str = "onnxruntime"
     max_drop: float | None = None
+    _engine: object = field(default=None, init=False, repr=False)
 
     @property
     def kind(self) -> str:
@@ -81,7 +83,7 @@ class ServedModel:
         """Build the engine (ONNX export for a classifier) and run it once, before the first request."""
         if self.kind == "classifier":
             size = self.net.preprocessing.input_size
-            self.forward([(torch.zeros(3, size, size), 1, "warm-up")])
+            self.forward([(np.zeros((size, size, 3), np.uint8), 1, "warm-up")])
         else:
             self.forward([(np.zeros((64, 64, 3), np.uint8), None, "warm-up")])
 
@@ -104,10 +106,11 @@ class ServedModel:
                 "architecture": meta.get("architecture", self.source)}
 
     def decode(self, data: bytes, filename: str, max_pixels: int, top: int, threshold: float | None):
-        """An upload -> the item the batch forward takes (runs in a worker thread, off the event loop)."""
+        """An upload -> the item the batch forward takes (runs in a worker thread, off the event loop):
+        a classifier's resized centre crop as uint8 pixels, normalised later with its whole batch."""
         if self.kind == "classifier":
             img = sniff_and_open(data, max_pixels, min_size=self.net.preprocessing.resize)
-            return self.net.transform(img), top, filename
+            return self.transform.crop(img), top, filename
         return np.asarray(sniff_and_open(data, max_pixels)), threshold, filename
 
     def forward(self, items: list) -> list[dict]:
@@ -116,19 +119,28 @@ class ServedModel:
             return self._classify(items)
         return self._detect(items)
 
+    @cached_property
+    def transform(self):
+        """The classifier's EvalTransform: crop() per upload, normalize() per batch."""
+        return self.net.transform
+
     def engine(self):
-        """The classifier's ONNX Runtime engine: int8 when asked for or within max_drop, else float."""
-        if self.backend != "onnxruntime" and self.run is not None:
-            int8 = self.net.int8_forward(self.threads, required=self.backend == "onnxruntime-int8",
-                                         max_drop=self.max_drop)
-            if int8 is not None:
-                return int8
-        return self.net.onnx_forward(self.threads)
+        """The classifier's ONNX Runtime engine: int8 when asked for or within max_drop, else float.
+        Chosen once: the served weights never change, and the classifier's own check that its engine
+        matches its weights hashes every parameter (~20 ms, once per batch otherwise)."""
+        if self._engine is None:
+            int8 = None
+            if self.backend != "onnxruntime" and self.run is not None:
+                int8 = self.net.int8_forward(self.threads, required=self.backend == "onnxruntime-int8",
+                                             max_drop=self.max_drop)
+            self._engine = int8 if int8 is not None else self.net.onnx_forward(self.threads)
+        return self._engine
 
     def _classify(self, items: list) -> list[dict]:
         engine = self.engine()
+        batch = self.transform.normalize(np.stack([x for x, _, _ in items]))
         with torch.inference_mode():
-            probs = torch.softmax(engine(torch.stack([x for x, _, _ in items])).float(), dim=1)
+            probs = torch.softmax(engine(batch).float(), dim=1)
         classes = self.net.classes
         records = []
         for row, (_, top, name) in zip(probs, items):
