@@ -124,3 +124,22 @@ def test_report_html_opens_from_disk_with_no_server(browser, trained_run, tmp_pa
     page.screenshot(path=str(tmp_path / "report.png"), full_page=True)
     page.close()
     assert problems["console"] == [] and problems["outside"] == []
+
+
+def test_report_html_shows_the_decisions_of_an_adaptive_run(browser, digits_folder, tmp_path):
+    from transferlab.api import train
+
+    # a fine-tuning trial at lr 1.0 diverges: abandoned, and the head-only model kept
+    run = train(digits_folder, strategy="two-stage", epochs=3, head_epochs=2, finetune_trial=1, lr=1.0,
+                image_size=48, batch_size=16, augment="none", workers=0, out=tmp_path / "run", progress=False)
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    problems = watch(page, "")
+    page.goto(Path(run.path / "report.html").as_uri())
+    page.wait_for_selector("#run-decisions li")
+    items = page.locator("#run-decisions li").all_inner_texts()
+    assert any("trial: finetune abandoned" in t for t in items), items
+    assert any(t.startswith("kept: the model of epoch") and "head phase" in t for t in items), items
+    page.locator("#run-decisions").screenshot(path=str(tmp_path / "decisions.png"))
+    page.close()
+    assert problems["console"] == [] and problems["outside"] == []
+    print(f"screenshot: {tmp_path / 'decisions.png'}")

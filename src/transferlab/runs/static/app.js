@@ -293,8 +293,19 @@ function renderStrategy(run) {
     const reasons = (adv.decision && adv.decision.reasons) || adv.reasons || [];
     box.append(el("h3", {}, "Why this strategy (the advisor)"),
       reasons.length ? el("ul", { class: "reasons" }, reasons.map((r) => el("li", {}, r))) : el("p", {}, adv.explanation || ""));
+    if (adv.plan) box.append(el("h3", {}, "Adaptive plan (--strategy auto)"),
+      el("ul", { class: "reasons" }, adv.plan.reasons.map((r) => el("li", {}, r))));
   } else {
     box.append(el("p", { class: "hint" }, "strategy chosen by hand (train --strategy auto records the advisor's reasons)"));
+  }
+  const decisions = meta.decisions || [];
+  if (decisions.length || meta.budget) {
+    const items = decisions.map((d) => el("li", {}, `epoch ${d.epoch}, ${d.event}: ${d.text}`));
+    if (meta.budget) items.push(el("li", {}, `budget ${Math.round(meta.budget.seconds)}s: ` +
+      `${Math.round(meta.budget.used_s)}s used before writing the run`));
+    if (meta.metrics && meta.metrics.best_phase) items.push(el("li", {},
+      `kept: the model of epoch ${meta.metrics.best_epoch} (${meta.metrics.best_phase} phase)`));
+    box.append(el("h3", {}, "Decisions during training"), el("ul", { class: "reasons", id: "run-decisions" }, items));
   }
 }
 
