@@ -103,6 +103,7 @@ def test_playbook_cells_from_separability_and_size(features, per_class, expected
     d = A.decide(m)
     assert (d.cell, d.strategy) == (expected_cell, expected)
     assert d.strategy in d.reasons[-1] and len(d.reasons) >= 6
+    assert f"smallest class {per_class} images" in d.decided_by[0] and expected_cell.split("+")[1] in d.decided_by[1]
     if expected == "feature-extract":
         assert d.freeze == len(LITE0_BLOCKS) - 1 and d.freeze_block == "head"
     if expected == "partial":
@@ -179,7 +180,7 @@ def test_advise_api_cli_and_json(digits_folder, capsys):
     assert [r["model"] for r in out["ranking"]] and {r["model"] for r in out["ranking"]} == {
         "efficientnet_lite0", "resnet18"}
     assert out["model"] == out["ranking"][0]["model"]
-    assert "cell:" in A.format_advice(advice)
+    assert "cell:" in A.format_advice(advice) and "decided by: smallest class" in A.format_advice(advice)
 
 
 def test_train_auto_records_the_advice(tmp_path):

@@ -322,6 +322,7 @@ class Decision:
     # whether a fine-tuning trial after the head is worth its time (auto tries it when True)
     finetune_may_pay: bool = True
     finetune_reason: str = ""
+    decided_by: list[str] = field(default_factory=list)  # the measurements that decided, against their thresholds
 
 
 def freeze_point(m: Measurements) -> int:
@@ -392,8 +393,18 @@ def decide(m: Measurements) -> Decision:
     may_pay, pay_reason = finetune_may_pay(m)
     reasons.append(f"fine-tuning after the head: {'worth a trial' if may_pay else 'not worth trying'} - {pay_reason}")
     reasons.append(f"decision: {strategy} ({cell}) - {why}")
+    decided_by = [f"smallest class {m.min_per_class} images ({'<' if small else '>='} {SMALL_PER_CLASS}: "
+                  f"{'small' if small else 'large'})",
+                  f"probe separability {m.separability:.2f} ({'>=' if similar else '<'} {SIMILAR_SEPARABILITY}: "
+                  f"{'similar' if similar else 'different'})"]
+    if strategy == "scratch":
+        decided_by.append(f"BN shift {m.bn_shift:.2f} > {BN_SHIFT_FAR} and head confidence "
+                          f"{m.head_confidence:.0%} < {LOW_HEAD_CONFIDENCE:.0%} (far from ImageNet)")
+    if strategy == "partial":
+        decided_by.append(f"BN shift per block: the first {freeze} blocks' inputs stay within {BN_SHIFT_FAR} "
+                          f"(clamped to keep at least {MIN_FROZEN_FRACTION:.0%} of the body frozen)")
     block = m.blocks[freeze] if freeze is not None else None
-    return Decision(cell, strategy, freeze, block, reasons, may_pay, pay_reason)
+    return Decision(cell, strategy, freeze, block, reasons, may_pay, pay_reason, decided_by)
 
 
 def finetune_may_pay(m: Measurements) -> tuple[bool, str]:
@@ -589,5 +600,6 @@ def format_advice(a: Advice) -> str:
     lines += [f"  {k:<16} {v:>9}   ({t})" for k, v, t in rows]
     freeze = f", freeze {d.freeze} (train from {d.freeze_block})" if d.strategy == "partial" else ""
     lines.append(f"cell: {d.cell}  ->  strategy: {d.strategy}{freeze}")
+    lines.append("decided by: " + "; ".join(d.decided_by))
     lines += [f"  - {r}" for r in d.reasons]
     return "\n".join(lines)
