@@ -1,5 +1,6 @@
 """Every bench case runs end to end at a tiny size, through the public API, so a refactor cannot break
 the benches unnoticed. The figures themselves are not asserted (they belong to the bench tables)."""
+import json
 import os
 import subprocess
 import sys
@@ -18,6 +19,7 @@ def bench(script: str, *args, timeout: int = 600) -> str:
     return proc.stdout
 
 
+@pytest.mark.slow  # ~2 minutes: every train case in its own process; the two tests below cover each part
 def test_run_all_cases_quick(tmp_path):
     out = bench("run.py", "all", "--quick", "--predict-images", 6, "--memory-images", 6, "--train-per-class", 2,
                 "--val-per-class", 1, "--epochs", 1, "--ft-epochs", 1, "--ft-per-class", 1, "--predict-repeats", 1,
@@ -25,6 +27,23 @@ def test_run_all_cases_quick(tmp_path):
     for section in ("## predict", "## train", "## memory"):
         assert section in out
     assert "images/s" in out
+
+
+def test_run_predict_and_memory_quick(tmp_path):
+    out = bench("run.py", "predict", "--quick", "--predict-images", 6, "--predict-repeats", 1, "--keep", tmp_path)
+    out += bench("run.py", "memory", "--memory-images", 6, "--keep", tmp_path)
+    assert "## predict" in out and "## memory" in out and "images/s" in out
+
+
+@pytest.mark.parametrize("case", ["fx-ours", "ft-minimal"])  # transferlab's side and a baseline loop
+def test_train_bench_case(tmp_path, case):
+    sys.path.insert(0, str(BENCH))
+    from train import write_digits
+
+    data = write_digits(tmp_path / "digits", 2, 1, size=96)
+    out = bench("train.py", "case", case, data, "--epochs", 1, "--ft-epochs", 1)
+    result = json.loads(out.strip().splitlines()[-1])
+    assert result["peak_rss_mib"] > 0 and result["total_s"] > 0
 
 
 def test_strategies_bench(tmp_path):
