@@ -15,7 +15,7 @@ from transferlab.api import train
 from transferlab.cli.main import main as cli_main
 from transferlab.core.errors import TransferlabError
 from transferlab.models import create_model, installed_models
-from transferlab.training.budget import Budget, parse_duration
+from transferlab.training.budget import Budget, Pacer, parse_duration
 from transferlab.training.config import TrainConfig
 
 A = importlib.import_module("transferlab.advice.advisor")
@@ -69,12 +69,13 @@ def test_scratch_only_when_very_large_and_far():
     assert _plan(_measured(0.3, A.VERY_LARGE_PER_CLASS), epochs=6).strategy == "two-stage"
 
 
-def test_budget_decides_the_fine_tuning_epochs():
-    m = _measured(0.8, per_class=100, seconds_per_image=0.01)  # 400 images: a fine-tuning epoch ~13 s at 224 px
-    assert _plan(m, Budget(3600), epochs=9).epochs - 9 == 6  # everything fits: two-stage's share
-    short = _plan(m, Budget(60), epochs=9)
-    assert 1 <= short.epochs - 9 < 6 and any("budget" in r for r in short.reasons)
-    assert _plan(m, Budget(25), epochs=9).strategy == "feature-extract"  # not one epoch fits
+def test_pacer_gives_fine_tuning_the_epochs_that_fit():
+    pacer = Pacer(Budget(100), val_images=100, batch_size=32)
+    assert pacer.epochs_that_fit(400, 6) == 6  # nothing measured yet: the per-batch deadline guards
+    pacer.seconds_per_image = 0.01  # an epoch: (3 x 400 + 100) x 0.01 = 13 s
+    # 100 s - (5 s writing the run + 1 s validating + 5% margin) = 89 s: 6 epochs of 13 s
+    assert pacer.epochs_that_fit(400, 10) == 6 and pacer.epochs_that_fit(400, 4) == 4
+    assert Pacer(Budget(10), 100, 32).epochs_that_fit(400, 6) == 6 and pacer.epochs_that_fit(40_000, 6) == 0
 
 
 def test_budget_shrinks_the_feature_pass_to_fit():
@@ -84,7 +85,7 @@ def test_budget_shrinks_the_feature_pass_to_fit():
     fewer_views = _plan(m, Budget(60), epochs=6)  # half of 60 s: one view (~21 s) fits
     assert (fewer_views.image_size, fewer_views.cache_views) == (224, 1)
     smaller = _plan(m, Budget(20), epochs=6)  # 10 s: only half the size (~5 s)
-    assert (smaller.image_size, smaller.cache_views) == (112, 1) and smaller.strategy == "feature-extract"
+    assert (smaller.image_size, smaller.cache_views) == (112, 1)
 
 
 def test_parse_duration():
@@ -157,13 +158,16 @@ def test_budget_stops_in_time_and_keeps_the_best_model(digits_folder, tmp_path):
 
 
 @pytest.mark.skipif(len(installed_models()) < 2, reason="needs two installed backbones")
-def test_auto_with_a_budget_picks_the_installed_backbone_by_logme(digits_folder, tmp_path):
-    budget = 90.0
+def test_auto_with_a_budget_picks_the_backbone_and_fits_fine_tuning_in(digits_folder, tmp_path):
+    budget = 45.0
     t0 = time.monotonic()
-    run = train(digits_folder, strategy="auto", budget=budget, epochs=3, out=tmp_path / "run", progress=False,
+    run = train(digits_folder, strategy="auto", budget=budget, epochs=30, out=tmp_path / "run", progress=False,
                 **TRAIN)
     assert time.monotonic() - t0 <= 1.1 * budget
     meta = json.loads((run.path / "model.json").read_text())
+    # 30 head epochs on cached features take seconds; 20 fine-tuning epochs do not fit in what is left
+    assert any(d["event"] == "budget" for d in meta["decisions"]), meta["decisions"]
+    assert meta["metrics"]["epochs_run"] < 50
     ranking = meta["advice"]["ranking"]
     assert {r["model"] for r in ranking} <= set(installed_models()) and len(ranking) >= 2
     assert [r["logme"] for r in ranking] == sorted((r["logme"] for r in ranking), reverse=True)

@@ -27,7 +27,6 @@ from torch.utils.data import DataLoader
 
 from ..data.folders import ImageSamples, Sample, scan_dataset
 from ..models import BlockNet, create_model
-from ..training.budget import FINISH_SECONDS
 
 # --- thresholds ---------------------------------------------------------------------------------
 # Training images in the smallest class below which a dataset is "small": with fewer, fine-tuning
@@ -526,8 +525,8 @@ def plan_auto(advice: Advice, cfg, budget=None) -> AutoPlan:
     """Turn the advice into an adaptive plan. The head trains first on cached frozen features (cheap),
     for the full `epochs`, as feature extraction would; then fine-tuning gets `finetune_trial` epochs to
     beat the head's validation loss, and goes on only if it does (the Trainer decides, during training).
-    Under a budget: the input size and cached views whose feature pass fits, then the fine-tuning
-    epochs that fit (forward and backward cost about three forward passes), or none."""
+    Under a budget: the input size and cached views whose feature pass fits; the Trainer gives
+    fine-tuning the epochs that fit when it starts (training.budget.Pacer)."""
     m, d = advice.measurements, advice.decision
     reasons = [f"rule: {d.strategy} ({d.cell})"]
     size, views = cfg.image_size, cfg.cache_views
@@ -542,13 +541,7 @@ def plan_auto(advice: Advice, cfg, budget=None) -> AutoPlan:
     if budget is not None:
         size, views, why = _fit_feature_pass(m, cfg, budget)
         reasons.append("budget: " + why)
-        caching = feature_pass_seconds(m, m.num_images * views + m.num_val_images, size)
-        epoch = feature_pass_seconds(m, 3 * m.num_images + m.num_val_images, size)
-        left = budget.left() - caching - feature_pass_seconds(m, m.num_val_images, size) - FINISH_SECONDS
-        fits = max(0, int(left // epoch))
-        reasons.append(f"budget: a fine-tuning epoch ~{epoch:.0f}s; {min(fits, finetune)} fit in the "
-                       f"{max(left, 0):.0f}s left after the feature pass")
-        finetune = min(finetune, fits)
+        reasons.append("budget: fine-tuning gets the epochs that fit when it starts, at the speed measured by then")
     if d.strategy == "feature-extract" and not d.finetune_may_pay:
         finetune = 0
         reasons.append("fine-tuning skipped: " + d.finetune_reason)

@@ -75,6 +75,14 @@ class Pacer:
         """Seconds an epoch like the last one, then writing the run, needs (only the latter when unknown)."""
         return (last_epoch_s or 0.0) + self.finish_seconds()
 
+    def epochs_that_fit(self, train_images: int, wanted: int) -> int:
+        """How many of `wanted` epochs training every layer from images fit before the deadline, from
+        the forward speed measured so far (a training step costs about three forward passes)."""
+        if self.seconds_per_image is None:
+            return wanted
+        epoch = self.seconds_per_image * (3 * train_images + self.val_images)
+        return max(0, min(wanted, int((self.budget.left() - self.finish_seconds()) // epoch)))
+
     def batch_deadline(self, from_images: bool):
         """A test asked after every optimizer step, (images seen, seconds) -> stop the epoch now? Its
         validation pass must still fit: over the images when the phase trains from images, else cheap."""

@@ -202,6 +202,8 @@ class Trainer:
 
     def _run_phase(self, pi: int, first_epoch: int, epoch_offset: int, loss_fn, state: dict | None) -> None:
         cfg = self.cfg
+        if self.pacer and self.phases[pi].trial and state is None and not self._fit_to_budget(pi, epoch_offset):
+            return
         phase = self.phases[pi]
         self.model.freeze(phase.freeze, effective_bn_policy(cfg.strategy, cfg.bn))
         start, epoch_batches, val_batches, features = self._phase_batches(phase)
@@ -279,6 +281,24 @@ class Trainer:
         """Record a decision taken during training, with its numbers, and say it."""
         self.decisions.append({"event": event, "epoch": epoch, "text": text, **numbers})
         self.log(f"{event}: {text}")
+
+    def _fit_to_budget(self, pi: int, epoch_offset: int) -> bool:
+        """An adaptive phase, as it starts under a budget, gets the epochs that fit (its schedule is
+        planned for them), by the speed measured so far; False when not one fits."""
+        phase = self.phases[pi]
+        fits = self.pacer.epochs_that_fit(len(self.scan.splits["train"]), phase.epochs)
+        if fits == phase.epochs:
+            return True
+        left = round(self.pacer.budget.left(), 1)
+        if fits == 0:
+            self._decide("budget", epoch_offset + 1, f"{phase.name} not started: not one epoch fits in the {left:.0f}s "
+                         "left; the best model so far is kept", left_s=left)
+            self.out_of_time = True
+            return False
+        self.phases[pi] = replace(phase, epochs=fits, trial=min(phase.trial, fits))
+        self._decide("budget", epoch_offset + 1, f"{phase.name} gets {fits} of its {phase.epochs} epochs: what fits "
+                     f"in the {left:.0f}s left", left_s=left)
+        return True
 
     def _trial_failed(self, pi: int) -> bool:
         phase = self.phases[pi].name
