@@ -63,6 +63,8 @@ NO_HEADROOM = 0.02
 # rest is for the head, fine-tuning and writing the run.
 MEASURE_SHARE = 0.1
 FEATURE_PASS_SHARE = 0.5
+# A measurement cut short by its time limit still has this many images of each class.
+MIN_MEASURED_PER_CLASS = 3
 # The measuring sample: enough images for stable statistics, few enough for seconds on a CPU.
 SAMPLE_PER_CLASS = 50
 SAMPLE_MAX = 500
@@ -269,7 +271,8 @@ def measure(data, model: str = "efficientnet_lite0", weights: str = "default", i
             val_split: float = 0.2, seed: int = 0, batch_size: int = 32, progress: bool = False,
             max_seconds: float | None = None) -> Measurements:
     """Measure a dataset folder with a pretrained model: one forward pass over a balanced sample
-    (cut short, but with at least 4 images per class, when it would take more than `max_seconds`)."""
+    (cut short, but with at least MIN_MEASURED_PER_CLASS images per class, when it would take more
+    than `max_seconds`)."""
     scan = scan_dataset(data, val_split, seed)
     train = scan.splits["train"]
     counts = [n for n in scan.counts("train").values()]
@@ -279,7 +282,7 @@ def measure(data, model: str = "efficientnet_lite0", weights: str = "default", i
     sample = sample_per_class(train, seed=seed)
     t0 = time.perf_counter()
     features, logits, shifts = _forward_sample(net, sample, batch_size, progress, max_seconds,
-                                               min_images=4 * len(scan.classes))
+                                               min_images=MIN_MEASURED_PER_CLASS * len(scan.classes))
     seconds_per_image = (time.perf_counter() - t0) / len(features)
     sample = sample[:len(features)]
     labels = np.array([s.label for s in sample])
@@ -469,8 +472,9 @@ def advise(data, model: str = "efficientnet_lite0", models: list[str] | None = N
     for name in candidates:
         if progress and len(candidates) > 1:
             print(f"{name}:", file=sys.stderr)
+        # small batches under a budget: the time limit is checked between batches
         measured[name] = measure(data, name, weights, image_size, val_split, seed, progress=progress,
-                                 max_seconds=limit)
+                                 batch_size=32 if limit is None else 8, max_seconds=limit)
     if budget is not None:  # a backbone whose feature pass cannot fit even at its smallest is passed over
         cheapest = min(measured, key=lambda n: measured[n].seconds_per_image)
         measured = {n: m for n, m in measured.items()
