@@ -17,6 +17,7 @@ from transferlab.core.errors import TransferlabError
 from transferlab.models import create_model, installed_models
 from transferlab.training.budget import Budget, Pacer, parse_duration
 from transferlab.training.config import TrainConfig
+from transferlab.training.strategies import DEFAULT_LR
 
 A = importlib.import_module("transferlab.advice.advisor")
 
@@ -59,8 +60,9 @@ def test_small_data_fine_tunes_the_upper_blocks_only():
     m = _measured(0.5, per_class=A.SMALL_PER_CLASS // 2)
     plan = _plan(m, epochs=6)
     assert plan.strategy == "two-stage" and plan.freeze == A.freeze_point(m) > 0
+    assert plan.lr == DEFAULT_LR["head"]  # the upper blocks at the partial strategy's rates
     large = _plan(_measured(0.5, per_class=A.SMALL_PER_CLASS * 2), epochs=6)
-    assert large.strategy == "two-stage" and large.freeze == 0  # large: every layer
+    assert large.strategy == "two-stage" and large.freeze == 0 and large.lr is None  # large: every layer
 
 
 def test_scratch_only_when_very_large_and_far():
