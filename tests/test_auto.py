@@ -17,7 +17,7 @@ from transferlab.core.errors import TransferlabError
 from transferlab.models import create_model, installed_models
 from transferlab.training.budget import Budget, Pacer, parse_duration
 from transferlab.training.config import TrainConfig
-from transferlab.training.strategies import DEFAULT_LR
+from transferlab.training.strategies import DEFAULT_LR, Phase, judge_trial
 
 A = importlib.import_module("transferlab.advice.advisor")
 
@@ -90,6 +90,16 @@ def test_budget_shrinks_the_feature_pass_to_fit():
     assert (smaller.image_size, smaller.cache_views) == (112, 1)
 
 
+def test_a_trial_is_judged_on_loss_or_accuracy():
+    phase = Phase("finetune", 4, 0, 3e-4, trial=2)
+    before = {"val_loss": 0.42, "val_acc": 0.89}
+    assert judge_trial(phase, {"val_loss": 0.40, "val_acc": 0.88}, before)[0]  # loss improved
+    kept, text = judge_trial(phase, {"val_loss": 0.44, "val_acc": 0.91}, before)  # accuracy improved
+    assert kept and "accuracy improved" in text
+    kept, text = judge_trial(phase, {"val_loss": 0.44, "val_acc": 0.89}, before)  # neither: a tie is no gain
+    assert not kept and "abandoned" in text
+
+
 def test_parse_duration():
     assert parse_duration("90") == parse_duration("90s") == 90
     assert parse_duration("10m") == 600 and parse_duration("1.5h") == 5400 and parse_duration(30) == 30
@@ -113,9 +123,10 @@ def test_a_fine_tuning_trial_that_does_not_help_is_abandoned_and_the_head_kept(d
     (trial,) = [d for d in meta["decisions"] if d["event"] == "trial"]
     assert trial["kept"] is False and trial["epoch"] == 4
     if diverges:
-        assert trial["val_loss"] is None and "diverged" in trial["text"]
-    else:
-        assert trial["val_loss"] > trial["baseline"]
+        assert trial["best"] is None and "diverged" in trial["text"]
+    else:  # neither the loss nor the accuracy improved
+        assert trial["best"]["val_loss"] > trial["before"]["val_loss"]
+        assert trial["best"]["val_acc"] <= trial["before"]["val_acc"]
     assert meta["metrics"]["epochs_run"] == 4 - diverges  # the head epochs and the trial epoch, not six
     assert meta["metrics"]["best_phase"] == "head" and meta["metrics"]["best_epoch"] <= 3
     pretrained = _backbone(create_model("efficientnet_lite0", num_classes=4).state_dict())
@@ -130,7 +141,7 @@ def test_a_fine_tuning_trial_that_helps_is_kept(digits_folder, tmp_path):
                 out=tmp_path / "run", progress=False, **TRAIN)
     meta = json.loads((run.path / "model.json").read_text())
     (trial,) = [d for d in meta["decisions"] if d["event"] == "trial"]
-    assert trial["kept"] is True and trial["val_loss"] < trial["baseline"]
+    assert trial["kept"] is True and trial["best"]["val_loss"] < trial["before"]["val_loss"]
     assert meta["metrics"]["epochs_run"] == 4 and meta["metrics"]["best_phase"] == "finetune"
 
 

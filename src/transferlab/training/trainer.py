@@ -221,7 +221,9 @@ class Trainer:
             scheduler.load_state_dict(state["scheduler"])
             stopping.load_state_dict(state["early_stopping"])
         total_epochs = sum(p.epochs for p in self.phases)
-        before = min((r["val_loss"] for r in self.history if r["epoch"] <= epoch_offset), default=math.inf)
+        earlier = [r for r in self.history if r["epoch"] <= epoch_offset]
+        before = {"val_loss": min((r["val_loss"] for r in earlier), default=math.inf),
+                  "val_acc": max((r["val_acc"] for r in earlier), default=0.0)}
         for e in range(first_epoch, phase.epochs):
             epoch = epoch_offset + e + 1
             if stopping.should_stop or self._trial_failed(pi) or not self._epoch_fits(epoch, phase, epoch_offset):
@@ -245,7 +247,7 @@ class Trainer:
                     raise
                 # an adaptive phase that diverges has failed its trial: the best model so far stands
                 self._decide("trial", epoch, f"{phase.name} abandoned: {str(e).split(';')[0]}; the best model so far "
-                             "is kept", phase=phase.name, kept=False, val_loss=None, baseline=before)
+                             "is kept", phase=phase.name, kept=False, best=None, before=before)
                 break
             if row.get("cut_short"):
                 self._decide("budget", epoch, f"epoch {epoch} cut short after {row['cut_short']:.0%} of its batches "
@@ -259,9 +261,10 @@ class Trainer:
                 if self.dist.is_main:
                     self.checkpoints.save_best(self.model.state_dict())
             if phase.trial and e + 1 == phase.trial:
-                best = min(r["val_loss"] for r in self.history if r["epoch"] > epoch_offset)
+                rows = [r for r in self.history if r["epoch"] > epoch_offset]
+                best = {"val_loss": min(r["val_loss"] for r in rows), "val_acc": max(r["val_acc"] for r in rows)}
                 kept, text = judge_trial(phase, best, before)
-                self._decide("trial", epoch, text, phase=phase.name, kept=kept, val_loss=best, baseline=before)
+                self._decide("trial", epoch, text, phase=phase.name, kept=kept, best=best, before=before)
             if self.dist.is_main:
                 self._save_checkpoint(pi, e + 1, optimizer, scheduler, stopping)
                 write_metrics(self.out / "metrics.csv", self.history)
