@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from transferlab.advice.advisor import advise, freeze_point
+from transferlab.advice.advisor import Measurements, advise, decide, freeze_point
 from transferlab.api import train
 
 HERE = Path(__file__).resolve().parent
@@ -193,7 +193,8 @@ def summarize(results: dict, partial: str) -> list[dict]:
         spread = float(np.sqrt(np.mean([a.var(ddof=1) for k, a in acc.items() if k != "auto"]))) \
             if len(complete) > 1 else 0.0
         tolerance = max(0.01, spread)
-        rule = [v["auto"].get("rule") for v in complete.values()]
+        # the before-training rule as the advisor decides now, from the measurements auto stored
+        rule = [decide(Measurements(**v["auto"]["measurements"])).strategy for v in complete.values()]
         kept = [v["auto"].get("kept") for v in complete.values()]
         rule_gap = float(np.mean([mean[best] - mean.get(r, np.nan) for r in rule if r in mean])) if any(
             r in mean for r in rule) else float("nan")
