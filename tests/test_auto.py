@@ -91,7 +91,7 @@ def test_budget_shrinks_the_feature_pass_to_fit():
 
 
 def test_a_trial_is_judged_on_loss_or_accuracy():
-    phase = Phase("finetune", 4, 0, 3e-4, trial=2)
+    phase = Phase("finetune-trial", 2, 0, 3e-4, trial=2)
     before = {"val_loss": 0.42, "val_acc": 0.89}
     assert judge_trial(phase, {"val_loss": 0.40, "val_acc": 0.88}, before)[0]  # loss improved
     kept, text = judge_trial(phase, {"val_loss": 0.44, "val_acc": 0.91}, before)  # accuracy improved
@@ -142,7 +142,8 @@ def test_a_fine_tuning_trial_that_helps_is_kept(digits_folder, tmp_path):
     meta = json.loads((run.path / "model.json").read_text())
     (trial,) = [d for d in meta["decisions"] if d["event"] == "trial"]
     assert trial["kept"] is True and trial["best"]["val_loss"] < trial["before"]["val_loss"]
-    assert meta["metrics"]["epochs_run"] == 4 and meta["metrics"]["best_phase"] == "finetune"
+    assert meta["metrics"]["epochs_run"] == 4 and meta["metrics"]["best_phase"].startswith("finetune")
+    assert [p["name"] for p in meta["phases"]] == ["head", "finetune-trial", "finetune"]
 
 
 def test_auto_records_its_plan_and_decisions(digits_folder, tmp_path):

@@ -155,7 +155,7 @@ class Trainer:
                     resumed = state if (state is not None and pi == start_phase and start_epoch > 0) else None
                     self._run_phase(pi, start_epoch if resumed else 0, epoch_offset, loss_fn, resumed)
                     epoch_offset += self.phases[pi].epochs
-                    if self.out_of_time:
+                    if self.out_of_time or self._trial_failed():
                         break
         except KeyboardInterrupt:
             self.log(f"interrupted: the last completed epoch is saved; resume with "
@@ -202,7 +202,7 @@ class Trainer:
 
     def _run_phase(self, pi: int, first_epoch: int, epoch_offset: int, loss_fn, state: dict | None) -> None:
         cfg = self.cfg
-        if self.pacer and self.phases[pi].trial and state is None and not self._fit_to_budget(pi, epoch_offset):
+        if self.pacer and pi > 0 and state is None and not self._fit_to_budget(pi, epoch_offset):
             return
         phase = self.phases[pi]
         self.model.freeze(phase.freeze, effective_bn_policy(cfg.strategy, cfg.bn))
@@ -226,7 +226,7 @@ class Trainer:
                   "val_acc": max((r["val_acc"] for r in earlier), default=0.0)}
         for e in range(first_epoch, phase.epochs):
             epoch = epoch_offset + e + 1
-            if stopping.should_stop or self._trial_failed(pi) or not self._epoch_fits(epoch, phase, epoch_offset):
+            if stopping.should_stop or self._trial_failed() or not self._epoch_fits(epoch, phase, epoch_offset):
                 break
             torch.manual_seed(cfg.seed * 100_003 + epoch)  # same augmentations and dropout after a resume
             train_batches = epoch_batches(epoch, torch.Generator().manual_seed(cfg.seed * 100_003 + epoch))
@@ -286,8 +286,8 @@ class Trainer:
         self.log(f"{event}: {text}")
 
     def _fit_to_budget(self, pi: int, epoch_offset: int) -> bool:
-        """An adaptive phase, as it starts under a budget, gets the epochs that fit (its schedule is
-        planned for them), by the speed measured so far; False when not one fits."""
+        """A later phase (fine-tuning after the head), as it starts under a budget, gets the epochs
+        that fit (its schedule is planned for them), by the speed measured so far; False when not one fits."""
         phase = self.phases[pi]
         fits = self.pacer.epochs_that_fit(len(self.scan.splits["train"]), phase.epochs)
         if fits == phase.epochs:
@@ -303,9 +303,8 @@ class Trainer:
                      f"in the {left:.0f}s left", left_s=left)
         return True
 
-    def _trial_failed(self, pi: int) -> bool:
-        phase = self.phases[pi].name
-        return any(d["event"] == "trial" and d["phase"] == phase and not d["kept"] for d in self.decisions)
+    def _trial_failed(self) -> bool:
+        return any(d["event"] == "trial" and not d["kept"] for d in self.decisions)
 
     def _epoch_fits(self, epoch: int, phase: Phase, epoch_offset: int) -> bool:
         """Before an epoch: under a budget, start it only if an epoch like the last one of this phase
