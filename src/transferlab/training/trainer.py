@@ -205,6 +205,10 @@ class Trainer:
         if self.pacer and pi > 0 and state is None and not self._fit_to_budget(pi, epoch_offset):
             return
         phase = self.phases[pi]
+        if phase.fresh_head and state is None:
+            torch.manual_seed(cfg.seed)
+            self.model.reset_classifier(len(self.scan.classes))
+            self.model.to(self.device)
         self.model.freeze(phase.freeze, effective_bn_policy(cfg.strategy, cfg.bn))
         start, epoch_batches, val_batches, features = self._phase_batches(phase)
         steps = math.ceil(len(epoch_batches(1, None)) / cfg.accum_steps)
