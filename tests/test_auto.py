@@ -50,10 +50,12 @@ def test_no_headroom_trains_the_head_only():
 
 
 def test_headroom_tries_fine_tuning_after_a_full_head_phase():
-    plan = _plan(_measured(0.9, per_class=20), epochs=6)
+    plan = _plan(_measured(0.9, per_class=A.SMALL_PER_CLASS * 2), epochs=6)
     assert plan.strategy == "two-stage" and plan.head_epochs == 6  # the head as long as feature extraction
     finetune = plan.epochs - plan.head_epochs
     assert finetune == 4 and 1 <= plan.finetune_trial < finetune
+    small = _plan(_measured(0.9, per_class=20), epochs=6)  # the upper blocks from a fresh head: judged at the end
+    assert small.finetune_trial == small.epochs - small.head_epochs == 4
 
 
 def test_small_data_fine_tunes_the_upper_blocks_only():
