@@ -194,8 +194,9 @@ def test_train_auto_records_the_advice(tmp_path):
     keep = np.concatenate([np.flatnonzero(d.target == c)[:10] for c in range(2)])
     data = write_digit_folder(tmp_path / "data", d.images[keep], d.target[keep])
     cfg = A.advise_for_training(data, TrainConfig(strategy="auto", epochs=2), progress=False)
-    assert cfg.strategy in ("feature-extract", "partial", "finetune", "scratch")
-    assert cfg.advice["strategy"] == cfg.strategy and cfg.advice["explanation"]
+    assert cfg.strategy in ("feature-extract", "two-stage", "scratch")  # the adaptive plan, not the cell's strategy
+    assert cfg.advice["plan"]["strategy"] == cfg.strategy and cfg.advice["explanation"]
+    assert cfg.advice["strategy"] in ("feature-extract", "partial", "finetune", "scratch")
     run = train(data, strategy="auto", epochs=2, image_size=48, batch_size=16, augment="none",
                 out=tmp_path / "run", progress=False)
     meta = json.loads((run.path / "model.json").read_text())
