@@ -173,6 +173,32 @@ def test_budget_stops_in_time_and_keeps_the_best_model(digits_folder, tmp_path):
     assert (run.path / "model.safetensors").exists() and (run.path / "report.html").exists()
 
 
+def test_a_resumed_run_spends_what_is_left_of_its_budget(digits_folder, tmp_path):
+    budget = 24.0
+
+    def crash_after_epoch_2(trainer, row):
+        if row["epoch"] == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(digits_folder, strategy="finetune", epochs=200, budget=budget, out=tmp_path / "run", progress=False,
+              callbacks=[crash_after_epoch_2], **TRAIN)
+    t0 = time.monotonic()
+    run = train(digits_folder, out=tmp_path / "run", resume=True, progress=False)
+    resumed_wall = time.monotonic() - t0
+    meta = json.loads((run.path / "model.json").read_text())
+    (resumed,) = [d for d in meta["decisions"] if "resumed" in d["text"]]
+    assert resumed["epoch"] == 3 and resumed["used_s"] > 0
+    assert resumed["used_s"] + resumed_wall <= 1.1 * budget
+    assert meta["budget"]["used_s"] > resumed["used_s"]  # the first part counts in what the run used
+
+
+def test_auto_runs_are_named_auto(digits_folder, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    run = train(digits_folder, strategy="auto", epochs=1, progress=False, **TRAIN)
+    assert run.path.name.endswith("-auto") and json.loads((run.path / "model.json").read_text())["advice"]
+
+
 @pytest.mark.skipif(len(installed_models()) < 2, reason="needs two installed backbones")
 def test_auto_with_a_budget_picks_the_backbone_and_fits_fine_tuning_in(digits_folder, tmp_path):
     budget = 45.0

@@ -65,7 +65,8 @@ class Trainer:
         self.progress = progress and self.dist.is_main
         self.callbacks = list(callbacks)
         # rank 0 alone names and creates the run folder; the others follow its answer
-        default = default_run_dir(data, config.model, config.strategy)
+        # an auto run is named for what was asked, not for the strategy its plan resolved to
+        default = default_run_dir(data, config.model, "auto" if config.advice else config.strategy)
         self.out = Path(broadcast_object(str(out) if out else str(default), self.dist))
         self.resume = resume
         if not resume:
@@ -356,6 +357,7 @@ class Trainer:
             "history": self.history,
             "decisions": self.decisions,
             "config": asdict(self.cfg),
+            "budget_used_s": self.pacer.budget.elapsed() if self.pacer else None,
         })
 
     def _load_checkpoint(self) -> dict:
@@ -365,6 +367,11 @@ class Trainer:
         self.history = list(state["history"])
         self.best = dict(state["best"])
         self.decisions = list(state.get("decisions", []))
+        if self.pacer and state.get("budget_used_s"):
+            # a resumed run spends what is left of its budget, not a new one
+            self.pacer.budget.start -= state["budget_used_s"]
+            self._decide("budget", len(self.history) + 1, f"resumed with {state['budget_used_s']:.0f}s of the "
+                         f"{self.pacer.budget.seconds:.0f}s budget already used", used_s=round(state["budget_used_s"], 1))
         done = state["phase"] >= len(self.phases)
         self.log(f"{self.out}: training had already finished; writing the final artifacts again" if done
                  else f"resuming {self.out} after epoch {len(self.history)}")
