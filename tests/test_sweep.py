@@ -4,6 +4,7 @@ from __future__ import annotations
 import csv
 import importlib
 import json
+import time
 
 import pytest
 
@@ -100,3 +101,17 @@ def test_train_partial_freeze_auto_and_the_cli(digits_folder, tmp_path, capsys):
     bad = parser.parse_args(["sweep", str(digits_folder), "--model", "resnet18", "--points", "stage9"])
     with pytest.raises(TransferlabError, match="unknown block"):
         bad.func(bad)
+
+
+def test_sweep_stays_within_its_budget(digits_folder, tmp_path, capsys):
+    budget = 20.0
+    args = build_parser().parse_args(["sweep", str(digits_folder), "--points", "0,8,10", "--epochs", "60",
+                                      "--image-size", "32", "--augment", "none", "--workers", "0",
+                                      "--budget", f"{budget:g}s", "--out", str(tmp_path / "run"), "--quiet"])
+    t0 = time.monotonic()
+    assert args.func(args) == 0
+    assert time.monotonic() - t0 <= 1.1 * budget
+    trials = json.loads((tmp_path / "run" / "sweep.json").read_text())
+    assert [t["rung"] for t in trials] == [0, 0, 0, 1]  # every rung ran, the final one included
+    meta = json.loads((tmp_path / "run" / "model.json").read_text())
+    assert meta["budget"]["seconds"] == budget and meta["metrics"]["epochs_run"] < 60

@@ -122,7 +122,7 @@ def train(data, model: str | None = None, strategy: str = "two-stage", out=None,
         if cfg.strategy == "partial" and cfg.freeze == "auto":
             from .advice.sweep import freeze_search
 
-            return freeze_search(data, dataclasses.replace(cfg), out=out, progress=progress)
+            return freeze_search(data, dataclasses.replace(cfg), out=out, progress=progress, budget=budget)
     trainer = Trainer(data, cfg, out=out, resume=resume, progress=progress, callbacks=callbacks, budget=budget)
     try:
         return trainer.fit()

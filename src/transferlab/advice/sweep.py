@@ -6,6 +6,9 @@ run, the best 1/eta go on to runs eta times longer, until one is left; it trains
 features, and all runs share the decoded images, so the deep freeze points cost little more than
 their heads. The trial runs are deleted; their table (sweep.csv, sweep.json) and plot (sweep.png)
 are kept in the winner's run folder, and recorded in its model.json under "advice".
+
+Under a budget each run gets the share of what is left that its epochs are of the epochs still to
+run (rungs cost about the same, so early rungs do not starve the final run), and is paced by it.
 """
 from __future__ import annotations
 
@@ -27,6 +30,7 @@ from ..runs.folder import default_run_dir
 from ..runs.metrics import write_metrics
 from ..runs.report import plot_sweep
 from ..training.batches import TrainingCache
+from ..training.budget import Budget
 from ..training.config import TrainConfig
 from ..training.trainer import Run, Trainer
 
@@ -76,9 +80,11 @@ def rung_schedule(candidates: int, epochs: int, eta: int) -> list[tuple[int, int
 
 
 def freeze_search(data, cfg: TrainConfig, out=None, progress: bool = True, points=None,
-                  eta: int = SWEEP_ETA) -> Run:
-    """Find the best freeze point of a partial fine-tune by successive halving; train it into `out`."""
+                  eta: int = SWEEP_ETA, budget: Budget | None = None) -> Run:
+    """Find the best freeze point of a partial fine-tune by successive halving; train it into `out`.
+    `budget` (or cfg.budget) bounds the wall clock of the whole search."""
     cfg = dataclasses.replace(cfg, strategy="partial")
+    budget = budget or (Budget(cfg.budget) if cfg.budget else None)
     cfg.validate()
     out = Path(out) if out else default_run_dir(data, cfg.model, cfg.strategy)
     scan = scan_dataset(data, cfg.val_split, cfg.seed)
@@ -88,6 +94,13 @@ def freeze_search(data, cfg: TrainConfig, out=None, progress: bool = True, point
     schedule = rung_schedule(len(alive), cfg.epochs, eta)
     shared = TrainingCache()
     trials: list[Trial] = []
+    epochs_to_run = sum(n * e for n, e in schedule)
+
+    def trial_budget(epochs: int) -> Budget | None:
+        nonlocal epochs_to_run
+        share = None if budget is None else Budget(budget.left() * epochs / epochs_to_run)
+        epochs_to_run -= epochs
+        return share
 
     def trial_config(n: int, epochs: int) -> TrainConfig:
         # the leakage check looks at the data, not the freeze point: the final run makes it, once
@@ -104,7 +117,7 @@ def freeze_search(data, cfg: TrainConfig, out=None, progress: bool = True, point
                                f"{epochs} epoch(s)")
                 t0 = time.perf_counter()
                 run = Trainer(data, trial_config(n, epochs), Path(tmp) / f"r{rung}-f{n}", progress=False,
-                              cache=shared).fit()
+                              cache=shared, budget=trial_budget(epochs)).fit()
                 trials.append(Trial(rung, epochs, n, blocks[n], params(n), run.metrics["val_acc"],
                                     run.metrics["val_loss"], time.perf_counter() - t0))
             keep = schedule[rung + 1][0]
@@ -124,7 +137,7 @@ def freeze_search(data, cfg: TrainConfig, out=None, progress: bool = True, point
         f"freezing {best} blocks (training from {blocks[best]}) had the best validation accuracy.")
     t0 = time.perf_counter()
     final_cfg = dataclasses.replace(cfg, freeze=best, epochs=epochs, advice=advice)
-    run = Trainer(data, final_cfg, out, progress=progress, cache=shared).fit()
+    run = Trainer(data, final_cfg, out, progress=progress, cache=shared, budget=budget).fit()
     trials.append(Trial(final_rung, epochs, best, blocks[best], params(best), run.metrics["val_acc"],
                         run.metrics["val_loss"], time.perf_counter() - t0))
     write_sweep(out, trials, blocks)

@@ -22,10 +22,13 @@ def cmd_advise(args) -> int:
 def cmd_sweep(args) -> int:
     """Search the freeze point, train the winner, print the table."""
     from ..advice.sweep import Trial, format_trials, freeze_search
+    from ..training.budget import parse_duration
     from ..training.config import TrainConfig
 
     options = {k: getattr(args, k) for k in ("model", "epochs", "lr", "batch_size", "augment", "image_size",
-                                             "val_split", "seed", "device", "weights", "workers")}
+                                             "val_split", "seed", "device", "weights", "workers", "budget")}
+    if options["budget"] is not None:
+        options["budget"] = parse_duration(options["budget"])
     cfg = TrainConfig(strategy="partial", freeze="auto", **{k: v for k, v in options.items() if v is not None})
     points = [p.strip() for p in args.points.split(",") if p.strip()] if args.points else None
     run = freeze_search(args.data, cfg, out=args.out, progress=not args.quiet, points=points, eta=args.eta)

@@ -169,6 +169,7 @@ def _add_sweep(sub) -> None:
                                     f"default: {SWEEP_POINTS} from 0 to all-but-head")
     p.add_argument("--eta", type=int, default=SWEEP_ETA, help="keep the best 1/eta each rung; runs grow eta-fold")
     p.add_argument("--epochs", type=int, default=d.epochs, help="epochs of the final run (earlier rungs: fewer)")
+    p.add_argument("--budget", help="a wall-clock limit for the whole search, e.g. 90s, 10m, 1h")
     p.add_argument("--out", help="run folder of the winner (default: runs/DATA-MODEL-partial)")
     p.add_argument("--lr", type=float, help="learning rate (default: the strategy's)")
     p.add_argument("--batch-size", type=int, default=d.batch_size)
