@@ -108,9 +108,11 @@ def _key(variant: str, seed: int, strategy: str, options: dict) -> str:
     return json.dumps([variant, seed, strategy, sorted(options.items())])
 
 
-def _options(name: str, size: str, partial: str) -> dict:
-    """What a stored run must match to be reused: the training options and the variant's sizes."""
-    return {**TRAIN, "partial": partial, "per_class": SIZES[name][size], "val_per_class": VAL_PER_CLASS[name]}
+def _options(name: str, size: str, partial: str, strategy: str) -> dict:
+    """What a stored run must match to be reused: the training options, the variant's sizes and, for
+    partial, how its freeze point was chosen (the other strategies' runs serve either table)."""
+    options = {**TRAIN, "per_class": SIZES[name][size], "val_per_class": VAL_PER_CLASS[name]}
+    return {**options, "partial": partial} if strategy == "partial" else options
 
 
 def load_results(path: Path) -> dict[str, dict]:
@@ -122,6 +124,11 @@ def load_results(path: Path) -> dict[str, dict]:
                 r = json.loads(line)
             except json.JSONDecodeError:
                 continue
+            variant, seed, strategy, options = json.loads(r["key"])
+            if strategy != "partial":  # stored before only partial's key said how it froze
+                options = dict(options)
+                options.pop("partial", None)
+                r["key"] = _key(variant, seed, strategy, options)
             out[r["key"]] = r
     return out
 
@@ -153,16 +160,15 @@ def bench(variants: list[tuple[str, str]], seeds: list[int], strategies: list[st
         for seed in seeds:  # seed-major: a short session still covers every variant once
             for name, size in variants:
                 variant = f"{name}-{size}"
-                options = _options(name, size, partial)
-                todo = [s for s in strategies if _key(variant, seed, s, options) not in results]
+                key = {s: _key(variant, seed, s, _options(name, size, partial, s)) for s in strategies}
+                todo = [s for s in strategies if key[s] not in results]
                 if not todo:
                     continue
                 data = write_variant(Path(tmp) / variant / str(seed), name, SIZES[name][size], seed,
                                      VAL_PER_CLASS[name])
                 for strategy in todo:
-                    key = _key(variant, seed, strategy, options)
                     r = run_one(data, Path(tmp) / "runs" / f"{variant}-{seed}-{strategy}", strategy, seed, partial)
-                    r.update(key=key, variant=variant, seed=seed, strategy=strategy)
+                    r.update(key=key[strategy], variant=variant, seed=seed, strategy=strategy)
                     results[key] = r
                     with results_path.open("a") as f:
                         f.write(json.dumps(r) + "\n")
@@ -178,7 +184,7 @@ def summarize(results: dict, partial: str) -> list[dict]:
     for r in results.values():
         variant, seed, strategy, options = json.loads(r["key"])
         name, size = variant.rsplit("-", 1)
-        if name not in SIZES or dict(options) != _options(name, size, partial):
+        if name not in SIZES or size not in SIZES[name] or dict(options) != _options(name, size, partial, strategy):
             continue
         runs.setdefault(variant, {}).setdefault(seed, {})[strategy] = r
     rows = []
