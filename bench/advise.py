@@ -216,6 +216,38 @@ def summarize(results: dict, partial: str) -> list[dict]:
     return rows
 
 
+PREDICTORS = ("min_per_class", "bn_shift", "head_confidence", "probe_accuracy", "probe_slope", "logme")
+
+
+def predictors(results: dict, partial: str) -> list[dict]:
+    """Per variant: the advisor's measurements (means over the seeds auto ran) against what fine-tuning
+    gained over feature extraction (the best of partial, two-stage and finetune, minus feature-extract),
+    to see which measurement predicts that fine-tuning pays off."""
+    rows = []
+    for row in summarize(results, partial):
+        ms = [r["measurements"] for r in results.values() if r["strategy"] == "auto" and r["variant"] == row["variant"]]
+        m = {k: float(np.mean([x[k] for x in ms])) for k in PREDICTORS if k != "probe_slope"}
+        # the probe's learning curve: what doubling the sample gained
+        m["probe_slope"] = float(np.mean([x["probe_accuracy"] - x["probe_accuracy_half"] for x in ms]))
+        acc = row["acc"]
+        gain = max(acc["partial"], acc["two-stage"], acc["finetune"]) - acc["feature-extract"]
+        rows.append({"variant": row["variant"], **m, "gain": gain, "spread": row["spread"]})
+    return rows
+
+
+def print_predictors(rows: list[dict]) -> None:
+    print(f"\n{'variant':<16} " + " ".join(f"{k:>15}" for k in PREDICTORS) + f" {'FT gain':>8} {'spread':>6}")
+    for r in rows:
+        print(f"{r['variant']:<16} " + " ".join(f"{r[k]:15.3f}" for k in PREDICTORS)
+              + f" {100 * r['gain']:8.1f} {100 * r['spread']:6.1f}")
+    if len(rows) > 2:
+        from scipy.stats import spearmanr
+
+        gains = [r["gain"] for r in rows]
+        print("Spearman correlation with the gain: " + ", ".join(
+            f"{k} {spearmanr([r[k] for r in rows], gains).statistic:+.2f}" for k in PREDICTORS))
+
+
 def print_table(rows: list[dict]) -> None:
     short = {"feature-extract": "FE", "partial": "PT", "two-stage": "2S", "finetune": "FT", "scratch": "SC",
              "auto": "auto"}
@@ -263,7 +295,9 @@ def main(argv=None) -> None:
         variants = [(n, s) for n in args.datasets.split(",") for s in args.sizes.split(",") if s in SIZES[n]]
         strategies = args.only.split(",") if args.only else [*STRATEGIES, "auto"]
         bench(variants, [int(s) for s in args.seeds.split(",")], strategies, results_path, args.partial)
-    print_table(summarize(load_results(results_path), args.partial))
+    results = load_results(results_path)
+    print_table(summarize(results, args.partial))
+    print_predictors(predictors(results, args.partial))
 
 
 if __name__ == "__main__":
