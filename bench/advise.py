@@ -169,7 +169,7 @@ def bench(variants: list[tuple[str, str]], seeds: list[int], strategies: list[st
                 for strategy in todo:
                     r = run_one(data, Path(tmp) / "runs" / f"{variant}-{seed}-{strategy}", strategy, seed, partial)
                     r.update(key=key[strategy], variant=variant, seed=seed, strategy=strategy)
-                    results[key] = r
+                    results[key[strategy]] = r
                     with results_path.open("a") as f:
                         f.write(json.dumps(r) + "\n")
                     print(f"{variant} seed {seed} {strategy}: val {r['val_acc']:.3f} in {r['seconds']:.0f}s"
