@@ -14,7 +14,7 @@ the training options), so an interrupted bench resumes and a change to auto reru
 
     python bench/advise.py                                   # everything (hours on a 2-core CPU)
     python bench/advise.py --datasets flowers,eurosat --sizes small --seeds 0
-    python bench/advise.py --only auto                       # rerun auto against the stored ground truth
+    python bench/advise.py --only auto --rerun               # rerun auto against the stored ground truth
     python bench/advise.py --table                           # print the table from the results file
 """
 from __future__ import annotations
@@ -154,14 +154,14 @@ def run_one(data: Path, out: Path, strategy: str, seed: int, partial: str) -> di
 
 
 def bench(variants: list[tuple[str, str]], seeds: list[int], strategies: list[str], results_path: Path,
-          partial: str) -> dict:
+          partial: str, rerun: bool = False) -> dict:
     results = load_results(results_path)
     with tempfile.TemporaryDirectory() as tmp:
         for seed in seeds:  # seed-major: a short session still covers every variant once
             for name, size in variants:
                 variant = f"{name}-{size}"
                 key = {s: _key(variant, seed, s, _options(name, size, partial, s)) for s in strategies}
-                todo = [s for s in strategies if key[s] not in results]
+                todo = [s for s in strategies if rerun or key[s] not in results]
                 if not todo:
                     continue
                 data = write_variant(Path(tmp) / variant / str(seed), name, SIZES[name][size], seed,
@@ -277,6 +277,8 @@ def main(argv=None) -> None:
     parser.add_argument("--only", help="comma-separated strategies to run (auto included); default: all and auto")
     parser.add_argument("--partial", choices=("advisor", "sweep"), default="advisor",
                         help="partial's freeze point: the advisor's, or the freeze search's best (slower)")
+    parser.add_argument("--rerun", action="store_true",
+                        help="train the --only strategies again, replacing their stored runs (after a change to auto)")
     parser.add_argument("--results", default=str(HERE / "results" / "advise.jsonl"))
     parser.add_argument("--table", action="store_true", help="only print the table from the results file")
     parser.add_argument("--per-class", type=int, help="training images per class for every variant (a smoke run)")
@@ -294,7 +296,8 @@ def main(argv=None) -> None:
     if not args.table:
         variants = [(n, s) for n in args.datasets.split(",") for s in args.sizes.split(",") if s in SIZES[n]]
         strategies = args.only.split(",") if args.only else [*STRATEGIES, "auto"]
-        bench(variants, [int(s) for s in args.seeds.split(",")], strategies, results_path, args.partial)
+        bench(variants, [int(s) for s in args.seeds.split(",")], strategies, results_path, args.partial,
+              args.rerun)
     results = load_results(results_path)
     print_table(summarize(results, args.partial))
     print_predictors(predictors(results, args.partial))

@@ -54,17 +54,28 @@ def test_headroom_tries_fine_tuning_after_a_full_head_phase():
     assert plan.strategy == "two-stage" and plan.head_epochs == 6  # the head as long as feature extraction
     finetune = plan.epochs - plan.head_epochs
     assert finetune == 4 and 1 <= plan.finetune_trial < finetune
-    small = _plan(_measured(0.9, per_class=20), epochs=6)  # the upper blocks from a fresh head: judged at the end
+    # small and different: the upper blocks from a fresh head, judged at the end
+    small = _plan(_measured(0.9, per_class=20, bn_shift=2 * A.SIMILAR_BN_SHIFT), epochs=6)
     assert small.finetune_trial == small.epochs - small.head_epochs == 6  # as long as the partial strategy
 
 
-def test_small_data_fine_tunes_the_upper_blocks_only():
-    m = _measured(0.5, per_class=A.SMALL_PER_CLASS // 2)
+def test_small_different_data_fine_tunes_the_upper_blocks_only():
+    m = _measured(0.5, per_class=A.SMALL_PER_CLASS // 2, bn_shift=2 * A.SIMILAR_BN_SHIFT)
     plan = _plan(m, epochs=6)
     assert plan.strategy == "two-stage" and plan.freeze == A.freeze_point(m) > 0
     assert plan.lr == DEFAULT_LR["head"]  # the upper blocks at the partial strategy's rates
-    large = _plan(_measured(0.5, per_class=A.SMALL_PER_CLASS * 2), epochs=6)
+    large = _plan(_measured(0.5, per_class=A.SMALL_PER_CLASS * 2, bn_shift=2 * A.SIMILAR_BN_SHIFT), epochs=6)
     assert large.strategy == "two-stage" and large.freeze == 0 and large.lr is None  # large: every layer
+
+
+def test_small_similar_data_fine_tunes_every_layer_gently_judged_at_the_end():
+    m = _measured(0.5, per_class=A.SMALL_PER_CLASS // 2, bn_shift=A.SIMILAR_BN_SHIFT / 2)
+    assert A.decide(m).strategy == "feature-extract"  # the rule before training
+    plan = _plan(m, epochs=6)
+    # the freeze point would leave nearly everything frozen (no block's inputs shift): every layer
+    # trains instead, at two-stage's low rate, after the fitted head, for two-stage's share
+    assert plan.strategy == "two-stage" and plan.freeze == 0 and plan.lr is None
+    assert plan.head_epochs == 6 and plan.finetune_trial == plan.epochs - plan.head_epochs == 4
 
 
 def test_scratch_only_when_very_large_and_far():
