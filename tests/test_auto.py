@@ -59,13 +59,19 @@ def test_headroom_tries_fine_tuning_after_a_full_head_phase():
     assert small.finetune_trial == small.epochs - small.head_epochs == 6  # as long as the partial strategy
 
 
-def test_small_different_data_fine_tunes_the_upper_blocks_only():
-    m = _measured(0.5, per_class=A.SMALL_PER_CLASS // 2, bn_shift=2 * A.SIMILAR_BN_SHIFT)
+@pytest.mark.parametrize("per_class", [A.SMALL_PER_CLASS // 2, A.SMALL_PER_CLASS * 2])
+def test_different_data_fine_tunes_the_upper_blocks_only(per_class):
+    m = _measured(0.5, per_class=per_class, bn_shift=2 * A.SIMILAR_BN_SHIFT)
     plan = _plan(m, epochs=6)
     assert plan.strategy == "two-stage" and plan.freeze == A.freeze_point(m) > 0
     assert plan.lr == DEFAULT_LR["head"]  # the upper blocks at the partial strategy's rates
-    large = _plan(_measured(0.5, per_class=A.SMALL_PER_CLASS * 2, bn_shift=2 * A.SIMILAR_BN_SHIFT), epochs=6)
-    assert large.strategy == "two-stage" and large.freeze == 0 and large.lr is None  # large: every layer
+    assert plan.finetune_trial == plan.epochs - plan.head_epochs == 6  # the partial strategy's epochs, judged at the end
+
+
+def test_large_similar_data_fine_tunes_every_layer_judged_after_a_third():
+    plan = _plan(_measured(0.5, per_class=A.SMALL_PER_CLASS * 2, bn_shift=A.SIMILAR_BN_SHIFT / 2), epochs=6)
+    assert plan.strategy == "two-stage" and plan.freeze == 0 and plan.lr is None
+    assert plan.epochs - plan.head_epochs == 4 and plan.finetune_trial == 2
 
 
 def test_small_similar_data_fine_tunes_every_layer_gently_judged_at_the_end():
@@ -156,7 +162,8 @@ def test_a_fine_tuning_trial_that_helps_is_kept(digits_folder, tmp_path):
     (trial,) = [d for d in meta["decisions"] if d["event"] == "trial"]
     assert trial["kept"] is True and trial["best"]["val_loss"] < trial["before"]["val_loss"]
     assert meta["metrics"]["epochs_run"] == 4 and meta["metrics"]["best_phase"].startswith("finetune")
-    assert [p["name"] for p in meta["phases"]] == ["head", "finetune-trial", "finetune"]
+    # one fine-tuning schedule, judged after its first epoch
+    assert [(p["name"], p["epochs"], p["trial"]) for p in meta["phases"]] == [("head", 1, 0), ("finetune", 3, 1)]
 
 
 def test_auto_records_its_plan_and_decisions(digits_folder, tmp_path):
