@@ -219,12 +219,12 @@ def summarize(results: dict, partial: str) -> list[dict]:
 PREDICTORS = ("min_per_class", "bn_shift", "head_confidence", "probe_accuracy", "probe_slope", "logme")
 
 
-def predictors(results: dict, partial: str) -> list[dict]:
+def predictors(results: dict, table: list[dict]) -> list[dict]:
     """Per variant: the advisor's measurements (means over the seeds auto ran) against what fine-tuning
     gained over feature extraction (the best of partial, two-stage and finetune, minus feature-extract),
     to see which measurement predicts that fine-tuning pays off."""
     rows = []
-    for row in summarize(results, partial):
+    for row in table:
         ms = [r["measurements"] for r in results.values() if r["strategy"] == "auto" and r["variant"] == row["variant"]]
         m = {k: float(np.mean([x[k] for x in ms])) for k in PREDICTORS if k != "probe_slope"}
         # the probe's learning curve: what doubling the sample gained
@@ -299,8 +299,9 @@ def main(argv=None) -> None:
         bench(variants, [int(s) for s in args.seeds.split(",")], strategies, results_path, args.partial,
               args.rerun)
     results = load_results(results_path)
-    print_table(summarize(results, args.partial))
-    print_predictors(predictors(results, args.partial))
+    table = summarize(results, args.partial)
+    print_table(table)
+    print_predictors(predictors(results, table))
 
 
 if __name__ == "__main__":

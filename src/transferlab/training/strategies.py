@@ -22,8 +22,8 @@ class Phase:
     freeze: int  # number of leading blocks frozen
     lr: float  # learning rate of the head; earlier blocks get less when lr_mult > 1
     lr_mult: float = 1.0  # head lr / first trainable block lr (discriminative learning rates)
-    # a trial phase (trial = its epochs): at its end it must beat the epochs before it (judge_trial),
-    # else the phases after it are dropped and the best model so far is kept. 0: not a trial
+    # a trial phase: after `trial` of its epochs it must beat the epochs before it (judge_trial), else
+    # it stops, the phases after it are dropped and the best model so far is kept. 0: not a trial
     trial: int = 0
     fresh_head: bool = False  # the phase starts from a newly initialised head
 
@@ -44,7 +44,7 @@ def plan_phases(
     trial: int = 0,
 ) -> list[Phase]:
     """The phases a strategy trains in. `freeze` is a block count or the first trainable block's name;
-    `trial` (two-stage): fine-tuning starts with a trial phase of that many epochs (see Phase.trial)."""
+    `trial` (two-stage): fine-tuning is judged after that many epochs (see Phase.trial)."""
     if epochs < 1:
         raise TransferlabError("--epochs must be at least 1")
     all_but_head = len(model.group_names) - 1
