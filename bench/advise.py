@@ -30,10 +30,10 @@ import numpy as np
 from PIL import Image
 
 from transferlab.advice.advisor import Measurements, advise, decide, freeze_point
+from shared_data import SHARED_DATASETS, require_folder
 from transferlab.api import train
 
 HERE = Path(__file__).resolve().parent
-SHARED = HERE.parent.parent / "shared" / "datasets"
 STRATEGIES = ("feature-extract", "partial", "two-stage", "finetune", "scratch")
 # Training options every run shares. The default schedule; 6 epochs instead of 10 and 128 px instead
 # of the model's 224 keep the whole grid within hours on a 2-core CPU (EuroSAT's images are 64 px
@@ -72,22 +72,20 @@ SIZES = {"flowers": {"small": 8, "large": 30}, "eurosat": {"small": 10, "large":
 VAL_PER_CLASS = {"flowers": 10, "eurosat": 30, "clothing": 30, "mnist": 30, "digits": 30}
 
 
-def _items(name: str) -> dict[str, list]:
+def _items(name: str, datasets: Path) -> dict[str, list]:
     """Class name -> its items (file paths of a photo set, arrays of a registry set), in a fixed order."""
     if name in PHOTO_SETS:
-        root = SHARED / name
-        if not root.is_dir():
-            raise SystemExit(f"{root} not found: the photo sets live in ../shared/datasets beside the project")
+        root = datasets / name
         return {d.name: sorted(d.iterdir()) for d in sorted(root.iterdir()) if d.is_dir()}
     x, y = _arrays(name)
     return {f"class_{k}": [x[i] for i in np.flatnonzero(y == k)] for k in np.unique(y)}
 
 
-def write_variant(root: Path, name: str, per_class: int, seed: int, val_per_class: int) -> Path:
+def write_variant(root: Path, name: str, per_class: int, seed: int, val_per_class: int, datasets: Path) -> Path:
     """train/ and val/ class folders: the validation images are the same for every seed (the first
     `val_per_class` of a seed-0 shuffle); the training images are `per_class` others drawn by `seed`.
     Photos are linked, not copied; registry arrays are written as PNGs."""
-    for label, items in _items(name).items():
+    for label, items in _items(name, datasets).items():
         order = np.random.default_rng(0).permutation(len(items))
         val, rest = order[:val_per_class], order[val_per_class:]
         train_idx = np.random.default_rng(seed).permutation(rest)[:per_class]
@@ -154,7 +152,7 @@ def run_one(data: Path, out: Path, strategy: str, seed: int, partial: str) -> di
 
 
 def bench(variants: list[tuple[str, str]], seeds: list[int], strategies: list[str], results_path: Path,
-          partial: str, rerun: bool = False) -> dict:
+          partial: str, rerun: bool, datasets: Path) -> dict:
     results = load_results(results_path)
     with tempfile.TemporaryDirectory() as tmp:
         for seed in seeds:  # seed-major: a short session still covers every variant once
@@ -165,7 +163,7 @@ def bench(variants: list[tuple[str, str]], seeds: list[int], strategies: list[st
                 if not todo:
                     continue
                 data = write_variant(Path(tmp) / variant / str(seed), name, SIZES[name][size], seed,
-                                     VAL_PER_CLASS[name])
+                                     VAL_PER_CLASS[name], datasets)
                 for strategy in todo:
                     r = run_one(data, Path(tmp) / "runs" / f"{variant}-{seed}-{strategy}", strategy, seed, partial)
                     r.update(key=key[strategy], variant=variant, seed=seed, strategy=strategy)
@@ -285,7 +283,11 @@ def main(argv=None) -> None:
     parser.add_argument("--val-per-class", type=int, help="validation images per class for every variant")
     parser.add_argument("--epochs", type=int, default=TRAIN["epochs"])
     parser.add_argument("--image-size", type=int, default=TRAIN["image_size"])
+    parser.add_argument("--datasets-dir", type=Path, default=SHARED_DATASETS,
+                        help="the folder that holds the photo sets (default: ../shared/datasets beside the project)")
     args = parser.parse_args(argv)
+    for name in set(args.datasets.split(",")) & set(PHOTO_SETS):
+        require_folder(args.datasets_dir / name, f"the {name} photo set", "--datasets-dir")
     TRAIN.update(epochs=args.epochs, image_size=args.image_size)
     if args.per_class or args.val_per_class:
         for name in SIZES:
@@ -297,7 +299,7 @@ def main(argv=None) -> None:
         variants = [(n, s) for n in args.datasets.split(",") for s in args.sizes.split(",") if s in SIZES[n]]
         strategies = args.only.split(",") if args.only else [*STRATEGIES, "auto"]
         bench(variants, [int(s) for s in args.seeds.split(",")], strategies, results_path, args.partial,
-              args.rerun)
+              args.rerun, args.datasets_dir)
     results = load_results(results_path)
     table = summarize(results, args.partial)
     print_table(table)

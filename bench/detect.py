@@ -29,6 +29,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "src"), str(ROOT / "tests")]
+from shared_data import SHARED_DATASETS, require_folder  # noqa: E402  (bench/ is the script's folder)
 
 
 def parity() -> None:
@@ -92,9 +93,6 @@ def real_photos(faces: Path, n_images: int, upscale: float, work: Path) -> None:
     from transferlab.data.images import open_image, open_image_scaled
     from transferlab.detect import TrainConfig, load_faces, train
 
-    if not (faces / "train.csv").is_file():
-        print(f"(d) skipped: {faces}/train.csv not found")
-        return
     samples = load_faces(faces / "train.csv").samples[:n_images]
     rows = []
     photos = work / "photos"
@@ -180,7 +178,8 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=10)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--keep", type=Path, help="keep generated data and the run here")
-    ap.add_argument("--faces", type=Path, default=ROOT.parent / "shared" / "datasets" / "faces")
+    ap.add_argument("--faces", type=Path, help="(d): the real face photos, a folder with train.csv "
+                    "(default: the shared faces set; without it a full run skips (d))")
     ap.add_argument("--faces-images", type=int, default=338)
     ap.add_argument("--upscale", type=float, default=2.5, help="(d): enlarge the photos to phone-like sizes")
     ap.add_argument("--only", choices=("parity", "speed", "fine-tune", "real"), help="run one case")
@@ -189,6 +188,13 @@ def main() -> None:
     if args.smoke:
         args.train, args.test, args.epochs, args.faces_images = 8, 4, 1, 8
     torch.set_num_threads(args.threads)
+    faces_dir = None
+    if args.only in (None, "real"):
+        if args.faces or args.only or (SHARED_DATASETS / "faces").is_dir():
+            faces_dir = require_folder((args.faces or SHARED_DATASETS / "faces") / "train.csv",
+                                   "the faces set's train.csv", "--faces").parent
+        else:
+            print(f"(d) skipped: {SHARED_DATASETS / 'faces'} not found (--faces DIR runs it)")
     with tempfile.TemporaryDirectory() as tmp:
         work = args.keep or Path(tmp)
         if args.only in (None, "parity"):
@@ -200,10 +206,10 @@ def main() -> None:
             speed([make_image(rng, backgrounds, faces)[0] for _ in range(8 if args.smoke else 128)])
         if args.only in (None, "fine-tune"):
             fine_tune(work, args.train, args.test, args.epochs)
-        if args.only in (None, "real"):
+        if faces_dir:
             # training speed uses every core, as a user's run does
             torch.set_num_threads(os.cpu_count() or 1)
-            real_photos(args.faces, args.faces_images, args.upscale, work / "real")
+            real_photos(faces_dir, args.faces_images, args.upscale, work / "real")
 
 
 if __name__ == "__main__":

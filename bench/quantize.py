@@ -24,7 +24,9 @@ from pathlib import Path
 
 import numpy as np
 
-PHOTOS = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "flowers"
+from shared_data import SHARED_DATASETS
+
+PHOTOS = SHARED_DATASETS / "flowers"
 
 
 def best_of(rounds: int, measures: dict) -> dict:
@@ -124,6 +126,8 @@ def main(argv=None) -> int:
     sets = {"mnist": test_paths}
     if PHOTOS.is_dir() and not args.smoke:
         sets["photos"] = sorted(find_images(PHOTOS))[:args.predict_images]
+    elif not args.smoke:
+        print(f"photos row skipped: {PHOTOS} not found")
     plain = clf.model.eval()
     reference = clf.preprocessing.eval_transform()
     records: dict = {}

@@ -15,6 +15,22 @@ from PIL import Image  # noqa: E402
 
 os.environ.setdefault("MPLBACKEND", "Agg")
 
+# The shared photo sets sit beside a development checkout (<repo>/../shared/datasets); a clone alone has
+# none, so a test that reads one carries @pytest.mark.shared("NAME") and is skipped, with the reason, there.
+SHARED_DATASETS = Path(__file__).resolve().parents[2] / "shared" / "datasets"
+
+
+def pytest_runtest_setup(item):
+    for marker in item.iter_markers("shared"):
+        for name in marker.args:
+            if not (SHARED_DATASETS / name).is_dir():
+                pytest.skip(f"needs the shared {name} set: {SHARED_DATASETS / name} not found")
+
+
+@pytest.fixture(scope="session")
+def shared_datasets() -> Path:
+    return SHARED_DATASETS
+
 
 @pytest.fixture(scope="session", autouse=True)
 def _isolated_cache(tmp_path_factory):

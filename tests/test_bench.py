@@ -63,7 +63,6 @@ def test_advise_bench(tmp_path):
     assert len(results.read_text().splitlines()) == 6 and "digits-small" in again
 
 
-@pytest.mark.skipif(not (BENCH / "detect.py").is_file(), reason="no detection bench")
 def test_detect_bench(tmp_path):
     out = bench("detect.py", "--smoke", "--keep", tmp_path)
     assert "images/s" in out
@@ -74,8 +73,23 @@ def test_quantize_bench_smoke(tmp_path):
     assert "int8 forward vs float" in out and "| fp16 |" in out
 
 
+@pytest.mark.shared("flowers")
 def test_audit_bench(tmp_path):
-    pytest.importorskip("cleanlab")
     out = bench("audit.py", "--datasets", "flowers", "--per-class", 6, "--dups", 3, "--outliers", 2,
                 "--keep", tmp_path)
     assert "| flowers |" in out
+
+
+@pytest.mark.parametrize("script, args", [
+    ("audit.py", ("--datasets", "flowers", "--datasets-dir")),
+    ("advise.py", ("--datasets", "flowers", "--sizes", "small", "--datasets-dir")),
+    ("detect.py", ("--only", "real", "--faces")),
+])
+def test_a_bench_without_its_data_stops_with_one_line(tmp_path, script, args):
+    missing = tmp_path / "no-such-folder"
+    proc = subprocess.run([sys.executable, str(BENCH / script), *args, str(missing)], capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and str(missing) in lines[0] and "pass --" in lines[0], proc.stderr
+    assert not list(tmp_path.iterdir())  # stopped before writing anything

@@ -33,15 +33,9 @@ def trained_run(tmp_path_factory, synthetic_train):
     return train(synthetic_train, tmp_path_factory.mktemp("runs") / "faces", config, progress=False)
 
 
-# the shared real-photo face set sits beside the repository: <repo parent>/shared/datasets/faces
-REAL_FACES = Path(__file__).resolve().parents[2].parent / "shared" / "datasets" / "faces"
-
-
 @pytest.fixture(scope="package")
-def real_faces():
-    """Samples of the real photos' train split, read in place; skipped when absent."""
-    if not (REAL_FACES / "train.csv").is_file():
-        pytest.skip(f"{REAL_FACES} not found")
+def real_faces(shared_datasets):
+    """Samples of the shared real photos' train split, read in place (tests using it are marked shared)."""
     from transferlab.detect.data import load_faces
 
-    return load_faces(REAL_FACES / "train.csv").samples
+    return load_faces(shared_datasets / "faces" / "train.csv").samples

@@ -8,6 +8,7 @@ import csv
 import json
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 
@@ -34,6 +35,7 @@ def _write_csv(path, samples):
     return path
 
 
+@pytest.mark.shared("faces")
 def test_first_step_at_the_default_lr_keeps_the_detector(real_faces):
     """Cause 1: the weights span 1e-4..10 (BatchNorm folded in) and AdamW moves each by ~lr; the old
     5e-4 multiplied the loss several times in one step. The default relative steps (lr x each tensor's
@@ -59,6 +61,7 @@ def test_first_step_at_the_default_lr_keeps_the_detector(real_faces):
     assert after_old > before * 10  # measured 1.9 -> 135: the failure, kept as the reason for the default
 
 
+@pytest.mark.shared("faces")
 def test_anchors_on_a_face_are_never_negatives(real_faces):
     """Cause 2: the pretrained model fires on several anchors per face (weighted NMS averages them);
     hard-negative mining picked exactly those as its hardest negatives."""
@@ -98,6 +101,7 @@ def test_classification_loss_clips_logits_like_mediapipe():
     assert torch.isfinite(loss["loss"]) and loss["cls"] <= 100 * 3
 
 
+@pytest.mark.shared("faces")
 def test_box_and_class_terms_are_on_one_scale(real_faces):
     """Cause 4: with weight 1 the box term was ~1-3% of the loss, so boxes never adapted."""
     model = load_pretrained("blazeface_back").eval()
@@ -125,6 +129,7 @@ def test_training_decodes_at_the_size_the_model_needs(tmp_path):
                                + torch.tensor([[16, 0, 16, 0]]) / 128)
 
 
+@pytest.mark.shared("faces")
 def test_one_epoch_on_faces_the_model_finds_keeps_val_ap(tmp_path, real_faces):
     samples = real_faces
     # 128 images: 8 steps at batch 16, past the warm-up (measured 0.771 -> 0.821; with 48 images, three
@@ -140,6 +145,7 @@ def test_one_epoch_on_faces_the_model_finds_keeps_val_ap(tmp_path, real_faces):
     assert result.val.ap >= result.pretrained_val.ap
 
 
+@pytest.mark.shared("faces")
 def test_a_useless_run_keeps_the_pretrained_weights(tmp_path, real_faces, capsys):
     samples = real_faces
     data = _write_csv(tmp_path / "train.csv", samples[:16])
