@@ -86,8 +86,8 @@ def main(argv=None) -> int:
     from transferlab.data.images import find_images
     from PIL import Image
 
-    from transferlab.inference.quantize import DEFAULT_CALIBRATION_METHOD
-    from transferlab.inference.runtime import cpu_session
+    from transferlab.deploy.quantize import DEFAULT_CALIBRATION_METHOD
+    from transferlab.deploy.runtime import cpu_session
 
     tmp = None if args.keep else tempfile.TemporaryDirectory(prefix="tl_quant_")
     base = args.keep or Path(tmp.name)

@@ -12,8 +12,8 @@ from PIL import Image
 from transferlab.api import export, load
 from transferlab.cli.main import main
 from transferlab.data.folders import scan_dataset
-from transferlab.inference.runtime import cpu_session
-from transferlab.inference.quantize import load_tensors
+from transferlab.deploy.runtime import cpu_session
+from transferlab.inference.export import load_tensors
 
 FAST = {"speed_seconds": 0.05}  # the images/s figures are the bench's business, not these tests'
 

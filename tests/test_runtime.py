@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import transferlab
-from transferlab.inference import runtime
+from transferlab.deploy import runtime
 from transferlab.cli.main import main
 from transferlab.core.errors import TransferlabError
 from tests.test_predict import write_mode_zoo

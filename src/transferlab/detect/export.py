@@ -12,8 +12,8 @@ import torch
 
 from ..core.errors import TransferlabError
 from ..core.io import atomic_path, atomic_write_json
-from ..inference.export import ExportResult, check_format, default_export_path
-from ..inference.runtime import cpu_session, export_onnx as export_graph
+from ..deploy.export import ExportResult, check_format, default_export_path
+from ..deploy.runtime import cpu_session, export_onnx as export_graph
 from .detector import Detector
 
 

@@ -12,10 +12,10 @@ import torch
 from torch import nn
 
 from ..core.errors import DatasetError, TransferlabError
-from ..inference.quantize import (DEFAULT_CALIBRATION_IMAGES, DEFAULT_CALIBRATION_METHOD, DEFAULT_MAX_DROP,
-                                  ImageCalibrationReader, check_options, images_per_second, int8_model, publish,
-                                  static_float_model)
-from ..inference.runtime import cpu_session, weights_fingerprint
+from ..deploy.quantize import (DEFAULT_CALIBRATION_IMAGES, DEFAULT_CALIBRATION_METHOD, DEFAULT_MAX_DROP,
+                               ImageCalibrationReader, check_options, images_per_second, int8_model, publish,
+                               static_float_model)
+from ..deploy.runtime import cpu_session, weights_fingerprint
 from ..runs.folder import read_meta
 from .detector import Detector
 from .evaluate import evaluate_detector
@@ -58,7 +58,7 @@ def face_split(detector: Detector, data=None, fmt: str = "auto"):
     """(training samples, validation FaceDataset, source) of a detector run's own data (model.json
     'data', split as training split it), or of `data` split the same way."""
     from .data import FaceDataset, load_faces
-    from .trainer import split_dataset
+    from .training import split_dataset
 
     meta = read_meta(detector.source, kind="detector") if Path(detector.source).is_dir() else {}
     source = data or meta.get("data", {}).get("source")

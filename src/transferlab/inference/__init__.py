@@ -1,1 +1,1 @@
-"""Using a model: the Classifier, the ONNX Runtime engine, evaluation, export."""
+"""Using a classifier: the Classifier, its evaluation and its export (plain, or quantized and measured)."""

@@ -14,7 +14,7 @@ from ..core.errors import ImageReadError, TransferlabError
 from ..data.images import find_images, open_image
 from ..models import BlockNet, create_model, get_spec
 from ..data.transforms import EvalTransform, Preprocessing
-from .runtime import (OnnxRuntimeForward, QuantizedForward, read_quantization_report, resolve_backend,
+from ..deploy.runtime import (OnnxRuntimeForward, QuantizedForward, read_quantization_report, resolve_backend,
                       weights_fingerprint)
 
 PROGRESS_MIN_IMAGES = 8

@@ -1,43 +1,30 @@
-"""Export a model to TorchScript or ONNX, verified against PyTorch, with a sidecar that says how to
-feed it. One result type for every kind of model."""
+"""A classifier's export: TorchScript or ONNX checked against PyTorch, with a sidecar that says how to
+feed it; or a quantized ONNX (int8/fp16, deploy/quantize.py) measured by accuracy on the run's
+validation split before it is kept."""
 from __future__ import annotations
 
+import random
+import shutil
+import tempfile
+import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 
-from ..core.errors import TransferlabError
+from ..core.errors import DatasetError, ImageReadError, TransferlabError
 from ..core.io import atomic_path, atomic_write_json
-from ..core.options import EXPORT_FORMATS
+from ..data.folders import Sample, scan_dataset
+from ..data.images import open_image
+from ..data.transforms import EvalTransform
+from ..deploy.export import ExportResult, check_format, default_export_path
+from ..deploy.quantize import (DEFAULT_CALIBRATION_IMAGES, DEFAULT_CALIBRATION_METHOD, DEFAULT_MAX_DROP,
+                               ImageCalibrationReader, check_options, float16_model, images_per_second, int8_model,
+                               publish, static_float_model)
+from ..deploy.runtime import cpu_session, export_onnx, weights_fingerprint
 from .classifier import Classifier
-from .quantize import quantize_classifier
-from .runtime import cpu_session, export_onnx
-
-
-@dataclass
-class ExportResult:
-    """Where an export went and how closely it reproduces PyTorch (max |difference| on random inputs);
-    a quantized export carries its measured report (accuracy before/after, agreement, size, speed)."""
-
-    path: Path
-    sidecar: Path
-    format: str
-    max_abs_diff: float | None
-    quantization: dict | None = None
-
-
-def default_export_path(model_name: str, format: str) -> Path:
-    """RUN/model.onnx (or .pt) for a run folder, NAME.onnx in the working folder for a registry name."""
-    suffix = ".pt" if format == "torchscript" else ".onnx"
-    return Path(model_name) / f"model{suffix}" if Path(model_name).is_dir() else Path(f"{model_name}{suffix}")
-
-
-def check_format(format: str, allowed=EXPORT_FORMATS) -> None:
-    """One line naming the formats this kind of model exports to."""
-    if format not in allowed:
-        raise TransferlabError(f"--format must be one of {', '.join(allowed)}")
 
 
 def export_classifier(clf: Classifier, format: str = "onnx", out=None, batch: int = 2,
@@ -45,7 +32,7 @@ def export_classifier(clf: Classifier, format: str = "onnx", out=None, batch: in
     """Write the exported classifier and its .json sidecar (input, output, preprocessing, classes).
 
     quantize: "int8" or "fp16" (ONNX only), measured on the run's validation split and refused above
-    max_drop accuracy points; options: max_drop, calibration, calibration_method, data (see quantize.py).
+    max_drop accuracy points; options: max_drop, calibration, calibration_method, data (see quantize_classifier).
     """
     check_format(format)
     if quantize is not None:
@@ -115,3 +102,150 @@ def _export_onnx(model, example, path: Path, reference, check: bool) -> float | 
         return None
     out = cpu_session(path).run(["logits"], {"image": example.numpy()})[0]
     return float((torch.from_numpy(out) - reference).abs().max())
+
+
+@dataclass
+class Split:
+    """The images a quantized export is calibrated and judged on, and the files that could not be read."""
+
+    calibration: list[Path]
+    validation: list[Sample]
+    source: str
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+
+def run_split(clf: Classifier, data=None, calibration: int = DEFAULT_CALIBRATION_IMAGES, seed: int = 0) -> Split:
+    """Calibration images (a class-stratified sample of the training split) and the validation split,
+    of the run's own dataset (reproduced from model.json: root, val_split, seed) or of `data`."""
+    cfg = clf.meta.get("config", {})
+    root = data or clf.meta.get("dataset", {}).get("root")
+    if not root:
+        raise TransferlabError("quantization calibrates on a run's training images: export a run folder, "
+                               "or give --data FOLDER (one sub-folder of images per class)")
+    if not Path(root).is_dir():
+        raise DatasetError(f"the run's training data {root} is not on this machine; give --data FOLDER with the "
+                           "same class sub-folders")
+    scan = scan_dataset(root, val_split=cfg.get("val_split", 0.2), seed=cfg.get("seed", 0))
+    unknown = [c for c in scan.classes if c not in clf.classes]
+    if unknown:
+        raise DatasetError(f"{root} has class folder(s) the model does not know: {', '.join(unknown)}")
+    remap = [clf.classes.index(c) for c in scan.classes]
+    validation = [Sample(s.path, remap[s.label]) for s in (scan.splits.get("val") or [])]
+    if not validation:
+        raise DatasetError(f"no validation images in {root} to measure the quantized model on")
+    train = sorted(scan.splits["train"], key=lambda s: str(s.path))
+    by_class: dict[int, list[Path]] = {}
+    for s in random.Random(seed).sample(train, len(train)):
+        by_class.setdefault(s.label, []).append(s.path)
+    picked: list[Path] = []
+    while len(picked) < min(calibration, len(train)):  # round robin over classes: every class calibrates
+        for paths in by_class.values():
+            if paths and len(picked) < calibration:
+                picked.append(paths.pop())
+    return Split(picked, validation, f"{root} ({scan.split_source})", list(scan.skipped))
+
+
+def load_tensors(samples: list[Sample], transform, min_size: int | None) -> tuple[torch.Tensor, list[int], list]:
+    """The validation images preprocessed once: (N,3,S,S) batch, labels, (path, reason) for unreadable ones."""
+    tensors, labels, skipped = [], [], []
+    for s in samples:
+        try:
+            tensors.append(transform(open_image(s.path, min_size=min_size)))
+            labels.append(s.label)
+        except ImageReadError as e:
+            skipped.append((str(s.path), e.reason))
+    if not tensors:
+        raise DatasetError("no readable validation image to measure the quantized model on")
+    return torch.stack(tensors), labels, skipped
+
+
+def session_logits(session, x: np.ndarray, batch: int = 32) -> np.ndarray:
+    """Logits for every row of x, `batch` rows per call."""
+    return np.concatenate([session.run(["logits"], {"image": x[i:i + batch]})[0] for i in range(0, len(x), batch)])
+
+
+def measure(float_path: Path, quant_path: Path, x: np.ndarray, labels: list[int], threads: int | None,
+            speed_seconds: float = 1.0) -> dict:
+    """Accuracy of both models, their top-1 agreement, file sizes and forward images/s (batch 1 and 32)."""
+    y = np.asarray(labels)
+    result = {}
+    preds = {}
+    for name, path in (("float", float_path), ("quantized", quant_path)):
+        session = cpu_session(path, threads)
+        preds[name] = session_logits(session, x).argmax(1)
+        result[name] = {
+            "accuracy": float((preds[name] == y).mean()),
+            "size_bytes": path.stat().st_size,
+            "images_per_s": {str(b): round(images_per_second(session, x, b, speed_seconds), 1) for b in (1, 32)},
+        }
+    result["agreement"] = float((preds["float"] == preds["quantized"]).mean())
+    result["accuracy_drop_points"] = round(100 * (result["float"]["accuracy"] - result["quantized"]["accuracy"]), 4)
+    return result
+
+
+def default_quantized_path(clf: Classifier, mode: str) -> Path:
+    """RUN/model-int8.onnx for a run folder, NAME-int8.onnx otherwise."""
+    name = clf.name.replace(":", "_") or "model"
+    return Path(name) / f"model-{mode}.onnx" if Path(name).is_dir() else Path(f"{name}-{mode}.onnx")
+
+
+def quantize_classifier(clf: Classifier, mode: str = "int8", out=None, max_drop: float = DEFAULT_MAX_DROP,
+                        calibration: int = DEFAULT_CALIBRATION_IMAGES,
+                        calibration_method: str = DEFAULT_CALIBRATION_METHOD, data=None, threads: int | None = None, speed_seconds: float = 1.0,
+                        sidecar: dict | None = None) -> tuple[Path, Path, dict]:
+    """Export `clf` quantized (mode int8 or fp16), measured on the validation split; refuse (raise,
+    write nothing) when accuracy drops more than `max_drop` points. Returns (model path, sidecar
+    path, report); the report also goes to the output folder's quantization.json and the sidecar
+    (`sidecar`: the float export's sidecar content to extend)."""
+    method = calibration_method
+    check_options(mode, method, max_drop, calibration)
+    split = run_split(clf, data, calibration)
+    path = Path(out) if out else default_quantized_path(clf, mode)
+    model = clf.model.cpu().eval()
+    size = clf.preprocessing.input_size
+    transform = EvalTransform(clf.preprocessing)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=".quantize-", dir=path.parent))
+    try:
+        float_path, quant_path = work / "float.onnx", work / "quantized.onnx"
+        static_float_model(model, size, float_path)
+        reader = None
+        started = time.perf_counter()
+        if mode == "int8":
+            reader = ImageCalibrationReader(split.calibration, transform, min_size=clf.preprocessing.resize)
+            if not reader.used:
+                raise DatasetError("no calibration image could be read: "
+                                   + "; ".join(f"{p}: {why}" for p, why in reader.skipped[:3]))
+            int8_model(float_path, quant_path, reader, method)
+        else:
+            float16_model(float_path, quant_path)
+        convert_s = time.perf_counter() - started
+        x, labels, unreadable = load_tensors(split.validation, transform, clf.preprocessing.resize)
+        numbers = measure(float_path, quant_path, x.numpy(), labels, threads, speed_seconds)
+        report = {
+            "mode": mode,
+            "model": path.name,
+            "calibration": {"method": method if mode == "int8" else None,
+                            "images": reader.used if reader else 0,
+                            "skipped": [list(s) for s in reader.skipped] if reader else [],
+                            "scheme": "QDQ, per-channel int8 weights, uint8 activations" if mode == "int8"
+                            else "float16 weights and activations, float32 inputs/outputs",
+                            "seconds": round(convert_s, 2)},
+            "validation": {"source": split.source, "images": len(labels), "unreadable": [list(s) for s in unreadable]},
+            "dataset_skipped": [list(s) for s in split.skipped],
+            **numbers,
+            "max_drop_points": max_drop,
+            "weights_sha256": weights_fingerprint(model),
+            "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
+        drop = numbers["accuracy_drop_points"]
+        if drop > max_drop:
+            raise TransferlabError(
+                f"{mode} quantization would cost {drop:.2f} accuracy points (float {numbers['float']['accuracy']:.4f}, "
+                f"{mode} {numbers['quantized']['accuracy']:.4f}, top-1 agreement {numbers['agreement']:.1%} on "
+                f"{len(labels)} validation images), above --max-drop {max_drop:g}; nothing was written "
+                f"(raise --max-drop, or try another --calibration-method or more --calibration images)")
+        sidecar_path, report = publish(work, quant_path, path, sidecar, mode, report)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return path, sidecar_path, report
