@@ -1,10 +1,7 @@
 """Image-folder datasets: scanning, splitting, decoding once, and the loaders the trainer uses."""
 from __future__ import annotations
 
-import random
-from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -15,74 +12,8 @@ from torchvision.transforms.v2.functional import InterpolationMode, resize
 from ..core.device import available_cpus
 from ..core.errors import DatasetError, ImageReadError
 from .images import is_image_file, open_image, walk_images
-
-SPLIT_NAMES = {"train": ("train", "training"), "val": ("val", "valid", "validation"), "test": ("test",)}
-
-
-@dataclass(frozen=True)
-class Sample:
-    path: Path
-    label: int
-
-
-@dataclass
-class DatasetScan:
-    """What a dataset folder holds: classes, samples per split, and the files that were skipped."""
-
-    root: Path
-    classes: list[str]
-    splits: dict[str, list[Sample]]
-    skipped: list[tuple[str, str]] = field(default_factory=list)
-    split_source: str = "folders"  # or "random"
-    excluded: int = 0  # entries of the exclude list given (--exclude)
-
-    def counts(self, split: str = "train") -> dict[str, int]:
-        """Images per class in one split."""
-        c = Counter(s.label for s in self.splits.get(split, []))
-        return {name: c.get(i, 0) for i, name in enumerate(self.classes)}
-
-    def total_counts(self) -> dict[str, int]:
-        """Images per class over every split."""
-        c = Counter(s.label for split in self.splits.values() for s in split)
-        return {name: c.get(i, 0) for i, name in enumerate(self.classes)}
-
-    @property
-    def imbalance(self) -> float:
-        """Largest over smallest class count in the training split."""
-        counts = [n for n in self.counts("train").values() if n > 0]
-        return max(counts) / min(counts) if counts else 1.0
-
-    def summary(self) -> str:
-        """One line: classes, split sizes, skipped files."""
-        sizes = ", ".join(f"{k}={len(v)}" for k, v in self.splits.items() if v)
-        per_class = self.total_counts()
-        lines = [
-            f"{self.root}: {len(self.classes)} classes, {sum(per_class.values())} images ({sizes}; "
-            f"split from {self.split_source})",
-            "  per class: " + ", ".join(f"{k}={v}" for k, v in per_class.items()),
-        ]
-        if self.excluded:
-            lines.append(f"  left out the files of an exclude list ({self.excluded} entries)")
-        if self.imbalance >= 3:
-            lines.append(f"  imbalance: largest/smallest class = {self.imbalance:.1f}x (consider --balance weights)")
-        if self.skipped:
-            lines.append(f"  skipped {len(self.skipped)} unusable file(s):")
-            lines.extend(f"    {p}: {why}" for p, why in self.skipped[:20])
-            if len(self.skipped) > 20:
-                lines.append(f"    ... and {len(self.skipped) - 20} more")
-        return "\n".join(lines)
-
-    def to_dict(self) -> dict:
-        """Plain data for model.json."""
-        return {
-            "root": str(self.root),
-            "classes": self.classes,
-            "counts": {k: self.counts(k) for k in self.splits},
-            "split_source": self.split_source,
-            "skipped": [list(s) for s in self.skipped],
-            **({"excluded": self.excluded} if self.excluded else {}),
-        }
-
+from .samples import SPLIT_NAMES, DatasetScan, Sample, check_image, read_exclude, stratified_split
+from .tables import is_table, scan_table
 
 def _find_split_dir(root: Path, split: str) -> Path | None:
     for name in SPLIT_NAMES[split]:
@@ -93,34 +24,6 @@ def _find_split_dir(root: Path, split: str) -> Path | None:
 
 def _class_dirs(folder: Path) -> list[Path]:
     return sorted(d for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
-
-
-def check_image(path: Path) -> str | None:
-    """Cheap validity check (header + Pillow's verify); returns the reason a file is unusable, or None."""
-    try:
-        if path.stat().st_size == 0:
-            return "empty file"
-        with Image.open(path) as img:
-            img.verify()
-    except Exception as e:  # Pillow raises many types for broken files
-        return f"unreadable image ({type(e).__name__}: {str(e).splitlines()[0][:100] if str(e) else ''})"
-    return None
-
-
-def read_exclude(file, root) -> set[str]:
-    """The files an exclude list names (one path per line, relative to `root` or absolute; blank lines
-    and lines starting with # are ignored), as resolved path strings."""
-    try:
-        text = Path(file).read_text(encoding="utf-8")
-    except OSError as e:
-        raise DatasetError(f"cannot read the exclude list {file}: {e.strerror or e}") from None
-    out = set()
-    for line in text.splitlines():
-        line = line.strip()
-        if line and not line.startswith("#"):
-            path = Path(line)
-            out.add(str((path if path.is_absolute() else Path(root) / path).resolve()))
-    return out
 
 
 def _collect(folder: Path, classes: list[str], skipped: list, require_all: bool,
@@ -148,12 +51,18 @@ def _collect(folder: Path, classes: list[str], skipped: list, require_all: bool,
 
 
 def scan_dataset(root, val_split: float = 0.2, seed: int = 0, require_val: bool = True,
-                 exclude=None) -> DatasetScan:
-    """Read a class-per-folder dataset; use train/ val/ test/ when present, else a stratified split.
+                 exclude=None, multilabel: bool = False) -> DatasetScan:
+    """Read a dataset: a class-per-folder one (train/ val/ test/ when present, else a stratified split),
+    or a table of images and labels (a CSV/TSV/JSON-lines file, a pandas DataFrame, or a
+    data.tables.Table with its column options and validation table; see data/tables.py).
 
     exclude: a file listing images to leave out (see read_exclude; `transferlab audit --write-exclude`
     writes one); they are dropped before the split, so the remaining images split as they would alone.
+    multilabel: the caller handles images with several labels; otherwise a multi-label table is refused
+    with one line saying so.
     """
+    if is_table(root):
+        return scan_table(root, val_split, seed, require_val, exclude, multilabel)
     root = Path(root)
     if not root.is_dir():
         raise DatasetError(f"dataset folder not found: {root}; give a folder with one sub-folder of images per class")
@@ -217,24 +126,6 @@ def cross_split_exact_duplicates(scan: DatasetScan, digests: dict[str, str] | No
     in_train = {digests[str(s.path)] for s in scan.splits.get("train", [])} - {""}
     return sum(1 for split, samples in scan.splits.items() if split != "train"
                for s in samples if digests[str(s.path)] in in_train)
-
-
-def stratified_split(samples: list[Sample], fraction: float, seed: int) -> tuple[list[Sample], list[Sample]]:
-    """Per class: shuffle (seeded), send round(n * fraction) to val, keep at least one in train."""
-    if not 0 <= fraction < 1:
-        raise DatasetError(f"--val-split must be in [0, 1), got {fraction}")
-    rng = random.Random(seed)
-    by_class: dict[int, list[Sample]] = {}
-    for s in samples:
-        by_class.setdefault(s.label, []).append(s)
-    train, val = [], []
-    for label in sorted(by_class):
-        items = by_class[label][:]
-        rng.shuffle(items)
-        n_val = min(len(items) - 1, max(1 if len(items) > 1 and fraction > 0 else 0, round(len(items) * fraction)))
-        val.extend(items[:n_val])
-        train.extend(items[n_val:])
-    return train, val
 
 
 IMAGE_CACHE_FORMAT = 2  # 2: resized as the eval transform resizes (torchvision's size rule, the model's filter)

@@ -10,6 +10,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..core.errors import DatasetError, ImageReadError
+from .tables import TABLE_FORMATS, table_images
 
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".jfif"}
@@ -96,7 +97,8 @@ def is_image_file(path: Path) -> bool:
 def find_images(inputs) -> list[Path]:
     """Expand files, folders (recursively) and glob patterns into a sorted, de-duplicated list of images.
 
-    Explicit files are kept whatever their extension (so that a broken one is reported, not ignored).
+    Explicit files are kept whatever their extension (so that a broken one is reported, not ignored);
+    a table file (.csv, .tsv, .jsonl, .ndjson) gives the images of its image column.
     """
     if isinstance(inputs, (str, os.PathLike)):
         inputs = [inputs]
@@ -105,6 +107,9 @@ def find_images(inputs) -> list[Path]:
         path = Path(item)
         if path.is_dir():
             for f in walk_images(path):
+                found.setdefault(str(f), f)
+        elif path.exists() and path.suffix.lower() in TABLE_FORMATS:  # a table: the images it lists
+            for f in table_images(path):
                 found.setdefault(str(f), f)
         elif path.exists():
             found.setdefault(str(path), path)
