@@ -18,7 +18,7 @@ import numpy as np
 
 from ..core.errors import TransferlabError
 from ..data.folders import DatasetScan, file_digests, scan_dataset
-from ..training.features import NEAR_DUPLICATE_COPY_MARGIN, NEAR_DUPLICATE_COSINE, near_duplicate_pairs, normalized_rows
+from .near_duplicates import NEAR_DUPLICATE_COPY_MARGIN, NEAR_DUPLICATE_COSINE, near_duplicate_pairs, normalized_rows
 
 # Near duplicates: see NEAR_DUPLICATE_COPY_MARGIN in training/features.py for the rule and the
 # measurements behind it (bench/audit.py --calibrate prints them again).
@@ -166,7 +166,7 @@ def _records(scan: DatasetScan) -> list[dict]:
 
 def duplicate_issues(files: list[dict], digests: list[str], features: np.ndarray,
                      threshold: float = NEAR_DUPLICATE_COSINE) -> list[dict]:
-    """Exact duplicates (same sha256) and near duplicates (training.features.near_duplicate_pairs, with
+    """Exact duplicates (same sha256) and near duplicates (near_duplicates.near_duplicate_pairs, with
     feature candidates at cosine >= threshold), one record per pair, closest first, with both splits; a
     pair in two splits is leakage (cross_split). score: the pixel distance (grey levels; 0 for exact
     copies); copies: the farthest copy made of either image; cosine: the features'."""
@@ -333,7 +333,7 @@ def audit(data, model: str = "efficientnet_lite0", out=None, weights: str = "def
                  "label_issues_s": round(t_label, 2), "outliers_s": round(t_out, 2), "images": len(files)},
         top_outliers=[files[i]["path"] for i in ranking[:50]])
     if out is not None:
-        from .audit_report import write_audit
+        from .report import write_audit
 
         write_audit(result, out)
     return result

@@ -8,7 +8,7 @@ from pathlib import Path
 
 def cmd_audit(args) -> int:
     """Audit a dataset folder; print a summary, write audit.html/csv/json, the exclude list and --json."""
-    from ..advice.audit_report import write_exclude
+    from ..audit.report import write_exclude
     from ..api import audit
 
     out = Path(args.out) if args.out else Path("audits") / Path(args.data).resolve().name

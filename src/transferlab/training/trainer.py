@@ -191,7 +191,7 @@ class Trainer:
         one line."""
         if self.leakage is None or self.leakage["near"] is not None or prefix != len(self.model.block_names) - 1:
             return
-        from .features import near_duplicate_pairs, normalized_rows
+        from ..audit.near_duplicates import near_duplicate_pairs, normalized_rows
 
         pairs = near_duplicate_pairs(normalized_rows(val_features), [s.path for s in self.scan.splits["val"]],
                                      normalized_rows(train_features), [s.path for s in self.scan.splits["train"]])

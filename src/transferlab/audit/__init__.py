@@ -1,0 +1,1 @@
+"""Auditing a dataset before training: duplicates (and leakage across splits), label issues, outliers, and the report."""
