@@ -10,12 +10,13 @@ def cmd_audit(args) -> int:
     """Audit a dataset folder; print a summary, write audit.html/csv/json, the exclude list and --json."""
     from ..audit.report import write_exclude
     from ..api import audit
+    from ..data.tables import as_table, dataset_name
 
-    out = Path(args.out) if args.out else Path("audits") / Path(args.data).resolve().name
-    result = audit(args.data, model=args.model, out=out, weights=args.weights, image_size=args.image_size,
-                   cache_dir=args.cache_dir, val_split=args.val_split, seed=args.seed, threshold=args.threshold,
-                   batch_size=args.batch_size, workers=args.workers, device=args.device, exclude=args.exclude,
-                   progress=not args.quiet)
+    out = Path(args.out) if args.out else Path("audits") / dataset_name(args.data)
+    result = audit(as_table(args.data, args), model=args.model, out=out, weights=args.weights,
+                   image_size=args.image_size, cache_dir=args.cache_dir, val_split=args.val_split, seed=args.seed,
+                   threshold=args.threshold, batch_size=args.batch_size, workers=args.workers, device=args.device,
+                   exclude=args.exclude, progress=not args.quiet)
     if args.json:
         text = json.dumps(result.to_dict(), indent=1, default=str)
         if args.json == "-":

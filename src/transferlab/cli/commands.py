@@ -78,13 +78,30 @@ def positive_int(text: str) -> int:
     return int(text)
 
 
+def add_table_options(p, val: bool = True) -> None:
+    """--val, --image-col, --label-col, --label-delim: how to read a table of images and labels (CSV, TSV,
+    JSON lines) given where a dataset folder is accepted. val=False where the command has its own --val."""
+    g = p.add_argument_group("a table of images and labels (CSV, TSV, JSON lines) instead of a folder")
+    if val:
+        g.add_argument("--val", dest="val_data", metavar="TABLE",
+                       help="a table of validation images (the data's table is then all training)")
+    g.add_argument("--image-col", metavar="NAME",
+                   help="the column of image paths (default: image, file, path or filename)")
+    g.add_argument("--label-col", metavar="NAME",
+                   help="the label column (default: label, labels, tags, class, category or target), or several "
+                        "0/1 columns, comma-separated (default: the 0/1 columns when no label column is named)")
+    g.add_argument("--label-delim", metavar="SEP",
+                   help="what separates several labels in one cell (default: a space; 'none': one label per cell)")
+
+
 def add_evaluate(sub, name: str = "evaluate"):
     """The evaluate command (also `detect evaluate`)."""
     p = sub.add_parser(name, help="evaluate a model on labelled data: accuracy and confusion matrix "
                                   "(classifier), AP@0.5 next to the pretrained model's (detector)")
     p.add_argument("model", help="run folder of either kind, or a registry name")
-    p.add_argument("data", help="classifier: class sub-folders (test/ or val/ inside is used when present); "
-                                "detector: annotated faces (folder or annotation file)")
+    p.add_argument("data", help="classifier: class sub-folders (test/ or val/ inside is used when present) or a "
+                                "table of images and labels (its test rows, else val rows, else all); detector: "
+                                "annotated faces (folder or annotation file)")
     p.add_argument("--format", default="auto", choices=("auto", "wider", "voc", "coco", "yolo", "csv"),
                    help="detector: annotation format")
     p.add_argument("--device", default="auto")
@@ -92,6 +109,7 @@ def add_evaluate(sub, name: str = "evaluate"):
     p.add_argument("--plot", metavar="PNG",
                    help="confusion matrix (classifier) or precision/recall curve (detector) image; "
                         "default RUN/eval_confusion.png or RUN/eval_pr_curve.png")
+    add_table_options(p)
     p.set_defaults(func=lazy_handler("evaluating", "cmd_evaluate"))
 
 
@@ -115,5 +133,6 @@ def add_export(sub, name: str = "export"):
     p.add_argument("--calibration-method", choices=CALIBRATION_METHODS, default=None,
                    help="with --quantize int8: ONNX Runtime's calibrator (default: percentile, chosen by measurement: see README, Deploy)")
     p.add_argument("--data", help="with --quantize: a dataset folder to calibrate and measure on instead of the "
-                                  "run's own (classifier: class sub-folders; detector: annotated faces)")
+                                  "run's own (classifier: class sub-folders or a table of images and labels; "
+                                  "detector: annotated faces)")
     p.set_defaults(func=lazy_handler("evaluating", "cmd_export"))

@@ -14,6 +14,11 @@ def cmd_evaluate(args) -> int:
 
     net = load(args.model)
     if net.kind == "detector":
+        if any(getattr(args, k, None) is not None for k in ("val_data", "image_col", "label_col", "label_delim")):
+            from ..core.errors import TransferlabError
+
+            raise TransferlabError("--val, --image-col, --label-col and --label-delim apply to a classifier's table; "
+                                   "a detector reads its annotations with --format")
         result = evaluate(net, args.data, format=args.format)
         if args.plot:
             from ..detect.evaluate import evaluate_faces
@@ -24,10 +29,12 @@ def cmd_evaluate(args) -> int:
         text = "\n".join([result["summary"]] + [f"AP@0.5 {ap:.4f}  {name}" for name, ap in result["ap50"].items()]
                          + ([f"precision/recall curve: {result['plot']}"] if result["plot"] else []))
     else:
+        from ..data.tables import as_table
         from ..inference.evaluation import evaluate_folder, format_evaluation
         from ..runs.report import plot_confusion
 
-        result = evaluate_folder(net, args.data, device=args.device, progress=not args.json, keep_predictions=True)
+        result = evaluate_folder(net, as_table(args.data, args), device=args.device, progress=not args.json,
+                                 keep_predictions=True)
         predictions = result.pop("predictions")
         png = Path(args.plot) if args.plot else (Path(args.model) / "eval_confusion.png" if Path(args.model).is_dir()
                                                  else Path("eval_confusion.png"))

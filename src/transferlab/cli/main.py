@@ -10,7 +10,7 @@ import sys
 
 from .. import __version__
 from ..core.errors import TransferlabError
-from .commands import add_evaluate, add_export, add_predict, lazy_handler
+from .commands import add_evaluate, add_export, add_predict, add_table_options, lazy_handler
 from .detect import register
 
 
@@ -100,6 +100,7 @@ def _add_train(sub) -> None:
     p.add_argument("--no-audit", dest="audit", action="store_false",
                    help="skip the check for images shared between splits (leakage)")
     p.add_argument("--quiet", action="store_true", help="no progress bars or epoch lines")
+    add_table_options(p, val=False)  # train has its own --val (a table, or a detector's annotations)
     p.set_defaults(func=lazy_handler("training", "cmd_train"))
 
 
@@ -118,7 +119,8 @@ def _add_detect(sub) -> None:
 
 def _add_advise(sub) -> None:
     p = sub.add_parser("advise", help="measure a dataset with a pretrained model and recommend a strategy")
-    p.add_argument("data", help="dataset folder (class sub-folders, or train/ val/ with class sub-folders)")
+    p.add_argument("data", help="dataset folder (class sub-folders, or train/ val/ with class sub-folders)"
+                                ", or a table of images and labels (CSV, TSV, JSON lines)")
     p.add_argument("--model", default="efficientnet_lite0", help="registry name or timm:NAME")
     p.add_argument("--models", help="comma-separated candidates, ranked by LogME (overrides --model)")
     p.add_argument("--weights", default="default", help="'default' (pretrained) or a weights file")
@@ -127,6 +129,7 @@ def _add_advise(sub) -> None:
     p.add_argument("--val-split", type=float, default=0.2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true", help="print the numbers and the decision as JSON")
+    add_table_options(p)
     p.set_defaults(func=lazy_handler("advising", "cmd_advise"))
 
 
@@ -135,7 +138,8 @@ def _add_audit(sub) -> None:
 
     p = sub.add_parser("audit", help="find duplicates (and leakage across splits), likely label errors, outliers "
                                      "and unusable images in a dataset folder, before training")
-    p.add_argument("data", help="dataset folder (class sub-folders, or train/ val/ [test/] with class sub-folders)")
+    p.add_argument("data", help="dataset folder (class sub-folders, or train/ val/ [test/] with class sub-folders)"
+                                ", or a table of images and labels (CSV, TSV, JSON lines)")
     p.add_argument("--model", default="efficientnet_lite0", help="registry name or timm:NAME (its features are used)")
     p.add_argument("--out", help="folder for audit.html, audit.csv, audit.json (default: audits/DATA)")
     p.add_argument("--json", nargs="?", const="-", metavar="FILE", help="the findings as JSON: to stdout, or to FILE")
@@ -154,6 +158,7 @@ def _add_audit(sub) -> None:
     p.add_argument("--workers", type=int)
     p.add_argument("--device", default="auto")
     p.add_argument("--quiet", action="store_true", help="no progress output")
+    add_table_options(p)
     p.set_defaults(func=lazy_handler("auditing", "cmd_audit"))
 
 
@@ -163,7 +168,8 @@ def _add_sweep(sub) -> None:
 
     d = TrainConfig()
     p = sub.add_parser("sweep", help="find the best freeze point of a partial fine-tune (successive halving)")
-    p.add_argument("data", help="dataset folder (class sub-folders, or train/ val/ with class sub-folders)")
+    p.add_argument("data", help="dataset folder (class sub-folders, or train/ val/ with class sub-folders)"
+                                ", or a table of images and labels (CSV, TSV, JSON lines)")
     p.add_argument("--model", default=d.model, help="registry name or timm:NAME")
     p.add_argument("--points", help="comma-separated freeze points (counts or block names); "
                                     f"default: {SWEEP_POINTS} from 0 to all-but-head")
@@ -181,6 +187,7 @@ def _add_sweep(sub) -> None:
     p.add_argument("--weights", default=d.weights, help="'default' (pretrained) or a weights file")
     p.add_argument("--workers", type=int)
     p.add_argument("--quiet", action="store_true", help="no progress output")
+    add_table_options(p)
     p.set_defaults(func=lazy_handler("advising", "cmd_sweep"))
 
 

@@ -8,6 +8,7 @@ import torch
 
 from ..core.errors import DatasetError
 from ..data.folders import Sample, scan_dataset
+from ..data.tables import is_table
 from .classifier import Classifier
 
 
@@ -75,19 +76,20 @@ def evaluate_classifier(clf: Classifier, samples: list[Sample], device=None, bat
 
 
 def evaluate_folder(clf: Classifier, data, device=None, progress: bool = True, keep_predictions: bool = False) -> dict:
-    """Evaluate a Classifier on a labelled folder (class sub-folders; a test/ or val/ split inside it
-    is used when present)."""
-    root = Path(data)
-    scan = scan_dataset(root, require_val=_has_split(root))
-    split = "test" if scan.splits.get("test") else ("val" if _has_split(root) else "train")
+    """Evaluate a Classifier on labelled images: a folder of class sub-folders (a test/ or val/ split
+    inside it is used when present) or a table (its test rows, else its val rows, else every row)."""
+    table = is_table(data)
+    scan = scan_dataset(data, require_val=not table and _has_split(Path(data)))
+    split = "test" if scan.splits.get("test") else ("val" if scan.splits.get("val") else "train")
     unknown = [c for c in scan.classes if c not in clf.classes]
     if unknown:
-        raise DatasetError(f"{root} has class folder(s) the model does not know: {', '.join(unknown)}; "
+        kind = "label(s)" if table else "class folder(s)"
+        raise DatasetError(f"{scan.root} has {kind} the model does not know: {', '.join(unknown)}; "
                            f"the model's classes are {', '.join(clf.classes)}")
     remap = [clf.classes.index(c) for c in scan.classes]
     samples = [Sample(s.path, remap[s.label]) for s in scan.splits[split]]
     result = evaluate_classifier(clf, samples, device=device, progress=progress, keep_predictions=keep_predictions)
-    result["split"] = f"{root} ({split})"
+    result["split"] = f"{scan.root} ({split})"
     result["skipped"] = scan.skipped
     return result
 

@@ -17,6 +17,7 @@ import torch
 from ..core.errors import DatasetError, ImageReadError, TransferlabError
 from ..core.io import atomic_path, atomic_write_json
 from ..data.folders import Sample, scan_dataset
+from ..data.tables import is_table, recorded_data
 from ..data.images import open_image
 from ..data.transforms import EvalTransform
 from ..deploy.export import ExportResult, check_format, default_export_path
@@ -117,18 +118,18 @@ class Split:
 def run_split(clf: Classifier, data=None, calibration: int = DEFAULT_CALIBRATION_IMAGES, seed: int = 0) -> Split:
     """Calibration images (a class-stratified sample of the training split) and the validation split,
     of the run's own dataset (reproduced from model.json: root, val_split, seed) or of `data`."""
-    cfg = clf.meta.get("config", {})
-    root = data or clf.meta.get("dataset", {}).get("root")
-    if not root:
+    cfg, dataset = clf.meta.get("config", {}), clf.meta.get("dataset", {})
+    if data is None and not dataset.get("root"):
         raise TransferlabError("quantization calibrates on a run's training images: export a run folder, "
-                               "or give --data FOLDER (one sub-folder of images per class)")
-    if not Path(root).is_dir():
+                               "or give --data FOLDER (one sub-folder of images per class) or a table")
+    root = data if data is not None else recorded_data(dataset)  # a table is read with the run's columns
+    if not is_table(root) and not Path(root).is_dir():
         raise DatasetError(f"the run's training data {root} is not on this machine; give --data FOLDER with the "
-                           "same class sub-folders")
+                           "same class sub-folders, or a table of the same labels")
     scan = scan_dataset(root, val_split=cfg.get("val_split", 0.2), seed=cfg.get("seed", 0))
     unknown = [c for c in scan.classes if c not in clf.classes]
     if unknown:
-        raise DatasetError(f"{root} has class folder(s) the model does not know: {', '.join(unknown)}")
+        raise DatasetError(f"{root} has class(es) the model does not know: {', '.join(unknown)}")
     remap = [clf.classes.index(c) for c in scan.classes]
     validation = [Sample(s.path, remap[s.label]) for s in (scan.splits.get("val") or [])]
     if not validation:

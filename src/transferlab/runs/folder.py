@@ -16,6 +16,7 @@ from .. import __version__
 from ..core.errors import CheckpointError, TransferlabError
 from ..core.io import atomic_write_json, safe_torch_load
 from ..core.options import RUN_KINDS
+from ..data.tables import dataset_name
 
 FORMAT = "transferlab-run/1"
 
@@ -133,7 +134,7 @@ def read_config(run) -> dict:
 
 def default_run_dir(data, model: str, strategy: str) -> Path:
     """runs/DATA-MODEL-STRATEGY, numbered when taken."""
-    base = Path("runs") / f"{Path(data).resolve().name}-{model.replace(':', '_')}-{strategy}"
+    base = Path("runs") / f"{dataset_name(data)}-{model.replace(':', '_')}-{strategy}"
     path, i = base, 2
     while path.exists():
         path, i = Path(f"{base}-{i}"), i + 1

@@ -63,6 +63,11 @@ class TrainConfig:
     # penultimate features are cached anyway) and records the count in model.json; False skips it
     audit: bool = True
     exclude: str | None = None  # a file listing images to leave out (transferlab audit --write-exclude)
+    # a table dataset (CSV/TSV, JSON lines, DataFrame; data/tables.py): the image and label columns (default:
+    # found by their common names) and the separator of several labels per cell; val_data: a validation table
+    image_col: str | None = None
+    label_col: str | None = None
+    label_delim: str | None = None  # default a space; "none": one label per cell
     advice: dict | None = None  # set by --strategy auto: the advisor's numbers and reasons
 
     def validate(self) -> None:
