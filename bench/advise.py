@@ -29,7 +29,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from transferlab.advice.advisor import Measurements, advise, decide, freeze_point
+from transferlab.advice.measure import Measurements
+from transferlab.advice.rules import advise, decide, freeze_point
 from shared_data import SHARED_DATASETS, require_folder
 from transferlab.api import train
 

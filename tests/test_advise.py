@@ -2,7 +2,6 @@
 measurements, and the measurements on real images with real pretrained weights."""
 from __future__ import annotations
 
-import importlib
 import json
 import math
 
@@ -12,8 +11,13 @@ import pytest
 from transferlab.cli.main import build_parser
 from transferlab.api import train
 from transferlab.training.config import TrainConfig
+from transferlab.advice.measure import (half_per_class, logme, logme_fit, measure, Measurements, probe_accuracy,
+                                        separability)
+from transferlab.advice.plan import advise_for_training
+from transferlab.advice.rules import (BN_SHIFT_FAR, LOW_HEAD_CONFIDENCE, MIN_FROZEN_FRACTION, SIMILAR_BN_SHIFT,
+                                      SMALL_PER_CLASS, VERY_LARGE_PER_CLASS, advise, decide, format_advice,
+                                      freeze_point)
 
-A = importlib.import_module("transferlab.advice.advisor")
 
 LITE0_BLOCKS = ["stem", "stage1", "stage2", "stage3", "stage4", "stage5", "stage6", "stage7", "conv_head", "pool",
                 "head"]
@@ -41,7 +45,7 @@ def test_logme_fixed_point_is_the_maximum_of_the_evidence(n, d):
     f = rng.normal(size=(n, d))
     y = (0.3 * rng.normal(size=n) + f[:, 0] > 0).astype(float)
     u, s, _ = np.linalg.svd(f, full_matrices=False)
-    evidence, alpha, beta = A.logme_fit(u, s**2, y, n, d)
+    evidence, alpha, beta = logme_fit(u, s**2, y, n, d)
     assert evidence == pytest.approx(_direct_evidence(f, y, alpha, beta), abs=1e-9)  # the SVD form is exact
     for da, db in [(1.2, 1), (1 / 1.2, 1), (1, 1.2), (1, 1 / 1.2)]:  # and the fixed point is a maximum
         assert _direct_evidence(f, y, alpha * da, beta * db) < evidence + 1e-6
@@ -61,27 +65,27 @@ def test_probe_is_the_exact_leave_one_out_accuracy(n_per_class, dim, spread):
         hits = [Ridge(alpha=lam).fit(np.delete(x, i, 0), np.delete(onehot, i, 0)).predict(x[i:i + 1]).argmax()
                 == labels[i] for i in range(len(x))]
         best = max(best, float(np.mean(hits)))
-    assert A.probe_accuracy(features, labels) == pytest.approx(best)
+    assert probe_accuracy(features, labels) == pytest.approx(best)
     assert 0.4 < best < 0.95  # neither chance nor the interpolating ridge "predicting" its left-out labels
 
 
 def test_logme_and_probe_rank_separable_features_above_noise():
     separable, labels = _clusters(30, 4, 64, spread=0.3)
     noise = np.random.default_rng(2).normal(size=separable.shape)
-    assert A.logme(separable, labels) > A.logme(noise, labels) + 0.5
-    assert A.probe_accuracy(separable, labels) == 1.0
-    assert A.probe_accuracy(noise, labels) < 0.5
-    assert A.separability(0.25, 4) == 0.0 and A.separability(1.0, 4) == 1.0
+    assert logme(separable, labels) > logme(noise, labels) + 0.5
+    assert probe_accuracy(separable, labels) == 1.0
+    assert probe_accuracy(noise, labels) < 0.5
+    assert separability(0.25, 4) == 0.0 and separability(1.0, 4) == 1.0
 
 
 def _measured(features, labels, min_per_class, bn_shift=0.05, head_confidence=0.5, per_block=None):
     """Measurements as `measure` builds them, from engineered features and chosen size/shift numbers."""
-    accuracy = A.probe_accuracy(features, labels)
+    accuracy = probe_accuracy(features, labels)
     classes = len(np.unique(labels))
-    return A.Measurements(
+    return Measurements(
         num_images=min_per_class * classes, num_classes=classes, min_per_class=min_per_class, sampled=len(labels),
-        logme=A.logme(features, labels), probe_accuracy=accuracy, separability=A.separability(accuracy, classes),
-        probe_accuracy_half=A.probe_accuracy(*(a[A.half_per_class(labels)] for a in (features, labels))),
+        logme=logme(features, labels), probe_accuracy=accuracy, separability=separability(accuracy, classes),
+        probe_accuracy_half=probe_accuracy(*(a[half_per_class(labels)] for a in (features, labels))),
         bn_shift=bn_shift, bn_shift_per_block=per_block or {b: bn_shift for b in LITE0_BLOCKS[:-2]},
         head_confidence=head_confidence, head_entropy=0.5, blocks=LITE0_BLOCKS,
     )
@@ -89,10 +93,10 @@ def _measured(features, labels, min_per_class, bn_shift=0.05, head_confidence=0.
 
 SEPARABLE = _clusters(30, 4, 64, spread=0.3)
 ENTANGLED = _clusters(30, 4, 64, spread=30.0)
-SMALL, LARGE = A.SMALL_PER_CLASS // 2, A.SMALL_PER_CLASS * 3
+SMALL, LARGE = SMALL_PER_CLASS // 2, SMALL_PER_CLASS * 3
 
 
-NEAR, SHIFTED = A.SIMILAR_BN_SHIFT / 2, A.SIMILAR_BN_SHIFT * 1.5
+NEAR, SHIFTED = SIMILAR_BN_SHIFT / 2, SIMILAR_BN_SHIFT * 1.5
 
 
 @pytest.mark.parametrize("bn_shift,per_class,expected_cell,expected", [
@@ -103,7 +107,7 @@ NEAR, SHIFTED = A.SIMILAR_BN_SHIFT / 2, A.SIMILAR_BN_SHIFT * 1.5
 ])
 def test_playbook_cells_from_domain_shift_and_size(bn_shift, per_class, expected_cell, expected):
     m = _measured(*ENTANGLED, per_class, bn_shift=bn_shift)
-    d = A.decide(m)
+    d = decide(m)
     assert (d.cell, d.strategy) == (expected_cell, expected)
     assert d.strategy in d.reasons[-1] and len(d.reasons) >= 6
     assert f"smallest class {per_class} images" in d.decided_by[0] and expected_cell.split("+")[1] in d.decided_by[1]
@@ -115,26 +119,26 @@ def test_playbook_cells_from_domain_shift_and_size(bn_shift, per_class, expected
 
 def test_separable_classes_alone_do_not_make_the_data_similar():
     """The probe measures how hard the classes are, not how far the images are from ImageNet's."""
-    assert A.decide(_measured(*SEPARABLE, SMALL, bn_shift=SHIFTED)).strategy == "partial"
-    assert A.decide(_measured(*ENTANGLED, SMALL, bn_shift=NEAR)).strategy == "feature-extract"
+    assert decide(_measured(*SEPARABLE, SMALL, bn_shift=SHIFTED)).strategy == "partial"
+    assert decide(_measured(*ENTANGLED, SMALL, bn_shift=NEAR)).strategy == "feature-extract"
 
 
 def test_scratch_only_when_very_large_and_very_far():
-    far = dict(bn_shift=2 * A.BN_SHIFT_FAR, head_confidence=A.LOW_HEAD_CONFIDENCE / 2)
+    far = dict(bn_shift=2 * BN_SHIFT_FAR, head_confidence=LOW_HEAD_CONFIDENCE / 2)
     noise = (np.random.default_rng(3).normal(size=(120, 64)), np.repeat(np.arange(4), 30))
-    assert A.decide(_measured(*noise, A.VERY_LARGE_PER_CLASS, **far)).strategy == "scratch"
-    assert A.decide(_measured(*noise, A.VERY_LARGE_PER_CLASS - 1, **far)).strategy == "finetune"
-    assert A.decide(_measured(*noise, A.VERY_LARGE_PER_CLASS)).strategy == "finetune"  # close to ImageNet
+    assert decide(_measured(*noise, VERY_LARGE_PER_CLASS, **far)).strategy == "scratch"
+    assert decide(_measured(*noise, VERY_LARGE_PER_CLASS - 1, **far)).strategy == "finetune"
+    assert decide(_measured(*noise, VERY_LARGE_PER_CLASS)).strategy == "finetune"  # close to ImageNet
 
 
 def test_partial_freeze_point_follows_the_first_shifted_block():
     per_block = {b: 0.01 for b in LITE0_BLOCKS[:-2]}
     per_block["stage7"] = per_block["conv_head"] = 1.0  # statistics break at stage7
     m = _measured(*ENTANGLED, SMALL, per_block=per_block)
-    assert A.freeze_point(m) == LITE0_BLOCKS.index("stage7")
+    assert freeze_point(m) == LITE0_BLOCKS.index("stage7")
     per_block["stem"] = 1.0  # shifted from the start: still keep half the body frozen on small data
-    assert A.freeze_point(_measured(*ENTANGLED, SMALL, per_block=per_block)) == math.ceil(
-        A.MIN_FROZEN_FRACTION * (len(LITE0_BLOCKS) - 1))
+    assert freeze_point(_measured(*ENTANGLED, SMALL, per_block=per_block)) == math.ceil(
+        MIN_FROZEN_FRACTION * (len(LITE0_BLOCKS) - 1))
 
 
 @pytest.fixture(scope="module")
@@ -155,8 +159,8 @@ def faces_folder(tmp_path_factory):
 @pytest.fixture(scope="module")
 def pretrained_and_random(faces_folder):
     """Real measurements of faces vs non-faces: pretrained efficientnet_lite0 vs the same net untrained."""
-    return (A.measure(faces_folder, "efficientnet_lite0", image_size=112),
-            A.measure(faces_folder, "efficientnet_lite0", weights="none", image_size=112))
+    return (measure(faces_folder, "efficientnet_lite0", image_size=112),
+            measure(faces_folder, "efficientnet_lite0", weights="none", image_size=112))
 
 
 def test_pretrained_features_transfer_better_than_random_init(pretrained_and_random):
@@ -170,11 +174,11 @@ def test_pretrained_features_transfer_better_than_random_init(pretrained_and_ran
 
 
 def test_advise_api_cli_and_json(digits_folder, capsys):
-    advice = A.advise(digits_folder, image_size=64)
+    advice = advise(digits_folder, image_size=64)
     d = advice.to_dict()
     json.dumps(d)
     assert d["strategy"] == advice.decision.strategy and d["explanation"].startswith("size:")
-    assert d["thresholds"]["small_per_class"] == A.SMALL_PER_CLASS
+    assert d["thresholds"]["small_per_class"] == SMALL_PER_CLASS
     args = build_parser().parse_args(["advise", str(digits_folder), "--models", "efficientnet_lite0,resnet18",
                               "--weights", "none", "--image-size", "64", "--json"])
     assert args.func(args) == 0
@@ -182,7 +186,7 @@ def test_advise_api_cli_and_json(digits_folder, capsys):
     assert [r["model"] for r in out["ranking"]] and {r["model"] for r in out["ranking"]} == {
         "efficientnet_lite0", "resnet18"}
     assert out["model"] == out["ranking"][0]["model"]
-    assert "cell:" in A.format_advice(advice) and "decided by: smallest class" in A.format_advice(advice)
+    assert "cell:" in format_advice(advice) and "decided by: smallest class" in format_advice(advice)
 
 
 def test_train_auto_records_the_advice(tmp_path):
@@ -193,7 +197,7 @@ def test_train_auto_records_the_advice(tmp_path):
     d = load_digits()
     keep = np.concatenate([np.flatnonzero(d.target == c)[:10] for c in range(2)])
     data = write_digit_folder(tmp_path / "data", d.images[keep], d.target[keep])
-    cfg = A.advise_for_training(data, TrainConfig(strategy="auto", epochs=2), progress=False)
+    cfg = advise_for_training(data, TrainConfig(strategy="auto", epochs=2), progress=False)
     assert cfg.strategy in ("feature-extract", "two-stage", "scratch")  # the adaptive plan, not the cell's strategy
     assert cfg.advice["plan"]["strategy"] == cfg.strategy and cfg.advice["explanation"]
     assert cfg.advice["strategy"] in ("feature-extract", "partial", "finetune", "scratch")

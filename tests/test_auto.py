@@ -3,7 +3,6 @@ fine-tuning trial on real training (abandoned when it does not help, kept when i
 budget on the wall clock."""
 from __future__ import annotations
 
-import importlib
 import json
 import time
 
@@ -18,65 +17,68 @@ from transferlab.models import create_model, installed_models
 from transferlab.training.budget import Budget, Pacer, parse_duration
 from transferlab.training.config import TrainConfig
 from transferlab.training.strategies import DEFAULT_LR, Phase, judge_trial
+from transferlab.advice.measure import Measurements, separability
+from transferlab.advice.plan import AutoPlan, plan_auto
+from transferlab.advice.rules import (BN_SHIFT_FAR, LOW_HEAD_CONFIDENCE, NO_HEADROOM, SIMILAR_BN_SHIFT,
+                                      SMALL_PER_CLASS, VERY_LARGE_PER_CLASS, Advice, decide, freeze_point)
 
-A = importlib.import_module("transferlab.advice.advisor")
 
 BLOCKS = ["stem", "stage1", "stage2", "stage3", "stage4", "stage5", "stage6", "stage7", "conv_head", "pool", "head"]
 TRAIN = dict(image_size=48, batch_size=16, augment="none", workers=0)
 
 
 def _measured(probe_accuracy: float, per_class: int, classes: int = 4, bn_shift: float = 0.05,
-              head_confidence: float = 0.5, seconds_per_image: float = 0.01) -> A.Measurements:
+              head_confidence: float = 0.5, seconds_per_image: float = 0.01) -> Measurements:
     """Measurements with chosen numbers (the rules read nothing else)."""
-    return A.Measurements(
+    return Measurements(
         num_images=per_class * classes, num_classes=classes, min_per_class=per_class, sampled=min(per_class, 50) * classes,
-        logme=0.0, probe_accuracy=probe_accuracy, separability=A.separability(probe_accuracy, classes),
+        logme=0.0, probe_accuracy=probe_accuracy, separability=separability(probe_accuracy, classes),
         probe_accuracy_half=probe_accuracy,
         bn_shift=bn_shift, bn_shift_per_block={b: bn_shift for b in BLOCKS[:-2]}, head_confidence=head_confidence,
         head_entropy=0.5, blocks=BLOCKS, seconds_per_image=seconds_per_image, input_size=224,
         num_val_images=per_class * classes // 4)
 
 
-def _plan(m: A.Measurements, budget=None, **cfg) -> A.AutoPlan:
-    advice = A.Advice("efficientnet_lite0", m, A.decide(m), 1.0)
-    return A.plan_auto(advice, TrainConfig(strategy="auto", **cfg), budget)
+def _plan(m: Measurements, budget=None, **cfg) -> AutoPlan:
+    advice = Advice("efficientnet_lite0", m, decide(m), 1.0)
+    return plan_auto(advice, TrainConfig(strategy="auto", **cfg), budget)
 
 
 # --- the rules, on constructed measurements ----------------------------------------------------------
 def test_no_headroom_trains_the_head_only():
-    plan = _plan(_measured(1 - A.NO_HEADROOM / 2, per_class=20), epochs=6)
+    plan = _plan(_measured(1 - NO_HEADROOM / 2, per_class=20), epochs=6)
     assert (plan.strategy, plan.finetune_trial, plan.epochs) == ("feature-extract", 0, 6)
     assert any("fine-tuning skipped" in r for r in plan.reasons)
 
 
 def test_headroom_tries_fine_tuning_after_a_full_head_phase():
-    plan = _plan(_measured(0.9, per_class=A.SMALL_PER_CLASS * 2), epochs=6)
+    plan = _plan(_measured(0.9, per_class=SMALL_PER_CLASS * 2), epochs=6)
     assert plan.strategy == "two-stage" and plan.head_epochs == 6  # the head as long as feature extraction
     finetune = plan.epochs - plan.head_epochs
     assert finetune == 4 and 1 <= plan.finetune_trial < finetune
     # small and different: the upper blocks from a fresh head, judged at the end
-    small = _plan(_measured(0.9, per_class=20, bn_shift=2 * A.SIMILAR_BN_SHIFT), epochs=6)
+    small = _plan(_measured(0.9, per_class=20, bn_shift=2 * SIMILAR_BN_SHIFT), epochs=6)
     assert small.finetune_trial == small.epochs - small.head_epochs == 6  # as long as the partial strategy
 
 
-@pytest.mark.parametrize("per_class", [A.SMALL_PER_CLASS // 2, A.SMALL_PER_CLASS * 2])
+@pytest.mark.parametrize("per_class", [SMALL_PER_CLASS // 2, SMALL_PER_CLASS * 2])
 def test_different_data_fine_tunes_the_upper_blocks_only(per_class):
-    m = _measured(0.5, per_class=per_class, bn_shift=2 * A.SIMILAR_BN_SHIFT)
+    m = _measured(0.5, per_class=per_class, bn_shift=2 * SIMILAR_BN_SHIFT)
     plan = _plan(m, epochs=6)
-    assert plan.strategy == "two-stage" and plan.freeze == A.freeze_point(m) > 0
+    assert plan.strategy == "two-stage" and plan.freeze == freeze_point(m) > 0
     assert plan.lr == DEFAULT_LR["head"]  # the upper blocks at the partial strategy's rates
     assert plan.finetune_trial == plan.epochs - plan.head_epochs == 6  # the partial strategy's epochs, judged at the end
 
 
 def test_large_similar_data_fine_tunes_every_layer_judged_after_a_third():
-    plan = _plan(_measured(0.5, per_class=A.SMALL_PER_CLASS * 2, bn_shift=A.SIMILAR_BN_SHIFT / 2), epochs=6)
+    plan = _plan(_measured(0.5, per_class=SMALL_PER_CLASS * 2, bn_shift=SIMILAR_BN_SHIFT / 2), epochs=6)
     assert plan.strategy == "two-stage" and plan.freeze == 0 and plan.lr is None
     assert plan.epochs - plan.head_epochs == 4 and plan.finetune_trial == 2
 
 
 def test_small_similar_data_fine_tunes_every_layer_gently_judged_at_the_end():
-    m = _measured(0.5, per_class=A.SMALL_PER_CLASS // 2, bn_shift=A.SIMILAR_BN_SHIFT / 2)
-    assert A.decide(m).strategy == "feature-extract"  # the rule before training
+    m = _measured(0.5, per_class=SMALL_PER_CLASS // 2, bn_shift=SIMILAR_BN_SHIFT / 2)
+    assert decide(m).strategy == "feature-extract"  # the rule before training
     plan = _plan(m, epochs=6)
     # the freeze point would leave nearly everything frozen (no block's inputs shift): every layer
     # trains instead, at two-stage's low rate, after the fitted head, for two-stage's share
@@ -85,9 +87,9 @@ def test_small_similar_data_fine_tunes_every_layer_gently_judged_at_the_end():
 
 
 def test_scratch_only_when_very_large_and_far():
-    far = dict(bn_shift=2 * A.BN_SHIFT_FAR, head_confidence=A.LOW_HEAD_CONFIDENCE / 2)
-    assert _plan(_measured(0.3, A.VERY_LARGE_PER_CLASS, **far), epochs=6).strategy == "scratch"
-    assert _plan(_measured(0.3, A.VERY_LARGE_PER_CLASS), epochs=6).strategy == "two-stage"
+    far = dict(bn_shift=2 * BN_SHIFT_FAR, head_confidence=LOW_HEAD_CONFIDENCE / 2)
+    assert _plan(_measured(0.3, VERY_LARGE_PER_CLASS, **far), epochs=6).strategy == "scratch"
+    assert _plan(_measured(0.3, VERY_LARGE_PER_CLASS), epochs=6).strategy == "two-stage"
 
 
 def test_pacer_gives_fine_tuning_the_epochs_that_fit():

@@ -16,6 +16,6 @@ __all__ = ["Classifier", "Detector", "TrainConfig", "__version__", "advise", "au
            "export", "list_models", "load", "predict", "train"]
 __getattr__, __dir__ = _lazy_exports(__name__, {
     "load": "api", "predict": "api", "evaluate": "api", "export": "api", "train": "api", "audit": "api",
-    "Classifier": "inference.classifier", "advise": "advice.advisor", "create_model": "models",
+    "Classifier": "inference.classifier", "advise": "advice.rules", "create_model": "models",
     "list_models": "models", "TrainConfig": "training.config", "Detector": "detect.detector",
 })

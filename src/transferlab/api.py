@@ -114,7 +114,7 @@ def train(data, model: str | None = None, strategy: str = "two-stage", out=None,
         choose_backbone = model is None and strategy == "auto" and budget is not None
         cfg = TrainConfig(model=model or TrainConfig.model, strategy=strategy, **options)
         if cfg.strategy == "auto":
-            from .advice.advisor import advise_for_training
+            from .advice.plan import advise_for_training
             from .models import installed_models
 
             candidates = installed_models() if choose_backbone else None

@@ -1,1 +1,1 @@
-"""Choosing how to train: the strategy advisor and the freeze-depth search."""
+"""Choosing how to train: the advisor's measurements, its rules, auto's plan, and the freeze-depth search."""

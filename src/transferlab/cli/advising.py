@@ -8,7 +8,7 @@ from ..core.errors import TransferlabError
 
 def cmd_advise(args) -> int:
     """Measure the dataset and print the advice (or its JSON)."""
-    from ..advice.advisor import advise, format_advice, jsonable
+    from ..advice.rules import advise, format_advice, jsonable
     from ..data.tables import as_table
 
     models = [m.strip() for m in args.models.split(",") if m.strip()] if args.models else None

@@ -1,7 +1,9 @@
 """The vocabulary of choices shared by every layer and by the command line; imports nothing heavy, so
 building the CLI (`transferlab --help`) stays fast."""
 
-STRATEGIES = ("feature-extract", "partial", "finetune", "scratch", "two-stage", "auto")
+FEATURE_EXTRACT, PARTIAL, FINETUNE, SCRATCH, TWO_STAGE, AUTO = (
+    "feature-extract", "partial", "finetune", "scratch", "two-stage", "auto")
+STRATEGIES = (FEATURE_EXTRACT, PARTIAL, FINETUNE, SCRATCH, TWO_STAGE, AUTO)
 SCHEDULES = ("cosine", "onecycle", "constant")
 BALANCE = ("none", "weights", "sampler")
 AUGMENT_LEVELS = ("none", "light", "strong")
@@ -11,9 +13,15 @@ AUGMENT_LEVELS = ("none", "light", "strong")
 #         fine-tuning on small data: batch statistics of a few images are noisier than ImageNet's);
 # train:  every BatchNorm updates its statistics, frozen blocks included.
 BN_POLICIES = ("frozen", "eval", "train")
+SWITCHES = ("auto", "on", "off")  # --amp, --cache-features
 EXPORT_FORMATS = ("torchscript", "onnx")
 QUANTIZE_MODES = ("int8", "fp16")  # ONNX only: int8 for CPUs and phones, fp16 for GPUs
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")  # ONNX Runtime's int8 calibrators
 RUN_KINDS = ("classifier", "detector")
+MODEL_TASKS = ("classify", "detect")  # what a model does; its run folder is of the RUN_KINDS kind in the same place
+# inference engines of predict and serve; auto and the int8 rule: deploy.runtime.choose_engine
+BACKENDS = ("auto", "torch", "onnxruntime", "onnxruntime-int8")
+# face annotation formats (detect/data.py reads them); auto tells them by the files
+ANNOTATION_FORMATS = ("auto", "wider", "voc", "coco", "yolo", "csv")
 SWEEP_POINTS = 5  # freeze points tried by default: 0, all-but-head and three in between
 SWEEP_ETA = 3  # keep the best third each rung (Hyperband's default)
