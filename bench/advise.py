@@ -143,7 +143,7 @@ def run_one(data: Path, out: Path, strategy: str, seed: int, partial: str) -> di
     result = {"val_acc": run.metrics["val_acc"], "val_loss": run.metrics["val_loss"],
               "seconds": time.perf_counter() - t, "cpu_seconds": time.process_time() - cpu}
     if strategy == "auto":
-        meta = run.classifier.meta
+        meta = run.predictor.meta
         result["kept"] = meta["metrics"].get("best_phase")
         result["rule"] = meta["advice"]["strategy"]
         result["plan"] = meta["advice"]["plan"]

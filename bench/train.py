@@ -195,7 +195,7 @@ def ours_finetune(data: Path, epochs: int, micro_batch: str = "auto", grad_check
         run = tl.train(data, model=MODEL, strategy="finetune", out=Path(out) / "run", progress=False,
                        epochs=epochs, batch_size=BATCH, augment="light", seed=0, patience=0,
                        micro_batch=micro_batch, grad_checkpointing=grad_checkpointing)
-    n = sum(run.classifier.meta["dataset"]["counts"]["train"].values())
+    n = sum(run.predictor.meta["dataset"]["counts"]["train"].values())
     epoch_s = [r["train_time_s"] for r in run.history]
     return {"epoch_s": epoch_s, "images_per_s": n / epoch_s[-1], "train_images": n}
 

@@ -219,7 +219,7 @@ def test_vit_freezes_by_timm_groups_and_trains_partially(tmp_path):
                        before["blocks.body.model.blocks.0.attn.qkv.weight"])
     assert not torch.equal(after["blocks.body.model.blocks.1.attn.qkv.weight"],
                            before["blocks.body.model.blocks.1.attn.qkv.weight"])
-    assert run.classifier.meta["frozen_blocks"] == model.group_names[:2]
+    assert run.predictor.meta["frozen_blocks"] == model.group_names[:2]
 
 
 def test_timm_preprocessing_from_pretrained_cfg():

@@ -33,7 +33,7 @@ from transferlab.core.errors import CheckpointError, ImageReadError, Transferlab
 from transferlab.data.images import open_image, walk_images
 from transferlab.core.io import atomic_torch_save, safe_torch_load
 from transferlab.api import train
-from transferlab.training.trainer import Trainer
+from transferlab.tasks.classification import ClassificationTask
 
 FAST = dict(image_size=48, batch_size=16, augment="none", seed=0, device="cpu", workers=0)
 FAST_CLI = ["--image-size", "48", "--batch-size", "16", "--augment", "none", "--seed", "0", "--device", "cpu",
@@ -632,7 +632,7 @@ def test_weights_with_another_class_count(trained_run, tiny_data, tmp_path, caps
 # --- numerical faults --------------------------------------------------------------------------------
 def _nan_loss_from_epoch(monkeypatch, first_bad_epoch: int, every: bool = True):
     """Make the training loss NaN from an epoch on (every step) or on one step per epoch."""
-    real = Trainer.loss_fn
+    real = ClassificationTask.loss_fn
     epoch = {"n": 0, "step": 0}
 
     def loss_fn(self):
@@ -642,14 +642,14 @@ def _nan_loss_from_epoch(monkeypatch, first_bad_epoch: int, every: bool = True):
             loss = base(logits, y)
             if logits.requires_grad:
                 epoch["step"] += 1
-                bad = len(self.history) + 1 >= first_bad_epoch and (every or epoch["step"] % 3 == 1)
+                bad = len(self.trainer.history) + 1 >= first_bad_epoch and (every or epoch["step"] % 3 == 1)
                 if bad:
                     return loss * float("nan")
             return loss
 
         return f
 
-    monkeypatch.setattr(Trainer, "loss_fn", loss_fn)
+    monkeypatch.setattr(ClassificationTask, "loss_fn", loss_fn)
 
 
 def test_nan_steps_are_skipped_and_training_goes_on(tiny_data, tmp_path, monkeypatch):

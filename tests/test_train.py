@@ -13,6 +13,7 @@ from transferlab.models import create_model
 from transferlab.training.strategies import param_groups, plan_phases
 from transferlab.api import train
 from transferlab.training.config import TrainConfig
+from transferlab.tasks.classification import ClassificationTask
 from transferlab.training.trainer import Trainer
 
 FAST = dict(image_size=48, batch_size=16, augment="none", seed=0)
@@ -130,7 +131,7 @@ def test_resume_after_interruption_matches_uninterrupted_run(digits_folder, tmp_
 
     cfg = TrainConfig(model="efficientnet_lite0", strategy="two-stage", head_epochs=2, **options)
     with pytest.raises(KeyboardInterrupt):
-        Trainer(digits_folder, cfg, out=tmp_path / "cut", progress=False, callbacks=[stop_after_epoch_3]).fit()
+        Trainer(ClassificationTask(), digits_folder, cfg, out=tmp_path / "cut", progress=False, callbacks=[stop_after_epoch_3]).fit()
     assert not (tmp_path / "cut" / "model.json").exists()
     resumed = train(digits_folder, out=tmp_path / "cut", resume=True, progress=False)
     assert [r["epoch"] for r in resumed.history] == [1, 2, 3, 4]
@@ -172,7 +173,7 @@ def imbalanced_digits(tmp_path_factory):
 
 
 def _majority_calls_and_minority_recall(run, data) -> tuple[int, float]:
-    result = transferlab.evaluate(run.classifier, data, progress=False)
+    result = transferlab.evaluate(run.predictor, data, progress=False)
     majority_calls = sum(row[0] for row in result["confusion"])  # val images predicted as digit 0
     return majority_calls, sum(r["recall"] for r in result["per_class"] if r["class"] != "digit_0") / 3
 
@@ -231,11 +232,11 @@ def _one_batch_gradients(trainer: Trainer, micro_batch: str) -> dict:
     model.freeze(0, "eval")
     model.train()
     model.zero_grad(set_to_none=True)
-    x, y = next(iter(trainer.batches.image_loader("train", train=False)))
+    x, y = next(iter(trainer.task.batches.image_loader("train", train=False)))
     passes = []
     hook = model.blocks["stem"].register_forward_pre_hook(lambda m, args: passes.append(len(args[0])))
     loop = trainer.loop
-    loss, correct, finite = loop.backward(loop.training_net(0), x, y, trainer.loss_fn(), loop.grad_scaler(),
+    loss, correct, finite = loop.backward(loop.training_net(0), x, y, trainer.task.loss_fn(), loop.grad_scaler(),
                                           chunk=loop.micro_batch(x))
     hook.remove()
     assert finite
@@ -247,7 +248,7 @@ def _one_batch_gradients(trainer: Trainer, micro_batch: str) -> dict:
 def test_micro_batches_give_the_whole_batch_gradient(balance, digits_folder, tmp_path):
     cfg = TrainConfig(model="efficientnet_lite0", strategy="finetune", balance=balance, workers=0,
                       **dict(FAST, batch_size=12))
-    trainer = Trainer(digits_folder, cfg, out=tmp_path / "run", progress=False)
+    trainer = Trainer(ClassificationTask(), digits_folder, cfg, out=tmp_path / "run", progress=False)
     whole = _one_batch_gradients(trainer, "off")
     split = _one_batch_gradients(trainer, "5")
     auto = _one_batch_gradients(trainer, "auto")
@@ -260,13 +261,13 @@ def test_micro_batches_give_the_whole_batch_gradient(balance, digits_folder, tmp
 
 def test_batches_stay_whole_and_are_recomputed_when_batchnorm_learns_statistics(digits_folder, tmp_path):
     cfg = TrainConfig(model="efficientnet_lite0", strategy="scratch", epochs=1, workers=0, **FAST)
-    trainer = Trainer(digits_folder, cfg, out=tmp_path / "run", progress=False)
+    trainer = Trainer(ClassificationTask(), digits_folder, cfg, out=tmp_path / "run", progress=False)
     trainer.fit()
     x = torch.zeros(16, 3, 48, 48)
     trainer.model.train()  # as in a training epoch
     assert trainer.loop.micro_batch(x) == 16  # batch statistics over 8 images would change the model
     assert trainer.model.checkpointed_blocks == trainer.model.high_resolution_blocks(48) > 0
-    finetune = Trainer(digits_folder, TrainConfig(model="efficientnet_lite0", strategy="finetune", epochs=1,
+    finetune = Trainer(ClassificationTask(), digits_folder, TrainConfig(model="efficientnet_lite0", strategy="finetune", epochs=1,
                                                   workers=0, **FAST), out=tmp_path / "ft", progress=False)
     finetune.fit()
     finetune.model.train()

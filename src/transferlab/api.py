@@ -87,14 +87,19 @@ def export(model, format: str = "onnx", out=None, **options):
     return export_classifier(net, format, out, **options)
 
 
-def train(data, model: str | None = None, strategy: str = "two-stage", out=None, resume: bool = False,
+def train(data, model: str | None = None, strategy: str | None = None, out=None, resume: bool = False,
           progress: bool = True, callbacks=(), **options):
-    """Train a classifier on an image folder and save the run; returns a Run. Options are TrainConfig's
-    fields. strategy="auto" measures the data and trains adaptively (the head, then fine-tuning only
-    while it beats the head); budget="10m" (or seconds) limits the wall clock of the whole run, and with
-    strategy="auto" and no model picks the installed backbone with the best LogME; freeze="auto"
-    searches the freeze point of a partial fine-tune."""
+    """Train a model on labelled images and save the run; returns a Run (path, metrics, history, predictor).
+
+    The model chooses the task: a classifier (default efficientnet_lite0, strategy two-stage) on an image
+    folder, or a face detector (blazeface_front, blazeface_back; strategy finetune) on annotated faces
+    (options data_format, val_data). Options are TrainConfig's fields. strategy="auto" measures the data
+    and trains adaptively (the head, then fine-tuning only while it beats the head); budget="10m" (or
+    seconds) limits the wall clock of the whole run, and with strategy="auto" and no model picks the
+    installed backbone with the best LogME; freeze="auto" searches the freeze point of a partial fine-tune."""
     from .core.distributed import shutdown
+    from .data.tables import as_table
+    from .tasks import task_class
     from .training.budget import Budget, parse_duration
     from .training.config import TrainConfig
     from .training.trainer import Trainer
@@ -110,25 +115,30 @@ def train(data, model: str | None = None, strategy: str = "two-stage", out=None,
         saved.update(options)
         cfg = TrainConfig.from_dict(saved)
         budget = Budget(cfg.budget) if cfg.budget else None
+        kind = model_kind(cfg.model)
+        data = as_table(data, cfg) if kind == "classifier" else data  # a table, read as it was first time
     else:
-        choose_backbone = model is None and strategy == "auto" and budget is not None
-        cfg = TrainConfig(model=model or TrainConfig.model, strategy=strategy, **options)
-        if cfg.strategy == "auto":
+        kind = model_kind(model) if model else "classifier"
+        settings = {**task_class(kind).defaults, **options}
+        settings.update({k: v for k, v in (("model", model), ("strategy", strategy)) if v is not None})
+        cfg = TrainConfig(**settings)
+        data = as_table(data, cfg) if kind == "classifier" else data  # a table, with its columns and --val
+        if kind == "classifier" and cfg.strategy == "auto":
             from .advice.plan import advise_for_training
             from .models import installed_models
 
-            candidates = installed_models() if choose_backbone else None
+            candidates = installed_models() if model is None and budget is not None else None
             cfg = advise_for_training(data, cfg, progress=progress, budget=budget, models=candidates)
-        if cfg.strategy == "partial" and cfg.freeze == "auto":
+        if kind == "classifier" and cfg.strategy == "partial" and cfg.freeze == "auto":
             from .advice.sweep import freeze_search
 
             return freeze_search(data, dataclasses.replace(cfg), out=out, progress=progress, budget=budget)
-    trainer = Trainer(data, cfg, out=out, resume=resume, progress=progress, callbacks=callbacks, budget=budget)
+    trainer = Trainer(task_class(kind)(), data, cfg, out=out, resume=resume, progress=progress, callbacks=callbacks,
+                      budget=budget)
     try:
         return trainer.fit()
     finally:
         shutdown(trainer.dist)
-
 
 
 def audit(data, model: str = "efficientnet_lite0", out=None, progress: bool = True, **options):

@@ -26,11 +26,11 @@ def synthetic_test(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="package")
 def trained_run(tmp_path_factory, synthetic_train):
-    from transferlab.detect.augment import AugmentConfig
-    from transferlab.detect.trainer import TrainConfig, train
+    """A detector run on the one engine (every epoch run: no early stopping)."""
+    from transferlab.api import train
 
-    config = TrainConfig(epochs=8, batch_size=32, augment=AugmentConfig(zoom_out_p=0.0))
-    return train(synthetic_train, tmp_path_factory.mktemp("runs") / "faces", config, progress=False)
+    return train(synthetic_train, model="blazeface_front", out=tmp_path_factory.mktemp("runs") / "faces", epochs=8,
+                 batch_size=32, patience=0, box_augment={"zoom_out_p": 0.0}, progress=False)
 
 
 @pytest.fixture(scope="package")

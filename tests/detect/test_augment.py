@@ -84,7 +84,7 @@ def test_colour_jitter_leaves_the_letterbox_border_black(tmp_path):
     from PIL import Image
 
     from transferlab.detect.data import Sample
-    from transferlab.detect.trainer import FaceTrainSet
+    from transferlab.detect.training import FaceTrainSet
 
     Image.fromarray(np.full((100, 300, 3), 90, np.uint8)).save(tmp_path / "wide.png")
     sample = Sample(tmp_path / "wide.png", np.float32([[100, 20, 160, 80]]),

@@ -16,7 +16,7 @@ def test_pretrained_export_parity(tmp_path, name):
 
 
 def test_fine_tuned_export_has_dynamic_batch(tmp_path, trained_run):
-    result = export_onnx(load_detector(trained_run.run_dir), tmp_path / "ft.onnx")
+    result = export_onnx(load_detector(trained_run.path), tmp_path / "ft.onnx")
     assert result.max_abs_diff < 1e-3
     session = ort.InferenceSession(str(result.path), providers=["CPUExecutionProvider"])
     reg, logits = session.run(None, {"image": np.zeros((3, 3, 128, 128), np.float32)})
@@ -26,7 +26,7 @@ def test_fine_tuned_export_has_dynamic_batch(tmp_path, trained_run):
 def test_int8_export_records_ap_before_and_after(tmp_path, trained_run):
     import json
 
-    result = export_onnx(load_detector(trained_run.run_dir), tmp_path / "ft-int8.onnx", quantize="int8",
+    result = export_onnx(load_detector(trained_run.path), tmp_path / "ft-int8.onnx", quantize="int8",
                          calibration=32, max_drop=100.0, speed_seconds=0.05)
     q = result.quantization
     assert q["metric"] == "ap50" and q["validation"]["images"] == trained_run.meta["data"]["val_images"]

@@ -12,17 +12,17 @@ import pytest
 import torch
 from PIL import Image
 
-from transferlab.detect.augment import AugmentConfig
 from transferlab.detect.boxes import decode
 from transferlab.detect.loss import NEGATIVE, DetectionLoss, LossConfig, match_anchors
-from transferlab.detect.trainer import FaceTrainSet, TrainConfig, _collate, param_groups, train
+from transferlab.api import train
+from transferlab.detect.training import DEFAULT_LR, FaceTrainSet, collate_faces, param_groups
 from transferlab.detect.weights import load_pretrained
 from transferlab.core.io import load_state_dict_file
 
 
 def _batch(samples, model, n=16):
     ts = FaceTrainSet(samples[:n], model.config.input_size, None)
-    return _collate([ts[i] for i in range(len(ts))])
+    return collate_faces([ts[i] for i in range(len(ts))])
 
 
 def _write_csv(path, samples):
@@ -46,7 +46,7 @@ def test_first_step_at_the_default_lr_keeps_the_detector(real_faces):
 
     def loss_after_one_step(lr, scaling="none"):
         net = load_pretrained("blazeface_back")
-        opt = torch.optim.AdamW(param_groups(net, TrainConfig(lr=lr, lr_scaling=scaling)), lr=lr, weight_decay=1e-4)
+        opt = torch.optim.AdamW(param_groups(net, lr, 1e-4, scaling))
         before = criterion(*net(images), targets)["loss"]
         opt.zero_grad()
         before.backward()
@@ -54,9 +54,9 @@ def test_first_step_at_the_default_lr_keeps_the_detector(real_faces):
         with torch.no_grad():
             return before.item(), criterion(*net(images), targets)["loss"].item()
 
-    before, after_default = loss_after_one_step(TrainConfig().lr, TrainConfig().lr_scaling)
+    before, after_default = loss_after_one_step(DEFAULT_LR, "relative")
     _, after_old = loss_after_one_step(5e-4)
-    print(f"loss {before:.2f} -> {after_default:.2f} at lr {TrainConfig().lr}, -> {after_old:.2f} at 5e-4")
+    print(f"loss {before:.2f} -> {after_default:.2f} at lr {DEFAULT_LR}, -> {after_old:.2f} at 5e-4")
     assert after_default < before * 2  # measured 1.9 -> 3.3 at the full relative rate, no warm-up
     assert after_old > before * 10  # measured 1.9 -> 135: the failure, kept as the reason for the default
 
@@ -136,13 +136,13 @@ def test_one_epoch_on_faces_the_model_finds_keeps_val_ap(tmp_path, real_faces):
     # warm-up steps, the change is within the noise of a 32-image validation set)
     data = _write_csv(tmp_path / "train.csv", samples[:128])
     val = _write_csv(tmp_path / "val.csv", samples[128:176])
-    result = train(data, tmp_path / "run", TrainConfig(model="blazeface_back", epochs=1, batch_size=16),
-                   val_data=val, progress=False)
+    result = train(data, model="blazeface_back", out=tmp_path / "run", epochs=1, batch_size=16, val_data=val,
+                   progress=False)
     epoch0, epoch1 = result.history[0]["val_ap50"], result.history[1]["val_ap50"]
     print(f"val AP@0.5 epoch 0 {epoch0:.3f} -> epoch 1 {epoch1:.3f}")
     assert epoch0 > 0.5  # the pretrained model already finds these faces
     assert epoch1 >= epoch0
-    assert result.val.ap >= result.pretrained_val.ap
+    assert result.metrics["val_ap50"] >= result.metrics["pretrained_val_ap50"]
 
 
 @pytest.mark.shared("faces")
@@ -150,9 +150,8 @@ def test_a_useless_run_keeps_the_pretrained_weights(tmp_path, real_faces, capsys
     samples = real_faces
     data = _write_csv(tmp_path / "train.csv", samples[:16])
     val = _write_csv(tmp_path / "val.csv", samples[16:40])
-    run = train(data, tmp_path / "run", TrainConfig(model="blazeface_front", epochs=2, batch_size=8, lr=1.0,
-                                                    warmup_epochs=0, augment=AugmentConfig()),
-                val_data=val, progress=False).run_dir
+    run = train(data, model="blazeface_front", out=tmp_path / "run", epochs=2, batch_size=8, lr=1.0, warmup_epochs=0,
+                val_data=val, progress=True).path
     assert "kept the pretrained weights" in capsys.readouterr().err
     saved, pretrained = load_state_dict_file(run / "model.safetensors"), load_pretrained("blazeface_front").state_dict()
     assert all(torch.equal(saved[k], pretrained[k]) for k in pretrained)

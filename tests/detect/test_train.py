@@ -5,11 +5,11 @@ import json
 import pytest
 import torch
 
-from transferlab.detect.augment import AugmentConfig
+from transferlab.api import train
 from transferlab.detect.data import load_faces
 from transferlab.detect.detector import load_detector
 from transferlab.detect.evaluate import evaluate_detector
-from transferlab.detect.trainer import TrainConfig, freeze_blocks, train
+from transferlab.detect.training import freeze_blocks
 from transferlab.detect.weights import load_pretrained
 from transferlab.core.errors import TransferlabError
 from transferlab.core.io import load_state_dict_file
@@ -18,17 +18,18 @@ from transferlab.core.io import load_state_dict_file
 
 def test_fine_tuning_beats_pretrained_on_held_out_faces(trained_run, synthetic_test):
     held_out = load_faces(synthetic_test)
-    fine_tuned = evaluate_detector(load_detector(trained_run.run_dir), held_out).ap
+    fine_tuned = evaluate_detector(load_detector(trained_run.path), held_out).ap
     pretrained = evaluate_detector(load_detector("blazeface_front"), held_out).ap
     print(f"held-out AP@0.5: pretrained {pretrained:.3f}, fine-tuned {fine_tuned:.3f}, "
-          f"training {trained_run.train_seconds:.1f} s")
+          f"training {trained_run.metrics['train_seconds']:.1f} s")
     assert pretrained < 0.5
     assert fine_tuned > 0.7 and fine_tuned > pretrained + 0.3
-    assert trained_run.val.ap > trained_run.pretrained_val.ap
+    assert trained_run.metrics["val_ap50"] > trained_run.metrics["pretrained_val_ap50"]
+    assert trained_run.predictor.kind == "detector"
 
 
 def test_run_folder_contents(trained_run):
-    run = trained_run.run_dir
+    run = trained_run.path
     for name in ("model.safetensors", "model.json", "checkpoints/last.pt", "metrics.csv", "report.md",
                  "pr_curve.png", "skipped.txt"):
         assert (run / name).is_file(), name
@@ -43,25 +44,26 @@ def test_run_folder_contents(trained_run):
     assert "AP@0.5" in (run / "report.md").read_text()
     # the checkpoint holds only tensors and plain types: it loads with weights_only=True
     state = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
-    assert state["epoch"] == 7
+    assert state["task"] == "detector" and state["history"][-1]["epoch"] == 8 and state["phase"] == 1
     assert set(load_state_dict_file(run / "model.safetensors")) == set(load_pretrained("blazeface_front").state_dict())
 
 
-def _tiny_config(**kw):
-    return TrainConfig(epochs=3, batch_size=8, val_split=0.0, augment=AugmentConfig(zoom_out_p=0.0), **kw)
+def _tiny(data, out, **kw):
+    return train(data, model="blazeface_front", out=out, epochs=3, batch_size=8, val_split=0.0,
+                 box_augment={"zoom_out_p": 0.0}, progress=False, **kw)
 
 
 def test_resume_reproduces_an_uninterrupted_run(tmp_path, synthetic_test):
-    full = train(synthetic_test, tmp_path / "full", _tiny_config(), progress=False)
+    full = _tiny(synthetic_test, tmp_path / "full")
 
-    def crash_after_second_epoch(row):
+    def crash_after_second_epoch(trainer, row):
         if row["epoch"] == 2:
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        train(synthetic_test, tmp_path / "cut", _tiny_config(), progress=False, callbacks=[crash_after_second_epoch])
+        _tiny(synthetic_test, tmp_path / "cut", callbacks=[crash_after_second_epoch])
     assert not (tmp_path / "cut" / "model.json").exists()
-    resumed = train(synthetic_test, tmp_path / "cut", resume=True, progress=False)
+    resumed = train(synthetic_test, out=tmp_path / "cut", resume=True, progress=False)
 
     assert [r["epoch"] for r in resumed.history] == [1, 2, 3]
     a = load_state_dict_file(tmp_path / "full" / "model.safetensors")
@@ -72,9 +74,9 @@ def test_resume_reproduces_an_uninterrupted_run(tmp_path, synthetic_test):
 
 def test_existing_run_needs_resume_and_resume_needs_a_checkpoint(tmp_path, trained_run, synthetic_test):
     with pytest.raises(TransferlabError, match="--resume"):
-        train(synthetic_test, trained_run.run_dir, _tiny_config(), progress=False)
+        _tiny(synthetic_test, trained_run.path)
     with pytest.raises(TransferlabError, match="nothing to resume"):
-        train(synthetic_test, tmp_path / "new", resume=True, progress=False)
+        train(synthetic_test, out=tmp_path / "new", resume=True, progress=False)
 
 
 def test_freeze_leading_blocks():
@@ -89,7 +91,7 @@ def test_freeze_leading_blocks():
 
 
 def test_frozen_blocks_do_not_change(tmp_path, synthetic_test):
-    run = train(synthetic_test, tmp_path / "frozen", _tiny_config(freeze=17), progress=False).run_dir
+    run = _tiny(synthetic_test, tmp_path / "frozen", freeze=17).path
     before, after = load_pretrained("blazeface_front").state_dict(), load_state_dict_file(run / "model.safetensors")
     assert all(torch.equal(before[k], after[k]) for k in before if k.startswith(("stem", "stage")))
     assert not torch.equal(before["classifier1.weight"], after["classifier1.weight"])

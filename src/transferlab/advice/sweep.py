@@ -32,7 +32,9 @@ from ..runs.report import plot_sweep
 from ..training.batches import TrainingCache
 from ..training.budget import Budget
 from ..training.config import TrainConfig
-from ..training.trainer import Run, Trainer
+from ..tasks.base import Run
+from ..tasks.classification import ClassificationTask
+from ..training.trainer import Trainer
 
 
 @dataclasses.dataclass
@@ -116,8 +118,8 @@ def freeze_search(data, cfg: TrainConfig, out=None, progress: bool = True, point
                 _log(progress, f"sweep rung {rung + 1}/{len(schedule)}: freeze {n} ({blocks[n]} up trains), "
                                f"{epochs} epoch(s)")
                 t0 = time.perf_counter()
-                run = Trainer(data, trial_config(n, epochs), Path(tmp) / f"r{rung}-f{n}", progress=False,
-                              cache=shared, budget=trial_budget(epochs)).fit()
+                run = Trainer(ClassificationTask(shared), data, trial_config(n, epochs), Path(tmp) / f"r{rung}-f{n}",
+                              progress=False, budget=trial_budget(epochs)).fit()
                 trials.append(Trial(rung, epochs, n, blocks[n], params(n), run.metrics["val_acc"],
                                     run.metrics["val_loss"], time.perf_counter() - t0))
             keep = schedule[rung + 1][0]
@@ -137,7 +139,7 @@ def freeze_search(data, cfg: TrainConfig, out=None, progress: bool = True, point
         f"freezing {best} blocks (training from {blocks[best]}) had the best validation accuracy.")
     t0 = time.perf_counter()
     final_cfg = dataclasses.replace(cfg, freeze=best, epochs=epochs, advice=advice)
-    run = Trainer(data, final_cfg, out, progress=progress, cache=shared, budget=budget).fit()
+    run = Trainer(ClassificationTask(shared), data, final_cfg, out, progress=progress, budget=budget).fit()
     trials.append(Trial(final_rung, epochs, best, blocks[best], params(best), run.metrics["val_acc"],
                         run.metrics["val_loss"], time.perf_counter() - t0))
     write_sweep(out, trials, blocks)

@@ -57,11 +57,11 @@ def run_demo(out="runs/demo-mnist", per_class: int = 60, epochs: int = 6, progre
     run = train(data, model="efficientnet_lite0", strategy="two-stage", epochs=epochs, head_epochs=max(1, epochs // 3),
                 image_size=112, out=out, progress=progress)
     print(f"\nbest val accuracy {run.metrics['val_acc']:.4f} (epoch {run.metrics['best_epoch']})")
-    result = evaluate(run.classifier, data, progress=False)
+    result = evaluate(run.predictor, data, progress=False)
     print("\n" + format_evaluation(result))
     sample = sorted((data / "test").glob("*/*.png"))[:: max(1, per_class // 4)][:5]
     print("\npredictions on a few test images:")
-    for r in run.classifier.predict(sample, top=1, progress=False):
+    for r in run.predictor.predict(sample, top=1, progress=False):
         print(f"  {Path(r['path']).parent.name}/{Path(r['path']).name}: {r['top'][0]['label']} ({r['top'][0]['prob']:.1%})")
     print(f"\nrun folder: {run.path}  ({time.perf_counter() - t0:.0f}s)")
     print(f"next: transferlab predict IMAGE --model {run.path}  |  transferlab export {run.path} --format onnx")

@@ -44,17 +44,25 @@ def cmd_models(args) -> int:
     return 0
 
 
-def _add_train(sub) -> None:
-    from ..core.options import AUGMENT_LEVELS, BALANCE, BN_POLICIES, SCHEDULES, STRATEGIES
+def add_train(sub, default_model: str | None = None,
+              help: str = "transfer-learn a model: a classifier on an image folder, a face detector on boxes") -> None:
+    """`train` on a sub-command group; the model chooses the task (`transferlab detect train` is this
+    command with a detector as the default model)."""
+    from ..core.options import ANNOTATION_FORMATS, AUGMENT_LEVELS, BALANCE, BN_POLICIES, SCHEDULES, STRATEGIES
     from ..training.config import TrainConfig
 
     d = TrainConfig()
-    p = sub.add_parser("train", help="transfer-learn a classifier on an image folder (one sub-folder per class)")
-    p.add_argument("data", help="dataset folder: class sub-folders, or train/ val/ [test/] each with class sub-folders")
-    p.add_argument("--model", help=f"registry name or timm:NAME (default {d.model}; with --strategy auto --budget: "
-                                    "the installed backbone with the best LogME)")
-    p.add_argument("--strategy", default=d.strategy, choices=STRATEGIES,
-                   help="auto: measure the data, train the head, then fine-tune only while it beats the head")
+    p = sub.add_parser("train", help=help)
+    p.add_argument("data", help="a classifier's dataset folder (class sub-folders, or train/ val/ [test/] each with "
+                                "class sub-folders), or a detector's annotated faces (a folder or annotation file)")
+    p.add_argument("--model", default=default_model,
+                   help=f"registry name or timm:NAME, or a face detector (blazeface_front, blazeface_back) "
+                        f"(default {default_model or d.model}; with --strategy auto --budget: the installed "
+                        "backbone with the best LogME)")
+    # options whose default depends on the task stay None here: the task fills them in
+    p.add_argument("--strategy", choices=STRATEGIES,
+                   help=f"default {d.strategy} for a classifier, finetune for a detector; auto: measure the data, "
+                        "train the head, then fine-tune only while it beats the head")
     p.add_argument("--budget", help="a wall-clock limit for the run, e.g. 90s, 10m, 1h: epochs that would not "
                                     "finish are not run and the best model so far is kept")
     p.add_argument("--finetune-trial", type=int, default=d.finetune_trial, metavar="N",
@@ -66,10 +74,10 @@ def _add_train(sub) -> None:
     p.add_argument("--freeze", help="partial: number of leading blocks frozen, or the first trainable block's name")
     p.add_argument("--lr", help="learning rate, or 'find' for a range test (default: the strategy's)")
     p.add_argument("--lr-mult", type=float, default=d.lr_mult, help="two-stage: head lr / stem lr in phase 2")
-    p.add_argument("--weight-decay", type=float, default=d.weight_decay)
+    p.add_argument("--weight-decay", type=float, help=f"default {d.weight_decay} for a classifier")
     p.add_argument("--batch-size", type=int, default=d.batch_size)
     p.add_argument("--schedule", default=d.schedule, choices=SCHEDULES)
-    p.add_argument("--warmup-epochs", type=float, default=d.warmup_epochs)
+    p.add_argument("--warmup-epochs", type=float, help=f"default {d.warmup_epochs} for a classifier")
     p.add_argument("--label-smoothing", type=float, default=d.label_smoothing)
     p.add_argument("--patience", type=int, default=d.patience, help="early stopping on val loss; 0 disables")
     p.add_argument("--augment", default=d.augment, choices=AUGMENT_LEVELS)
@@ -99,6 +107,11 @@ def _add_train(sub) -> None:
     p.add_argument("--exclude", metavar="FILE", help="leave out the files listed (transferlab audit --write-exclude)")
     p.add_argument("--no-audit", dest="audit", action="store_false",
                    help="skip the check for images shared between splits (leakage)")
+    p.add_argument("--format", dest="data_format", default=d.data_format, choices=ANNOTATION_FORMATS,
+                   help="detector: the annotation format")
+    p.add_argument("--val", dest="val_data", help="separate validation data (default: hold out --val-split)")
+    p.add_argument("--lr-scaling", choices=("relative", "none"),
+                   help="detector: relative (each tensor's lr times its RMS; the default) or none")
     p.add_argument("--quiet", action="store_true", help="no progress bars or epoch lines")
     add_table_options(p, val=False)  # train has its own --val (a table, or a detector's annotations)
     p.set_defaults(func=lazy_handler("training", "cmd_train"))
@@ -217,7 +230,7 @@ def _add_serve(sub) -> None:
     p.set_defaults(func=lazy_handler("serving", "cmd_serve"))
 
 
-COMMANDS = [_add_demo, add_predict, _add_models, _add_train, add_evaluate, add_export, _add_detect, _add_advise,
+COMMANDS = [_add_demo, add_predict, _add_models, add_train, add_evaluate, add_export, _add_detect, _add_advise,
             _add_audit, _add_sweep, _add_serve]
 
 

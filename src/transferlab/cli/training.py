@@ -23,7 +23,7 @@ def train_options(args) -> dict:
 
 
 def cmd_train(args) -> int:
-    """Train (or resume) a classifier run and print where it is."""
+    """Train (or resume) a run of either kind and print where it is and how it scored."""
     from ..api import train
 
     options = train_options(args)
@@ -35,10 +35,20 @@ def cmd_train(args) -> int:
                     **options)
     from ..core.distributed import is_main_process
 
-    if is_main_process():
-        skipped = run.classifier.meta["dataset"]["skipped"] if run.classifier else []
-        if skipped:
-            print(f"skipped {len(skipped)} unusable file(s), listed in {run.path / 'model.json'}")
-        print(f"run folder: {run.path}")
-        print(f"best val accuracy {run.metrics['val_acc']:.4f} at epoch {run.metrics['best_epoch']}")
+    if not is_main_process():
+        return 0
+    print(f"run folder: {run.path}")
+    m = run.metrics
+    if run.predictor.kind == "detector":
+        skipped = run.path / "skipped.txt"
+        if skipped.is_file() and skipped.stat().st_size:
+            print(f"{len(skipped.read_text().splitlines())} annotations skipped; see {skipped}")
+        if "val_ap50" in m:
+            print(f"validation AP@0.5: saved {m['val_ap50']:.4f} (epoch {m['best_epoch']}), "
+                  f"pretrained {m['pretrained_val_ap50']:.4f}")
+        return 0
+    skipped = run.predictor.meta["dataset"]["skipped"]
+    if skipped:
+        print(f"skipped {len(skipped)} unusable file(s), listed in {run.path / 'model.json'}")
+    print(f"best val accuracy {m['val_acc']:.4f} at epoch {m['best_epoch']}")
     return 0

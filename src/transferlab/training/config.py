@@ -69,6 +69,15 @@ class TrainConfig:
     label_col: str | None = None
     label_delim: str | None = None  # default a space; "none": one label per cell
     advice: dict | None = None  # set by --strategy auto: the advisor's numbers and reasons
+    # --- detectors (a box dataset) ---
+    data_format: str = "auto"  # annotation format: see detect.data.FORMATS
+    val_data: str | None = None  # separate validation data (else val_split of the data is held out)
+    # "relative": each tensor's lr is lr x its RMS (BlazeFace's folded BatchNorm leaves weight scales
+    # spanning 1e-4..10); "none": one lr for all
+    lr_scaling: str = "none"
+    score_threshold: float | None = None  # the saved detector's thresholds (None: the detector's defaults)
+    iou_threshold: float | None = None
+    box_augment: dict | None = None  # detect.augment.AugmentConfig fields (None: its defaults)
 
     def validate(self) -> None:
         """One line naming the first option with an invalid value."""

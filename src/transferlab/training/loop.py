@@ -1,5 +1,6 @@
 """One epoch of training and of validation: micro-batches, mixed precision, accumulation, DDP,
-non-finite losses. The Trainer decides what to run; the Loop runs it."""
+non-finite losses. The Trainer decides what to run; the Loop runs it; the task says what a batch's
+targets, loss and correct predictions are."""
 from __future__ import annotations
 
 import contextlib
@@ -60,10 +61,10 @@ def amp_dtype(setting: str, device: torch.device):
 class Loop:
     """Runs epochs over batches for one model on one device (and process group)."""
 
-    def __init__(self, model: BlockNet, cfg, device: torch.device, dist, progress: bool, input_size: int):
+    def __init__(self, model: nn.Module, cfg, device: torch.device, dist, progress: bool, input_size: int, task):
         self.model, self.cfg, self.device, self.dist = model, cfg, device, dist
-        self.progress, self.input_size = progress, input_size
-        self.amp_dtype = amp_dtype(cfg.amp, device)
+        self.progress, self.input_size, self.task = progress, input_size, task
+        self.amp_dtype = task.amp_dtype(cfg.amp, device)
 
     def forward(self, net: nn.Module, x: torch.Tensor) -> torch.Tensor:
         """net(x) under the run's autocast setting."""
@@ -71,8 +72,8 @@ class Loop:
             return net(x)
 
     def training_net(self, start: int) -> nn.Module:
-        """The module that trains from block `start`, wrapped in DDP when several processes run."""
-        net = TrainForward(self.model, start)
+        """The task's module that trains from block `start`, wrapped in DDP when several processes run."""
+        net = self.task.training_net(start)
         if not self.dist.enabled:
             return net
         ids = [self.device.index] if self.device.type == "cuda" else None
@@ -91,6 +92,8 @@ class Loop:
         """Images per forward/backward pass. Splitting a batch leaves its gradient unchanged only while no
         BatchNorm layer computes batch statistics; flat cached features are too small to gain from it."""
         value = str(self.cfg.micro_batch)
+        if not self.task.splits_batches:
+            return len(x)
         if value.isdigit():
             return int(value)
         if value == "off" or self.device.type != "cpu" or x.dim() < 4 or self.batch_statistics_computed():
@@ -101,52 +104,64 @@ class Loop:
     def checkpointed_blocks(self, micro_batch: int) -> int:
         """Recomputation costs time, so by default it is the fallback for CPU batches that stay whole."""
         value = str(self.cfg.grad_checkpointing)
+        if not isinstance(self.model, BlockNet):  # recomputation is a BlockNet's (blocks in order)
+            return 0
         if value.isdigit():
             return int(value)
         if value == "off" or self.device.type != "cpu" or micro_batch < self.cfg.batch_size:
             return 0
         return self.model.high_resolution_blocks(self.input_size)
 
+    def batch_loss(self, net, x, y, loss_fn) -> tuple[torch.Tensor, object]:
+        """The task's loss of net on a batch (already on the device), and the outputs."""
+        outputs = self.forward(net, cpu_layout(x) if self.device.type == "cpu" else x)
+        return self.task.batch_loss(loss_fn, outputs, y), outputs
+
     def backward(self, net, x, y, loss_fn, scaler, scale: float = 1.0, sync_last: bool = True,
                  chunk: int | None = None):
         """Forward and backward over x in passes of `chunk` images; the gradients add up to those of one
-        pass over the batch. Returns the summed per-image loss, the correct count and whether the loss
-        was finite (a non-finite pass stops the batch)."""
+        pass over the batch. Returns the summed per-image loss, the correct count (None when the task
+        has none) and whether the loss was finite (a non-finite pass stops the batch)."""
         chunk = chunk or len(x)
-        weight = getattr(loss_fn, "weight", None)  # class weights make the loss a weighted mean
-        batch_weight = weight[y].sum() if weight is not None else len(y)
-        total_loss, correct = 0.0, 0
-        passes = list(zip(x.split(chunk), y.split(chunk)))
+        passes = [(x, y)] if chunk >= len(x) else list(zip(x.split(chunk), y.split(chunk)))
+        total_loss, correct = 0.0, None
         for k, (xs, ys) in enumerate(passes):
             # DDP all-reduces the gradients once per optimizer step, in the backward of its last pass
             reduce_now = sync_last and k == len(passes) - 1
             sync = net.no_sync() if (self.dist.enabled and not reduce_now) else contextlib.nullcontext()
             with sync:
-                logits = self.forward(net, cpu_layout(xs) if self.device.type == "cpu" else xs)
-                loss = loss_fn(logits.float(), ys)
+                loss, outputs = self.batch_loss(net, xs, ys, loss_fn)
                 if not torch.isfinite(loss):
                     return total_loss, correct, False
-                share = (weight[ys].sum() if weight is not None else len(ys)) / batch_weight
+                share = self.task.loss_weight_share(loss_fn, ys, y)
                 scaler.scale(loss * (share * scale)).backward()
             total_loss += loss.item() * len(ys)
-            correct += (logits.argmax(1) == ys).sum().item()
+            right = self.task.batch_correct(outputs, ys)
+            if right is not None:
+                correct = (correct or 0) + right
         return total_loss, correct, True
 
     # --- epochs ---------------------------------------------------------------------------------
     def train_epoch(self, batches, net, optimizer, scheduler, loss_fn, scaler, desc: str = "train",
                     checkpoint_hint: str = "", stop=None) -> dict:
-        """One pass over `batches` with optimizer steps every accum_steps batches; mean loss and accuracy.
+        """One pass over `batches` with optimizer steps every accum_steps batches; mean loss and accuracy
+        (where the task has one), and where the time went (waiting for data, the steps).
         `stop(images_seen, seconds)`, asked after each optimizer step, ends the epoch early when True
         (the row then has `cut_short`: the fraction of batches done)."""
         self.model.train()
         started = time.perf_counter()
         cut_short = None
         total_loss, correct, seen, bad = 0.0, 0, 0, 0
+        data_s = step_s = 0.0
+        has_accuracy = False
         accum = self.cfg.accum_steps
         bar = tqdm(batches, desc=desc, leave=False, disable=not self.progress, unit="batch")
         optimizer.zero_grad(set_to_none=True)
+        waited = time.perf_counter()
         for i, (x, y) in enumerate(bar):
-            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+            t_step = time.perf_counter()
+            data_s += t_step - waited
+            x, y = x.to(self.device, non_blocking=True), self.task.targets_to(y, self.device)
             if i == 0:  # the same for every batch of the epoch: decided once, off the per-batch path
                 chunk = self.micro_batch(x)
                 self.model.checkpointed_blocks = self.checkpointed_blocks(chunk)
@@ -172,31 +187,38 @@ class Loop:
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
             total_loss += batch_loss
-            correct += batch_correct
+            has_accuracy = batch_correct is not None
+            correct += batch_correct or 0
             seen += len(y)
-            bar.set_postfix(loss=f"{total_loss / seen:.4f}", acc=f"{correct / seen:.3f}")
+            bar.set_postfix(loss=f"{total_loss / seen:.4f}", **({"acc": f"{correct / seen:.3f}"} if has_accuracy else {}))
+            waited = time.perf_counter()
+            step_s += waited - t_step
             if stop is not None and step_now and i + 1 < len(batches) and stop(seen, time.perf_counter() - started):
                 cut_short = (i + 1) / len(batches)
                 break
         total_loss, correct, seen = all_reduce_sums([total_loss, correct, seen], self.dist, self.device)
         if seen == 0:
             raise NonFiniteLoss("no finite training step in this epoch; lower --lr")
-        row = {"train_loss": total_loss / seen, "train_acc": correct / seen}
+        row = {"train_loss": total_loss / seen}
+        if has_accuracy:
+            row["train_acc"] = correct / seen
+        row.update(images_per_s=round(seen / max(data_s + step_s, 1e-9), 2), data_s=round(data_s, 2),
+                   step_s=round(step_s, 2))
         if cut_short is not None:
             row["cut_short"] = cut_short
         return row
 
     @torch.inference_mode()
     def validate(self, batches, start: int, loss_fn) -> dict:
-        """Mean validation loss and accuracy, reduced over processes."""
+        """Mean validation loss and accuracy over labelled batches, reduced over processes."""
         self.model.eval()
-        net = TrainForward(self.model, start)
+        net = self.task.training_net(start)
         total_loss, correct, seen = 0.0, 0, 0
         for x, y in batches:
-            x, y = x.to(self.device), y.to(self.device)
+            x, y = x.to(self.device), self.task.targets_to(y, self.device)
             logits = forward_in_passes(lambda part: self.forward(net, part), x, self.device)
-            total_loss += loss_fn(logits.float(), y).item() * len(y)
-            correct += (logits.argmax(1) == y).sum().item()
+            total_loss += self.task.batch_loss(loss_fn, logits, y).item() * len(y)
+            correct += self.task.batch_correct(logits, y)
             seen += len(y)
         total_loss, correct, seen = all_reduce_sums([total_loss, correct, seen], self.dist, self.device)
         return {"val_loss": total_loss / max(seen, 1), "val_acc": correct / max(seen, 1)}

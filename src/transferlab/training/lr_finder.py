@@ -8,7 +8,6 @@ from dataclasses import dataclass
 
 import torch
 
-from .strategies import Phase, param_groups
 
 
 @dataclass
@@ -18,11 +17,11 @@ class LRFinderResult:
     suggestion: float
 
 
-def lr_range_test(model, phase: Phase, batches, forward, loss_fn, device, weight_decay: float,
-                  start_lr: float = 1e-7, end_lr: float = 1.0, max_steps: int = 100) -> LRFinderResult:
-    """Run the test on a copy of the weights; the model is restored afterwards."""
+def lr_range_test(model, groups: list[dict], fallback: float, batches, batch_loss, start_lr: float = 1e-7,
+                  end_lr: float = 1.0, max_steps: int = 100) -> LRFinderResult:
+    """Run the test on a copy of the weights (the model is restored afterwards) with the optimizer
+    groups of a phase; batch_loss(x, y) is the task's loss of a batch (already on the device)."""
     saved = copy.deepcopy(model.state_dict())
-    groups = param_groups(model, phase, weight_decay)
     base = [g["lr"] for g in groups]
     head_lr = max(base)
     optimizer = torch.optim.AdamW(groups)
@@ -36,7 +35,7 @@ def lr_range_test(model, phase: Phase, batches, forward, loss_fn, device, weight
             lr = start_lr * gamma**step
             for g, b in zip(optimizer.param_groups, base):
                 g["lr"] = lr * b / head_lr  # keep the phase's discriminative ratios
-            loss = loss_fn(forward(x.to(device)).float(), y.to(device))
+            loss = batch_loss(x, y)
             if not torch.isfinite(loss):
                 step = steps
                 break
@@ -53,7 +52,7 @@ def lr_range_test(model, phase: Phase, batches, forward, loss_fn, device, weight
                 step = steps
                 break
     model.load_state_dict(saved)
-    return LRFinderResult(lrs, losses, suggest_lr(lrs, losses, phase.lr))
+    return LRFinderResult(lrs, losses, suggest_lr(lrs, losses, fallback))
 
 
 def suggest_lr(lrs: list[float], losses: list[float], fallback: float) -> float:

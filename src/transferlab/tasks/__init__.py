@@ -1,0 +1,19 @@
+"""What differs per kind of model on the one training engine: a Task per run kind (core.options.RUN_KINDS),
+chosen by the model. A new task is a module here and an entry in TASKS."""
+from __future__ import annotations
+
+import importlib
+
+from .base import PhaseData, Run, Task
+
+# run kind -> "module:class"; imported when used, so reading the registry costs nothing
+TASKS = {"classifier": "classification:ClassificationTask", "detector": "detection:DetectionTask"}
+
+
+def task_class(kind: str) -> type[Task]:
+    """The Task class that trains models of a run kind."""
+    module, cls = TASKS[kind].split(":")
+    return getattr(importlib.import_module(f"{__name__}.{module}"), cls)
+
+
+__all__ = ["PhaseData", "Run", "Task", "TASKS", "task_class"]
