@@ -86,7 +86,8 @@ class DatasetScan:
         ]
         if self.multilabel:
             several = sum(1 for v in self.splits.values() for s in v if len(s.indices) > 1)
-            lines.append(f"  {several} image(s) with several labels, "
+            none = sum(1 for v in self.splits.values() for s in v if not s.indices)
+            lines.append(f"  {several} image(s) with several labels, {none} with none, "
                          f"{sum(len(s.indices) for v in self.splits.values() for s in v) / max(images, 1):.2f} "
                          "labels per image on average")
         if self.excluded:

@@ -311,7 +311,7 @@ def _split_of(rows: _Rows, cols: _Columns, where: str, row: dict) -> str:
 
 
 def _labels(rows: _Rows, cols: _Columns, where: str, row: dict, delim: str) -> tuple[str, ...] | str:
-    """The row's labels, or the reason it has none usable."""
+    """The row's labels (none for an empty cell), or the reason they cannot be read."""
     if cols.onehot:
         out = []
         for c in cols.onehot:
@@ -334,8 +334,7 @@ def _labels(rows: _Rows, cols: _Columns, where: str, row: dict, delim: str) -> t
                 raise DatasetError(
                     f"{rows.name} {where}: the labels {text!r} hold {sep!r} but several labels are separated by "
                     f"{delim!r}; pass --label-delim {sep!r}, or use one separator throughout")
-    tokens = list(dict.fromkeys(t.strip() for t in tokens if t.strip()))
-    return tuple(tokens) if tokens else "empty label; give the image its label(s), or remove the row"
+    return tuple(dict.fromkeys(t.strip() for t in tokens if t.strip()))  # () when empty: see scan_table
 
 
 def _image_path(rows: _Rows, cell) -> Path | str:
@@ -436,6 +435,10 @@ def scan_table(data, val_split: float = 0.2, seed: int = 0, require_val: bool = 
     is_multilabel = onehot or several is not None
     if is_multilabel and not multilabel:
         raise DatasetError(_refusal(main.name, onehot, several, delim))
+    if not is_multilabel:  # an image with no label is a negative of every label in multi-label data only
+        skipped.extend((str(r.path), f"empty label; give the image its label, or remove the row ({r.where})")
+                       for r in kept if not r.labels)
+        kept = [r for r in kept if r.labels]
     splits: dict[str, list[Sample]] = {"train": []}
     for r in kept:
         ids = tuple(sorted(index[label] for label in r.labels))
