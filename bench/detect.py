@@ -70,17 +70,17 @@ def speed(images: list[np.ndarray]) -> None:
 
 def fine_tune(work: Path, n_train: int, n_test: int, epochs: int) -> None:
     from detect.synthetic import write_csv_dataset
-    from transferlab.detect import TrainConfig, evaluate_detector, load_detector, load_faces, train
-    from transferlab.detect.augment import AugmentConfig
+    from transferlab.api import train
+    from transferlab.detect import evaluate_detector, load_detector, load_faces
 
     train_dir = write_csv_dataset(work / "train", n_train, seed=0)
     test = load_faces(write_csv_dataset(work / "test", n_test, seed=1))
-    result = train(train_dir, work / "run", TrainConfig(epochs=epochs, augment=AugmentConfig(zoom_out_p=0.0)),
-                   progress=False)
+    result = train(train_dir, model="blazeface_front", out=work / "run", epochs=epochs, patience=0,
+                   box_augment={"zoom_out_p": 0.0}, progress=False)
     pretrained = evaluate_detector(load_detector("blazeface_front"), test).ap
-    tuned = evaluate_detector(load_detector(result.run_dir), test).ap
+    tuned = evaluate_detector(load_detector(result.path), test).ap
     print(f"(c) held-out AP@0.5 ({test.num_faces} faces): pretrained {pretrained:.3f}, fine-tuned {tuned:.3f}; "
-          f"{epochs} epochs on {n_train} images in {result.train_seconds:.1f} s")
+          f"{epochs} epochs on {n_train} images in {result.metrics['train_seconds']:.1f} s")
 
 
 def real_photos(faces: Path, n_images: int, upscale: float, work: Path) -> None:
@@ -91,7 +91,8 @@ def real_photos(faces: Path, n_images: int, upscale: float, work: Path) -> None:
 
     from transferlab.core.device import default_workers
     from transferlab.data.images import open_image, open_image_scaled
-    from transferlab.detect import TrainConfig, load_faces, train
+    from transferlab.api import train
+    from transferlab.detect import load_faces
 
     samples = load_faces(faces / "train.csv").samples[:n_images]
     rows = []
@@ -122,7 +123,7 @@ def real_photos(faces: Path, n_images: int, upscale: float, work: Path) -> None:
     print(f"(d) train blazeface_back, {len(samples)} photos, plain loop (full-size decoding in the main process, "
           f"float32, contiguous layout: the trainer before issue 14): {before['images_per_s']:.1f} images/s; "
           f"waiting for data {before['data_s']:.1f} s, forward/backward/step {before['step_s']:.1f} s")
-    row = train(subset, work / "run", TrainConfig(model="blazeface_back", epochs=1, val_split=0.0),
+    row = train(subset, model="blazeface_back", out=work / "run", epochs=1, val_split=0.0,
                 progress=False).history[-1]
     print(f"(d) train blazeface_back, {len(samples)} photos, transferlab defaults: {row['images_per_s']:.1f} images/s; "
           f"waiting for data {row['data_s']:.1f} s, forward/backward/step {row['step_s']:.1f} s "

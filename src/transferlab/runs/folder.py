@@ -121,15 +121,25 @@ def read_config(run) -> dict:
     run = Path(run) if run else None
     if run is None:
         raise TransferlabError("--resume needs the run folder (--out RUN or --resume RUN)")
+    last = run / "checkpoints" / "last.pt"
+    state = check_resumable(safe_torch_load(last), last) if last.is_file() else None
     if (run / "model.json").is_file():
         return dict(read_meta(run)["config"])
-    last = run / "checkpoints" / "last.pt"
-    if not last.is_file():
+    if state is None:
         raise TransferlabError(
             f"nothing to resume in {run}: no checkpoints/last.pt (the run stopped before its first epoch ended); "
             f"start it again without --resume, e.g. `transferlab train DATA --out {run}`"
         )
-    return dict(safe_torch_load(last)["config"])
+    return dict(state["config"])
+
+
+def check_resumable(state: dict, path: Path) -> dict:
+    """A checkpoint the one training engine can continue: it holds the phases of its plan (a detector
+    checkpoint written before the engine had tasks holds its own epoch counter instead)."""
+    if "phases" not in state:
+        raise TransferlabError(f"{path} was written by an older transferlab and cannot be resumed: start the run "
+                               "again without --resume (into a new --out, or after deleting the folder)")
+    return state
 
 
 def default_run_dir(data, model: str, strategy: str) -> Path:

@@ -8,6 +8,7 @@ from safetensors.torch import load_file
 
 from ..core.errors import TransferlabError
 from ..core.io import atomic_torch_save, safe_torch_load, save_weights
+from ..runs.folder import check_resumable
 
 CHECKPOINT_FORMAT = "transferlab-checkpoint/1"
 
@@ -28,7 +29,7 @@ class Checkpointer:
         """The state of last.pt, or one line saying there is nothing to resume."""
         if not self.last.is_file():
             raise TransferlabError(f"nothing to resume: {self.last} does not exist (start the run without --resume)")
-        return safe_torch_load(self.last)
+        return check_resumable(safe_torch_load(self.last), self.last)
 
     def save_best(self, state_dict: dict) -> None:
         """Keep the weights of a new best epoch."""
