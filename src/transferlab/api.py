@@ -9,16 +9,15 @@ from pathlib import Path
 from .core.errors import TransferlabError
 from .runs.folder import is_run_folder, read_config, read_meta
 
-DETECTOR_NAMES = ("blazeface_front", "blazeface_back")
-
-
 def model_kind(model) -> str:
     """"classifier" or "detector", for a loaded model, a run folder or a registry name."""
     if hasattr(model, "kind"):
         return model.kind
     if is_run_folder(model) or Path(str(model)).is_dir():
         return read_meta(model)["kind"]  # a folder that is no run gets a clear error here
-    return "detector" if str(model) in DETECTOR_NAMES else "classifier"
+    from .detect.model import CONFIGS
+
+    return "detector" if str(model) in CONFIGS else "classifier"
 
 
 def load(model: str = "efficientnet_lite0", weights="default", labels=None):
@@ -55,15 +54,15 @@ def predict(images, model="efficientnet_lite0", top: int = 5, labels=None, weigh
     return net.predict(images, top=top, **options)
 
 
-def evaluate(model, data, device=None, progress: bool = True, format: str = "auto") -> dict:
+def evaluate(model, data, device=None, progress: bool = True, format: str = "auto", plot=None) -> dict:
     """Evaluate on labelled data. A classifier: accuracy, per-class report, confusion matrix on a class
-    folder. A detector: AP@0.5 on annotated faces (format: auto, wider, voc, coco, yolo, csv), next to
-    the pretrained architecture's."""
+    folder. A detector: AP@0.5 on annotated faces (format: one of core.options.ANNOTATION_FORMATS), next
+    to the pretrained architecture's, with its precision/recall curve at `plot` (default: in the run)."""
     net = model if hasattr(model, "kind") else load(model)
     if net.kind == "detector":
         from .detect.evaluate import evaluate_faces
 
-        return evaluate_faces(net, data, format)
+        return evaluate_faces(net, data, format, plot=plot)
     from .inference.evaluation import evaluate_folder
 
     return evaluate_folder(net, data, device=device, progress=progress)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import importlib
 
+from ..core.options import ANNOTATION_FORMATS, BACKENDS
+
 
 def lazy_handler(module: str, name: str):
     """The handler `name` of transferlab.cli.`module`, imported when the command runs: building the
@@ -31,7 +33,7 @@ def add_predict(sub, name: str = "predict", default_model: str = "efficientnet_l
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--workers", type=int, default=None, help="decoding processes (default: from the machine)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
-    p.add_argument("--backend", default="auto", choices=["auto", "torch", "onnxruntime", "onnxruntime-int8"],
+    p.add_argument("--backend", default="auto", choices=BACKENDS,
                    help="classifier engine; auto: ONNX Runtime on CPU for 128 images or more (about "
                         "twice as fast once exported), PyTorch otherwise; onnxruntime-int8: the run's int8 "
                         "export (transferlab export RUN --quantize int8)")
@@ -102,7 +104,7 @@ def add_evaluate(sub, name: str = "evaluate"):
     p.add_argument("data", help="classifier: class sub-folders (test/ or val/ inside is used when present) or a "
                                 "table of images and labels (its test rows, else val rows, else all); detector: "
                                 "annotated faces (folder or annotation file)")
-    p.add_argument("--format", default="auto", choices=("auto", "wider", "voc", "coco", "yolo", "csv"),
+    p.add_argument("--format", default="auto", choices=ANNOTATION_FORMATS,
                    help="detector: annotation format")
     p.add_argument("--device", default="auto")
     p.add_argument("--json", nargs="?", const="-", metavar="FILE", help="the result as JSON: stdout, or FILE")

@@ -19,11 +19,7 @@ def cmd_evaluate(args) -> int:
 
             raise TransferlabError("--val, --image-col, --label-col and --label-delim apply to a classifier's table; "
                                    "a detector reads its annotations with --format")
-        result = evaluate(net, args.data, format=args.format)
-        if args.plot:
-            from ..detect.evaluate import evaluate_faces
-
-            result = evaluate_faces(net, args.data, args.format, plot=args.plot)
+        result = evaluate(net, args.data, format=args.format, plot=args.plot)
         if is_run_folder(args.model):
             _write_run_view(args.model, result)
         text = "\n".join([result["summary"]] + [f"AP@0.5 {ap:.4f}  {name}" for name, ap in result["ap50"].items()]

@@ -48,7 +48,8 @@ def add_train(sub, default_model: str | None = None,
               help: str = "transfer-learn a model: a classifier on an image folder, a face detector on boxes") -> None:
     """`train` on a sub-command group; the model chooses the task (`transferlab detect train` is this
     command with a detector as the default model)."""
-    from ..core.options import ANNOTATION_FORMATS, AUGMENT_LEVELS, BALANCE, BN_POLICIES, SCHEDULES, STRATEGIES
+    from ..core.options import (ANNOTATION_FORMATS, AUGMENT_LEVELS, BALANCE, BN_POLICIES, SCHEDULES, STRATEGIES,
+                                SWITCHES)
     from ..training.config import TrainConfig
 
     d = TrainConfig()
@@ -87,11 +88,11 @@ def add_train(sub, default_model: str | None = None,
     p.add_argument("--val-split", type=float, default=d.val_split)
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--device", default=d.device)
-    p.add_argument("--amp", default=d.amp, choices=("auto", "on", "off"))
+    p.add_argument("--amp", default=d.amp, choices=SWITCHES)
     p.add_argument("--workers", type=int)
     p.add_argument("--weights", default=d.weights, help="'default' (pretrained), 'none', or a weights file")
     p.add_argument("--image-size", type=int, help="train at another input size (e.g. 128 for small images)")
-    p.add_argument("--cache-features", default=d.cache_features, choices=("auto", "on", "off"))
+    p.add_argument("--cache-features", default=d.cache_features, choices=SWITCHES)
     p.add_argument("--cache-views", type=int, default=d.cache_views,
                    help="views cached per image with augmentation (the first is the clean image)")
     p.add_argument("--cache-dir", help="keep decoded images and frozen-prefix features here, reused across runs")
@@ -205,6 +206,7 @@ def _add_sweep(sub) -> None:
 
 
 def _add_serve(sub) -> None:
+    from ..core.options import BACKENDS
     from .commands import positive_int
 
     p = sub.add_parser("serve", help="serve models over HTTP (JSON API, dynamic batching) with a web page "
@@ -223,8 +225,9 @@ def _add_serve(sub) -> None:
     p.add_argument("--max-upload-mb", type=float, default=20.0, help="largest request body")
     p.add_argument("--max-pixels", type=positive_int, default=40_000_000, help="largest image (width x height)")
     p.add_argument("--max-images", type=positive_int, default=32, help="images per request")
-    p.add_argument("--backend", default="onnxruntime", choices=("onnxruntime", "onnxruntime-int8", "auto"),
-                   help="classifier runs: float engine, the run's int8 export, or auto (int8 within --max-drop)")
+    p.add_argument("--backend", default="auto", choices=BACKENDS,
+                   help="classifier engine, as predict's: auto is ONNX Runtime when installed (the run's int8 "
+                        "export within --max-drop), else PyTorch")
     p.add_argument("--max-drop", type=float, help="with --backend auto: largest recorded int8 accuracy drop, points")
     p.add_argument("--cors", action="append", metavar="ORIGIN", help="allow this browser origin (repeatable; off by default)")
     p.set_defaults(func=lazy_handler("serving", "cmd_serve"))

@@ -16,8 +16,8 @@ import torch
 from torch import nn
 
 from ..core.errors import TransferlabError
+from ..core.options import BACKENDS
 
-BACKENDS = ("auto", "torch", "onnxruntime", "onnxruntime-int8")
 # a quantized export's measurements, one report per mode, beside the exported model (see quantize.py)
 QUANTIZATION_REPORT = "quantization.json"
 ONNX_OPSET = 17
@@ -73,6 +73,20 @@ def resolve_backend(backend: str, device: torch.device, num_images: int, engine_
             raise TransferlabError(f"--backend {backend} runs on the CPU; use --device cpu or --backend torch")
         require_onnxruntime(f"--backend {backend}")
     return backend
+
+
+def choose_engine(backend: str, device: torch.device, num_images: int, int8, max_drop: float | None = None,
+                  engine_ready: bool = False) -> tuple[str, object | None]:
+    """The engine of predict and serve: (backend, the int8 engine or None). The run's int8 export runs
+    when asked for ("onnxruntime-int8") or, with "auto" on CPU and a max_drop, when its recorded drop
+    is within it; otherwise resolve_backend decides (float ONNX Runtime for a model without int8 export).
+    int8(required) -> that engine or None."""
+    if backend == "onnxruntime-int8" or (backend == "auto" and max_drop is not None and device.type == "cpu"):
+        engine = int8(backend == "onnxruntime-int8")
+        if engine is not None:
+            return resolve_backend("onnxruntime-int8", device, num_images), engine
+    float_backend = "onnxruntime" if backend == "onnxruntime-int8" else backend
+    return resolve_backend(float_backend, device, num_images, engine_ready), None
 
 
 def export_onnx(model: nn.Module, example: torch.Tensor, f, outputs: tuple[str, ...] = ("logits",),

@@ -18,10 +18,10 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from ..core.errors import DatasetError
+from ..core.options import ANNOTATION_FORMATS
 from .boxes import NUM_KEYPOINTS
 from ..data.images import walk_images
 
-FORMATS = ("wider", "voc", "coco", "yolo", "csv")
 # annotation tools often round a box edge one pixel past the border; more than this is a real error
 _EDGE_TOLERANCE_PX = 1.0
 
@@ -307,7 +307,7 @@ def detect_format(path: Path) -> str:
             return "csv"
         if _wider_file(path):
             return "wider"
-    raise DatasetError(f"{path}: cannot tell the annotation format; pass --format one of {', '.join(FORMATS)}")
+    raise DatasetError(f"{path}: cannot tell the annotation format; pass --format one of {', '.join(_READERS)}")
 
 
 def _is_coco(p: Path) -> bool:
@@ -358,8 +358,8 @@ def load_faces(path: str | Path, fmt: str = "auto") -> FaceDataset:
         raise DatasetError(f"{path}: no such file or folder")
     if fmt == "auto":
         fmt = detect_format(path)
-    if fmt not in FORMATS:
-        raise DatasetError(f"unknown annotation format {fmt!r}; choose auto or one of {', '.join(FORMATS)}")
+    if fmt not in ANNOTATION_FORMATS:
+        raise DatasetError(f"unknown annotation format {fmt!r}; choose one of {', '.join(ANNOTATION_FORMATS)}")
     try:
         dataset = _READERS[fmt](path) if path.is_dir() else _FILE_READERS[fmt](path)
     except (OSError, UnicodeDecodeError) as e:

@@ -14,8 +14,8 @@ from ..core.errors import ImageReadError, TransferlabError
 from ..data.images import find_images, open_image
 from ..models import BlockNet, create_model, get_spec
 from ..data.transforms import EvalTransform, Preprocessing
-from ..deploy.runtime import (OnnxRuntimeForward, QuantizedForward, read_quantization_report, resolve_backend,
-                      weights_fingerprint)
+from ..deploy.runtime import (OnnxRuntimeForward, QuantizedForward, choose_engine, read_quantization_report,
+                              weights_fingerprint)
 
 PROGRESS_MIN_IMAGES = 8
 
@@ -106,22 +106,20 @@ class Classifier:
 
         Records: {"path", "status" ("ok" or the reason it could not be read), "top": [{"label",
         "index", "prob"}]}. backend: "auto" (ONNX Runtime on CPU when installed, else PyTorch),
-        "torch", "onnxruntime" (see transferlab.runtime) or "onnxruntime-int8" (the run's int8
-        export, see quantize.py). max_drop: with "auto", use the int8 export when the accuracy drop
-        it recorded at export time is at most this many points.
+        "torch", "onnxruntime" or "onnxruntime-int8" (the run's int8 export); max_drop: with "auto",
+        use the int8 export when the accuracy drop it recorded is at most this many points (the rule:
+        deploy.runtime.choose_engine).
         """
         paths = find_images(images)
         dev = pick_device(device)
         workers = default_workers(len(paths), batch_size) if num_workers is None else num_workers
         threads = torch.get_num_threads()
-        int8 = self.int8_forward(threads, required=backend == "onnxruntime-int8", max_drop=max_drop) \
-            if backend == "onnxruntime-int8" or (backend == "auto" and max_drop is not None and dev.type == "cpu") \
-            else None
-        if int8 is not None:
-            self.last_backend = resolve_backend("onnxruntime-int8", dev, len(paths))
-            return self._predict(paths, dev, top, batch_size, workers, progress, int8)
         engine_ready = self._onnx[0] is not None and self._onnx_key(threads) == self._onnx[0]
-        self.last_backend = resolve_backend(backend, dev, len(paths), engine_ready)
+        self.last_backend, int8 = choose_engine(
+            backend, dev, len(paths), lambda required: self.int8_forward(threads, required, max_drop), max_drop,
+            engine_ready)
+        if int8 is not None:
+            return self._predict(paths, dev, top, batch_size, workers, progress, int8)
         if self.last_backend == "onnxruntime":
             # the engine uses every core while the loader's workers decode: measured as fast as an
             # engine per worker, and an ONNX Runtime session must not be used across fork() anyway

@@ -83,7 +83,7 @@ async def _json(send, status: int, message: str) -> None:
 def create_app(models, *, token: str | None = None, max_batch: int = 4, max_wait_ms: float = 0.0,
                max_queue: int = 256, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB,
                max_pixels: int = DEFAULT_MAX_PIXELS, max_images: int = DEFAULT_MAX_IMAGES,
-               cors_origins=(), decode_threads: int = 2, backend: str = "onnxruntime",
+               cors_origins=(), decode_threads: int = 2, backend: str = "auto",
                max_drop: float | None = None) -> FastAPI:
     """The app serving `models` (registry names, run folders of either kind, or loaded models).
 

@@ -63,9 +63,8 @@ class ServedModel:
     net: object
     source: str
     threads: int = field(default_factory=torch.get_num_threads)
-    # classifier engine: "onnxruntime" (float), "onnxruntime-int8" (the run's int8 export), or "auto":
-    # the int8 export when its recorded accuracy drop is at most max_drop points, else float
-    backend: str = "onnxruntime"
+    # classifier engine, as predict's --backend (deploy.runtime.choose_engine)
+    backend: str = "auto"
     max_drop: float | None = None
     _engine: object = field(default=None, init=False, repr=False)
 
@@ -125,15 +124,19 @@ class ServedModel:
         return self.net.transform
 
     def engine(self):
-        """The classifier's ONNX Runtime engine: int8 when asked for or within max_drop, else float.
+        """The classifier's engine, chosen as predict chooses (a registry model has no int8 export).
         Chosen once: the served weights never change, and the classifier's own check that its engine
         matches its weights hashes every parameter (~20 ms, once per batch otherwise)."""
         if self._engine is None:
-            int8 = None
-            if self.backend != "onnxruntime" and self.run is not None:
-                int8 = self.net.int8_forward(self.threads, required=self.backend == "onnxruntime-int8",
-                                             max_drop=self.max_drop)
-            self._engine = int8 if int8 is not None else self.net.onnx_forward(self.threads)
+            from ..deploy.runtime import choose_engine
+
+            def int8(required):
+                return self.net.int8_forward(self.threads, required, self.max_drop) if self.run is not None else None
+
+            backend, engine = choose_engine(self.backend, torch.device("cpu"), 1, int8, self.max_drop,
+                                            engine_ready=True)  # a server runs many images: export once
+            self._engine = engine if engine is not None else (
+                self.net.onnx_forward(self.threads) if backend == "onnxruntime" else self.net.logits)
         return self._engine
 
     def _classify(self, items: list) -> list[dict]:
@@ -161,7 +164,7 @@ class ServedModel:
         return records
 
 
-def load_models(models, backend: str = "onnxruntime", max_drop: float | None = None) -> list[ServedModel]:
+def load_models(models, backend: str = "auto", max_drop: float | None = None) -> list[ServedModel]:
     """Registry names, run folders (either kind) or loaded models -> ServedModels with unique names."""
     from ..api import load
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 
 from ..core.errors import TransferlabError
-from ..core.options import AUGMENT_LEVELS, BALANCE, BN_POLICIES, SCHEDULES, STRATEGIES
+from ..core.options import AUGMENT_LEVELS, BALANCE, BN_POLICIES, SCHEDULES, STRATEGIES, SWITCHES
 
 
 
@@ -70,7 +70,7 @@ class TrainConfig:
     label_delim: str | None = None  # default a space; "none": one label per cell
     advice: dict | None = None  # set by --strategy auto: the advisor's numbers and reasons
     # --- detectors (a box dataset) ---
-    data_format: str = "auto"  # annotation format: see detect.data.FORMATS
+    data_format: str = "auto"  # annotation format: see core.options.ANNOTATION_FORMATS
     val_data: str | None = None  # separate validation data (else val_split of the data is held out)
     # "relative": each tensor's lr is lr x its RMS (BlazeFace's folded BatchNorm leaves weight scales
     # spanning 1e-4..10); "none": one lr for all
@@ -87,8 +87,8 @@ class TrainConfig:
             (self.balance in BALANCE, f"--balance must be one of {', '.join(BALANCE)}"),
             (self.bn in BN_POLICIES, f"--bn must be one of {', '.join(BN_POLICIES)}"),
             (self.augment in AUGMENT_LEVELS, f"--augment must be one of {', '.join(AUGMENT_LEVELS)}"),
-            (self.cache_features in ("auto", "on", "off"), "--cache-features must be auto, on or off"),
-            (self.amp in ("auto", "on", "off"), "--amp must be auto, on or off"),
+            (self.cache_features in SWITCHES, "--cache-features must be auto, on or off"),
+            (self.amp in SWITCHES, "--amp must be auto, on or off"),
             (self.batch_size >= 1, "--batch-size must be at least 1"),
             (self.accum_steps >= 1, "--accum-steps must be at least 1"),
             (str(self.grad_checkpointing) in ("auto", "off") or str(self.grad_checkpointing).isdigit(),
