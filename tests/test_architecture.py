@@ -87,21 +87,70 @@ def test_no_import_cycles():
     assert _cycles(_graph()) == []
 
 
-LAYERS = ["core", "data", "models", "inference", "runs", "training", "advice", "serve"]
+# Each package (or top-level module) imports only those before it. deploy (ONNX export, engines,
+# quantization) sits under inference, whose Classifier runs its engines; audit under tasks, whose
+# leakage check is its near-duplicate rule; detect (BlazeFace) on the engine, under tasks, which
+# trains it; advice on tasks; then the front doors: api, serve (over api), cli (over both).
+LAYERS = ["core", "data", "models", "deploy", "inference", "runs", "training", "audit", "detect", "tasks", "advice",
+          "api", "serve", "cli", "__main__"]
+
+
+def _layer(module: str) -> str:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else ""
+
+
+def test_every_package_has_a_layer():
+    assert {_layer(m) for m in _graph()} - {""} - set(LAYERS) == set()
 
 
 def test_lower_layers_never_import_higher_ones():
-    graph = _graph()
-    bad = []
-    for name, deps in graph.items():
-        parts = name.split(".")
-        if len(parts) < 3 or parts[1] not in LAYERS:
-            continue
-        for dep in deps:
-            dep_layer = dep.split(".")[1] if dep.count(".") >= 1 else ""
-            if dep_layer in LAYERS and LAYERS.index(dep_layer) > LAYERS.index(parts[1]):
-                bad.append(f"{name} -> {dep}")
+    bad = [f"{name} -> {dep}" for name, deps in _graph().items() if _layer(name) in LAYERS
+           for dep in deps if _layer(dep) in LAYERS and LAYERS.index(_layer(dep)) > LAYERS.index(_layer(name))]
     assert bad == []
+
+
+def _vocabularies() -> dict[str, set[str]]:
+    """Every choice list in core/options.py, and the detector names of detect.model's registry."""
+    from transferlab.core import options
+    from transferlab.detect.model import CONFIGS
+
+    found = {name: set(value) for name, value in vars(options).items()
+             if isinstance(value, tuple) and len(value) > 1 and all(isinstance(v, str) for v in value)}
+    return {**found, "detect.model.CONFIGS": set(CONFIGS)}
+
+
+def _string_literals(node) -> set[str] | None:
+    if isinstance(node, (ast.Tuple, ast.List, ast.Set)) and node.elts and all(
+            isinstance(e, ast.Constant) and isinstance(e.value, str) for e in node.elts):
+        return {e.value for e in node.elts}
+    return None
+
+
+def test_every_vocabulary_is_spelled_only_in_its_home():
+    """A list of choices that holds all of a vocabulary, or an argparse choices= literal, outside
+    core/options.py (or detect/model.py for detector names) is a second copy: import the vocabulary."""
+    vocab = _vocabularies()
+    homes = {ROOT / "core" / "options.py", ROOT / "detect" / "model.py"}
+    bad = []
+    for path in sorted(ROOT.rglob("*.py")):
+        if path in homes:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            where = f"{path.relative_to(ROOT.parent)}:{getattr(node, 'lineno', 0)}"
+            if isinstance(node, ast.keyword) and node.arg == "choices" and isinstance(
+                    node.value, (ast.Tuple, ast.List, ast.Set)):
+                bad.append(f"{where}: choices= spelled out")
+            items = _string_literals(node)
+            if items:
+                bad += [f"{where}: {name} spelled out" for name, words in vocab.items() if words <= items]
+    assert bad == []
+
+
+def test_the_vocabulary_check_sees_a_copy(tmp_path):
+    tree = ast.parse('p.add_argument("--b", choices=["auto", "torch"])\nX = ("int8", "fp16")')
+    assert any(isinstance(n, ast.keyword) and n.arg == "choices" for n in ast.walk(tree))
+    assert any(_string_literals(n) == {"int8", "fp16"} for n in ast.walk(tree))
 
 
 def _public_members():

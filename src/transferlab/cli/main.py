@@ -49,7 +49,7 @@ def add_train(sub, default_model: str | None = None,
     """`train` on a sub-command group; the model chooses the task (`transferlab detect train` is this
     command with a detector as the default model)."""
     from ..core.options import (ANNOTATION_FORMATS, AUGMENT_LEVELS, BALANCE, BN_POLICIES, SCHEDULES, STRATEGIES,
-                                SWITCHES)
+                                LR_SCALINGS, SWITCHES)
     from ..training.config import TrainConfig
 
     d = TrainConfig()
@@ -111,7 +111,7 @@ def add_train(sub, default_model: str | None = None,
     p.add_argument("--format", dest="data_format", default=d.data_format, choices=ANNOTATION_FORMATS,
                    help="detector: the annotation format")
     p.add_argument("--val", dest="val_data", help="separate validation data (default: hold out --val-split)")
-    p.add_argument("--lr-scaling", choices=("relative", "none"),
+    p.add_argument("--lr-scaling", choices=LR_SCALINGS,
                    help="detector: relative (each tensor's lr times its RMS; the default) or none")
     p.add_argument("--quiet", action="store_true", help="no progress bars or epoch lines")
     add_table_options(p, val=False)  # train has its own --val (a table, or a detector's annotations)

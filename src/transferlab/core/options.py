@@ -14,6 +14,7 @@ AUGMENT_LEVELS = ("none", "light", "strong")
 # train:  every BatchNorm updates its statistics, frozen blocks included.
 BN_POLICIES = ("frozen", "eval", "train")
 SWITCHES = ("auto", "on", "off")  # --amp, --cache-features
+LR_SCALINGS = ("relative", "none")  # --lr-scaling: see detect/training.py
 EXPORT_FORMATS = ("torchscript", "onnx")
 QUANTIZE_MODES = ("int8", "fp16")  # ONNX only: int8 for CPUs and phones, fp16 for GPUs
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")  # ONNX Runtime's int8 calibrators

@@ -10,6 +10,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from ..core.errors import TransferlabError
+from ..core.options import LR_SCALINGS
 from ..data.images import open_image_scaled
 from .augment import AugmentConfig, augment, photometric
 from .data import FaceDataset, Sample
@@ -22,7 +23,6 @@ KEYPOINT_NAMES = ("right_eye", "left_eye", "nose", "mouth", "right_ear_tragion",
 # reverse (0.91 upside down, real photos 0.77 -> 0.59). Relative steps do both: real photos 0.77 ->
 # 0.81 in 3 epochs, upside-down 0.93 (bench/detect.py, faces set; issue 14)
 DEFAULT_LR = 3e-3
-LR_SCALINGS = ("relative", "none")
 
 
 class FaceTrainSet(Dataset):
