@@ -429,3 +429,28 @@ def test_train_evaluate_and_predict_through_the_cli_on_tables(tmp_path, capsys):
     assert main(["predict", str(val_jsonl), "--model", str(run), "--json", "--top", "1"]) == 0
     records = json.loads(capsys.readouterr().out)
     assert len(records) == len(val_rows) and all(r["status"] == "ok" for r in records)
+    # export's calibration reads the run's own table again, with its columns and validation table
+    from transferlab.api import load
+    from transferlab.inference.export import run_split
+
+    split = run_split(load(run), calibration=6)
+    assert len(split.validation) == len(val_rows) and len(split.calibration) == 6
+    assert split.source == f"{train_csv} (val table {val_jsonl})"
+
+
+def test_audit_advise_and_sweep_take_a_table(tmp_path, capsys, monkeypatch):
+    from transferlab.cli.main import main
+
+    _, rows = _digit_tables(tmp_path, per_class=10)
+    table = write_csv(tmp_path / "digits.csv", ["file", "cls"], rows)
+    monkeypatch.chdir(tmp_path)
+    assert main(["audit", str(table), "--label-col", "cls", "--image-size", "32", "--quiet"]) == 0
+    audit = json.loads((tmp_path / "audits" / "digits" / "audit.json").read_text())
+    assert audit["classes"] == ["digit_0", "digit_1", "digit_2"] and audit["splits"] == {"train": 24, "val": 6}
+    capsys.readouterr()
+    assert main(["advise", str(table), "--label-col", "cls", "--image-size", "32", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["strategy"]
+    assert main(["sweep", str(table), "--label-col", "cls", "--points", "3,5", "--epochs", "1", "--image-size", "32",
+                 "--batch-size", "8", "--augment", "none", "--out", "sweep", "--quiet"]) == 0
+    meta = json.loads((tmp_path / "sweep" / "model.json").read_text())
+    assert meta["dataset"]["table"]["label_col"] == "cls" and meta["config"]["label_col"] == "cls"
