@@ -46,12 +46,14 @@ def load(model: str = "efficientnet_lite0", weights="default", labels=None):
 def predict(images, model="efficientnet_lite0", top: int = 5, labels=None, weights="default",
             threshold: float | None = None, **options) -> list[dict]:
     """Label (classifier) or find faces in (detector) files, folders or globs: one record per image,
-    {"path", "status", "top" | "detections"}. See Classifier.predict and Detector.predict."""
+    {"path", "status", "top" | "detections"}; a multi-label classifier's records also hold "labels".
+    threshold: a detector's score threshold, or one decision threshold for every label of a
+    multi-label classifier (default: the run's tuned ones). See Classifier.predict and Detector.predict."""
     net = model if hasattr(model, "kind") else load(model, weights=weights, labels=labels)
     if net.kind == "detector":
         return net.predict(images, threshold, batch_size=options.get("batch_size", 32),
                            progress=options.get("progress"))
-    return net.predict(images, top=top, **options)
+    return net.predict(images, top=top, threshold=threshold, **options)
 
 
 def evaluate(model, data, device=None, progress: bool = True, format: str = "auto", plot=None) -> dict:
@@ -98,7 +100,7 @@ def train(data, model: str | None = None, strategy: str | None = None, out=None,
     installed backbone with the best LogME; freeze="auto" searches the freeze point of a partial fine-tune."""
     from .core.distributed import shutdown
     from .data.tables import as_table
-    from .tasks import task_class
+    from .tasks import create_task, task_class
     from .training.budget import Budget, parse_duration
     from .training.config import TrainConfig
     from .training.trainer import Trainer
@@ -132,7 +134,7 @@ def train(data, model: str | None = None, strategy: str | None = None, out=None,
             from .advice.sweep import freeze_search
 
             return freeze_search(data, dataclasses.replace(cfg), out=out, progress=progress, budget=budget)
-    trainer = Trainer(task_class(kind)(), data, cfg, out=out, resume=resume, progress=progress, callbacks=callbacks,
+    trainer = Trainer(create_task(kind, data, cfg), data, cfg, out=out, resume=resume, progress=progress, callbacks=callbacks,
                       budget=budget)
     try:
         return trainer.fit()

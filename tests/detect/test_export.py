@@ -2,6 +2,7 @@
 import numpy as np
 import pytest
 
+from transferlab.runs.folder import read_meta
 from transferlab.detect.detector import load_detector
 from transferlab.detect.export import export_onnx
 
@@ -29,7 +30,7 @@ def test_int8_export_records_ap_before_and_after(tmp_path, trained_run):
     result = export_onnx(load_detector(trained_run.path), tmp_path / "ft-int8.onnx", quantize="int8",
                          calibration=32, max_drop=100.0, speed_seconds=0.05)
     q = result.quantization
-    assert q["metric"] == "ap50" and q["validation"]["images"] == trained_run.meta["data"]["val_images"]
+    assert q["metric"] == "ap50" and q["validation"]["images"] == read_meta(trained_run.path)["data"]["val_images"]
     assert 0 <= q["quantized"]["ap50"] <= 1 and q["drop_points"] <= 5.0, q
     assert q["quantized"]["size_bytes"] < q["float"]["size_bytes"]
     assert json.loads((tmp_path / "quantization.json").read_text())["int8"]["drop_points"] == q["drop_points"]

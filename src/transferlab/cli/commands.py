@@ -28,7 +28,9 @@ def add_predict(sub, name: str = "predict", default_model: str = "efficientnet_l
     p.add_argument("--weights", default="default", help="'default' (pretrained), 'none', or a weights file")
     p.add_argument("--top", type=int, default=5, help="classifier: how many labels per image")
     p.add_argument("--labels", help="classifier: labels file, one class name per line (or a JSON list)")
-    p.add_argument("--threshold", type=_probability, help="detector: minimum face score (default: the model's)")
+    p.add_argument("--threshold", type=_probability,
+                   help="detector: minimum face score; multi-label classifier: one decision threshold for every "
+                        "label (default: the model's own)")
     p.add_argument("--draw", metavar="DIR", help="detector: save copies of the images with faces drawn")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--workers", type=int, default=None, help="decoding processes (default: from the machine)")
@@ -111,6 +113,8 @@ def add_evaluate(sub, name: str = "evaluate"):
     p.add_argument("--plot", metavar="PNG",
                    help="confusion matrix (classifier) or precision/recall curve (detector) image; "
                         "default RUN/eval_confusion.png or RUN/eval_pr_curve.png")
+    p.add_argument("--threshold", type=_probability,
+                   help="multi-label classifier: one decision threshold for every label (default: the run's tuned ones)")
     add_table_options(p)
     p.set_defaults(func=lazy_handler("evaluating", "cmd_evaluate"))
 

@@ -27,15 +27,19 @@ def cmd_evaluate(args) -> int:
     else:
         from ..data.tables import as_table
         from ..inference.evaluation import evaluate_folder, format_evaluation
-        from ..runs.report import plot_confusion
+        from ..runs.report import plot_confusion, plot_label_pr_curves
 
         result = evaluate_folder(net, as_table(args.data, args), device=args.device, progress=not args.json,
-                                 keep_predictions=True)
+                                 keep_predictions=True, threshold=args.threshold)
         predictions = result.pop("predictions")
-        png = Path(args.plot) if args.plot else (Path(args.model) / "eval_confusion.png" if Path(args.model).is_dir()
-                                                 else Path("eval_confusion.png"))
-        plot_confusion(result["confusion"], result["classes"], png, title=f"confusion: {result['split']}")
-        text = format_evaluation(result) + f"\nconfusion matrix image: {png}"
+        name = "eval_pr_curves.png" if net.multilabel else "eval_confusion.png"
+        png = Path(args.plot) if args.plot else (Path(args.model) / name if Path(args.model).is_dir() else Path(name))
+        if net.multilabel:
+            plot_label_pr_curves(predictions, result["classes"], png, f"precision/recall: {result['split']}")
+            text = format_evaluation(result) + f"\nprecision/recall curves: {png}"
+        else:
+            plot_confusion(result["confusion"], result["classes"], png, title=f"confusion: {result['split']}")
+            text = format_evaluation(result) + f"\nconfusion matrix image: {png}"
         if is_run_folder(args.model):
             text += f"\nRun view: {_write_run_view(args.model, {**result, 'predictions': predictions})}"
     if args.json == "-":

@@ -123,6 +123,8 @@ def add_train(sub, default_model: str | None = None,
     p.add_argument("--format", dest="data_format", default=d.data_format, choices=ANNOTATION_FORMATS,
                    help="detector: the annotation format")
     p.add_argument("--val", dest="val_data", help="separate validation data (default: hold out --val-split)")
+    p.add_argument("--threshold", type=float,
+                   help="multi-label: one decision threshold for every label (default: tuned per label on validation)")
     p.add_argument("--lr-scaling", choices=LR_SCALINGS,
                    help="detector: relative (each tensor's lr times its RMS; the default) or none")
     p.add_argument("--quiet", action="store_true", help="no progress bars or epoch lines")

@@ -22,7 +22,8 @@ def cmd_predict(args) -> int:
             draw_all(records, args.draw)
     else:
         records = net.predict(args.images, top=args.top, batch_size=args.batch_size, num_workers=args.workers,
-                              device=args.device, backend=args.backend, max_drop=args.max_drop)
+                              device=args.device, backend=args.backend, max_drop=args.max_drop,
+                              threshold=args.threshold)
         if net.last_backend == "onnxruntime-int8" and args.backend != "onnxruntime-int8":
             print("predicted with the run's int8 export (its recorded accuracy drop is within --max-drop)",
                   file=sys.stderr)

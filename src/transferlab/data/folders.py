@@ -233,12 +233,14 @@ class DecodedImages:
 
 
 class ImageSamples(Dataset):
-    """(transformed image, label) pairs, from decoded memory when available, else from disk."""
+    """(transformed image, label) pairs, from decoded memory when available, else from disk; with
+    `targets` (one row per sample, e.g. multi-hot labels) the row stands for the label."""
 
-    def __init__(self, samples: list[Sample], transform, decoded: DecodedImages | None = None):
+    def __init__(self, samples: list[Sample], transform, decoded: DecodedImages | None = None, targets=None):
         self.samples = samples
         self.transform = transform
         self.decoded = decoded
+        self.targets = targets
 
     def __len__(self):
         return len(self.samples)
@@ -246,7 +248,7 @@ class ImageSamples(Dataset):
     def __getitem__(self, i):
         s = self.samples[i]
         img = self.decoded[s.path] if self.decoded is not None else open_image(s.path)
-        return self.transform(img), s.label
+        return self.transform(img), (s.label if self.targets is None else self.targets[i])
 
     @property
     def labels(self) -> list[int]:

@@ -55,6 +55,8 @@ class Classifier:
     preprocessing: Preprocessing
     name: str = ""
     meta: dict = field(default_factory=dict)
+    # a multi-label classifier's per-label decision thresholds on sigmoid scores (None: single-label, softmax)
+    thresholds: list[float] | None = None
     _onnx: tuple = field(default=(None, None), init=False, repr=False, compare=False)  # (key, engine)
     _int8: tuple = field(default=(None, None), init=False, repr=False, compare=False)  # (key, engine)
     # the engine the last predict() ran on: "torch", "onnxruntime" or "onnxruntime-int8"
@@ -78,7 +80,12 @@ class Classifier:
 
     def with_labels(self, path) -> "Classifier":
         """The same model with class names read from a labels file."""
-        return Classifier(self.model, read_labels(path), self.preprocessing, self.name, self.meta)
+        return Classifier(self.model, read_labels(path), self.preprocessing, self.name, self.meta, self.thresholds)
+
+    @property
+    def multilabel(self) -> bool:
+        """Several labels per image: sigmoid scores, each label kept at or above its threshold."""
+        return self.thresholds is not None
 
     @property
     def kind(self) -> str:
@@ -101,11 +108,14 @@ class Classifier:
         progress: bool | None = None,
         backend: str = "auto",
         max_drop: float | None = None,
+        threshold: float | None = None,
     ) -> list[dict]:
         """Top-k labels for image files, folders or globs: one record per image, errors included.
 
         Records: {"path", "status" ("ok" or the reason it could not be read), "top": [{"label",
-        "index", "prob"}]}. backend: "auto" (ONNX Runtime on CPU when installed, else PyTorch),
+        "index", "prob"}]}; a multi-label classifier's "prob" is each label's sigmoid score, and its
+        records also hold "labels": [{"label", "index", "score"}], every label at or above its
+        threshold (the run's tuned ones, or `threshold` for all). backend: "auto" (ONNX Runtime on CPU when installed, else PyTorch),
         "torch", "onnxruntime" or "onnxruntime-int8" (the run's int8 export); max_drop: with "auto",
         use the int8 export when the accuracy drop it recorded is at most this many points (the rule:
         deploy.runtime.choose_engine).
@@ -119,15 +129,17 @@ class Classifier:
             backend, dev, len(paths), lambda required: self.int8_forward(threads, required, max_drop), max_drop,
             engine_ready)
         if int8 is not None:
-            return self._predict(paths, dev, top, batch_size, workers, progress, int8)
+            return self._predict(paths, dev, top, batch_size, workers, progress, int8, threshold)
         if self.last_backend == "onnxruntime":
             # the engine uses every core while the loader's workers decode: measured as fast as an
             # engine per worker, and an ONNX Runtime session must not be used across fork() anyway
-            return self._predict(paths, dev, top, batch_size, workers, progress, self.onnx_forward(threads))
+            return self._predict(paths, dev, top, batch_size, workers, progress, self.onnx_forward(threads),
+                                 threshold)
         model = self.model.to(dev).eval()
         with channels_last_on_cpu(model, dev):
             return self._predict(paths, dev, top, batch_size, workers, progress,
-                                 lambda batch: forward_in_passes(model, batch.to(dev, non_blocking=True), dev))
+                                 lambda batch: forward_in_passes(model, batch.to(dev, non_blocking=True), dev),
+                                 threshold)
 
     def onnx_forward(self, threads: int) -> OnnxRuntimeForward:
         """The ONNX Runtime engine for the current weights, rebuilt only when they (or `threads`) change."""
@@ -163,7 +175,7 @@ class Classifier:
     def _onnx_key(self, threads: int) -> tuple:
         return weights_fingerprint(self.model), threads
 
-    def _predict(self, paths, dev, top, batch_size, workers, progress, forward) -> list[dict]:
+    def _predict(self, paths, dev, top, batch_size, workers, progress, forward, threshold=None) -> list[dict]:
         top = max(1, min(top, len(self.classes)))
         loader = DataLoader(
             ImageFiles(paths, self.transform, min_size=self.preprocessing.resize),
@@ -182,10 +194,13 @@ class Classifier:
                 for i, reason in errors:
                     records[i] = {"path": str(paths[i]), "status": reason, "top": []}
                 if batch is not None:
-                    probs = torch.softmax(forward(batch).float(), dim=1)
+                    logits = forward(batch).float()
+                    probs = torch.sigmoid(logits) if self.multilabel else torch.softmax(logits, dim=1)
                     values, idx = probs.topk(top, dim=1)
                     for row, i in enumerate(indices):
                         records[i] = {"path": str(paths[i]), "status": "ok", "top": self._top(values[row], idx[row])}
+                        if self.multilabel:
+                            records[i]["labels"] = self._labels(probs[row], threshold)
                 bar.update(len(indices) + len(errors))
         return records
 
@@ -194,6 +209,13 @@ class Classifier:
             {"label": self.classes[j], "index": int(j), "prob": float(p)}
             for p, j in zip(values.tolist(), indices.tolist())
         ]
+
+    def _labels(self, scores: torch.Tensor, threshold: float | None) -> list[dict]:
+        """The labels a multi-label record carries, highest score first."""
+        cut = torch.full_like(scores, threshold) if threshold is not None else torch.tensor(self.thresholds)
+        keep = torch.nonzero(scores >= cut).flatten().tolist()
+        return sorted(({"label": self.classes[j], "index": j, "score": float(scores[j])} for j in keep),
+                      key=lambda r: -r["score"])
 
     def logits(self, batch: torch.Tensor) -> torch.Tensor:
         """Raw outputs for a preprocessed batch."""

@@ -7,7 +7,7 @@ from pathlib import Path
 from ..core.io import load_state_dict_file, save_weights
 from ..data.transforms import Preprocessing
 from ..inference.classifier import Classifier
-from ..inference.evaluation import evaluate_classifier
+from ..inference.evaluation import evaluate_classifier, evaluate_multilabel
 from ..models import BlockNet, create_model
 from ..models.weights import load_user_weights
 from .folder import read_meta, write_meta
@@ -17,9 +17,9 @@ from .view import write_evaluations
 
 
 def write_run(out: Path, model: BlockNet, scan, cfg, phases, metrics: dict, history: list[dict],
-              extra: dict | None = None) -> Classifier:
+              extra: dict | None = None, thresholds: list[float] | None = None) -> Classifier:
     """Write weights + model.json, evaluate the validation (and test) split, plot and report (report.md,
-    report.html)."""
+    report.html). thresholds: a multi-label classifier's per-label decision thresholds."""
     out = Path(out)
     save_weights(model.state_dict(), out / "model.safetensors")
     meta = {
@@ -40,13 +40,20 @@ def write_run(out: Path, model: BlockNet, scan, cfg, phases, metrics: dict, hist
     }
     if getattr(cfg, "advice", None):
         meta["advice"] = cfg.advice
-    clf = Classifier(model, list(scan.classes), model.preprocessing, name=str(out), meta=meta)
+    if thresholds is not None:
+        meta["thresholds"] = thresholds
+    clf = Classifier(model, list(scan.classes), model.preprocessing, name=str(out), meta=meta, thresholds=thresholds)
     evaluations = {}
     for split in ("val", "test"):
         if scan.splits.get(split):
-            evaluations[split] = evaluate_classifier(clf, scan.splits[split], device=cfg.device, progress=False,
-                                                     keep_predictions=True)
-            metrics[f"{split}_acc_final"] = evaluations[split]["accuracy"]
+            if clf.multilabel:
+                evaluations[split] = evaluate_multilabel(clf, scan.splits[split], device=cfg.device, progress=False,
+                                                         keep_predictions=True)
+                metrics[f"{split}_map_final"] = evaluations[split]["map"]
+            else:
+                evaluations[split] = evaluate_classifier(clf, scan.splits[split], device=cfg.device, progress=False,
+                                                         keep_predictions=True)
+                metrics[f"{split}_acc_final"] = evaluations[split]["accuracy"]
     clf.meta = write_meta(out, "classifier", meta)
     write_report(out, clf.meta, history, evaluations)
     write_evaluations(out, evaluations)
@@ -62,4 +69,5 @@ def load_run(run) -> Classifier:
     model.preprocessing = Preprocessing.from_dict(meta["preprocessing"])
     load_user_weights(model, load_state_dict_file(run / "model.safetensors"), str(run / "model.safetensors"))
     model.eval()
-    return Classifier(model, list(meta["classes"]), model.preprocessing, name=str(run), meta=meta)
+    return Classifier(model, list(meta["classes"]), model.preprocessing, name=str(run), meta=meta,
+                      thresholds=meta.get("thresholds"))

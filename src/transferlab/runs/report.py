@@ -16,21 +16,27 @@ def pyplot():
     return plt
 
 
-def plot_curves(history: list[dict], path: Path) -> None:
-    """Loss and accuracy per epoch, train and val, with a dotted line where a new phase starts."""
+METRIC_NAMES = {"val_acc": "accuracy", "val_map": "mAP"}
+
+
+def plot_curves(history: list[dict], path: Path, metric: str = "val_acc") -> None:
+    """Loss and the run's metric (accuracy, or mAP for multi-label) per epoch, train and val, with a
+    dotted line where a new phase starts."""
     plt = pyplot()
     epochs = [r["epoch"] for r in history]
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
     ax_loss.plot(epochs, [r["train_loss"] for r in history], "o-", label="train")
     ax_loss.plot(epochs, [r["val_loss"] for r in history], "o-", label="val")
-    ax_acc.plot(epochs, [r["train_acc"] for r in history], "o-", label="train")
-    ax_acc.plot(epochs, [r["val_acc"] for r in history], "o-", label="val")
+    train_metric = metric.replace("val_", "train_")
+    if all(train_metric in r for r in history):
+        ax_acc.plot(epochs, [r[train_metric] for r in history], "o-", label="train")
+    ax_acc.plot(epochs, [r[metric] for r in history], "o-", label="val")
     for prev, row in zip(history, history[1:]):
         if row["phase"] != prev["phase"]:  # mark where a new phase (e.g. unfreezing) starts
             for ax in (ax_loss, ax_acc):
                 ax.axvline(row["epoch"] - 0.5, color="grey", linestyle=":")
     ax_loss.set(title="loss", xlabel="epoch")
-    ax_acc.set(title="accuracy", xlabel="epoch", ylim=(0, 1.02))
+    ax_acc.set(title=METRIC_NAMES.get(metric, metric), xlabel="epoch", ylim=(0, 1.02))
     for ax in (ax_loss, ax_acc):
         ax.legend()
         ax.grid(alpha=0.3)
@@ -108,21 +114,63 @@ def _save(fig, path: Path, plt) -> None:
     plt.close(fig)
 
 
+def plot_label_pr_curves(predictions: list[dict], classes: list[str], path: Path, title: str) -> None:
+    """A multi-label run's precision/recall curve of every label (up to 20, the most frequent)."""
+    import numpy as np
+
+    from ..inference.multilabel import pr_curve
+
+    plt = pyplot()
+    scores = np.array([p["scores"] for p in predictions])
+    targets = np.zeros_like(scores, dtype=bool)
+    for row, p in enumerate(predictions):
+        targets[row, p["true"]] = True
+    fig, ax = plt.subplots(figsize=(6, 5))
+    for j in np.argsort(-targets.sum(0))[:20]:
+        if targets[:, j].any():
+            recall, precision = pr_curve(scores[:, j], targets[:, j])
+            ax.plot(recall, precision, label=classes[j])
+    ax.set(title=title, xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.02))
+    ax.legend(fontsize=7, loc="lower left")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    _save(fig, path, plt)
+
+
 def write_report(out: Path, meta: dict, history: list[dict], evaluations: dict) -> None:
-    """curves.png, confusion.png (validation) and report.md."""
+    """curves.png, confusion.png (validation; pr_curves.png per label for multi-label) and report.md."""
     out = Path(out)
+    multilabel = bool(meta.get("thresholds"))
     if history:
-        plot_curves(history, out / "curves.png")
+        plot_curves(history, out / "curves.png", "val_map" if multilabel else "val_acc")
     main = evaluations.get("test") or evaluations.get("val")
-    if main:
-        plot_confusion(main["confusion"], main["classes"], out / "confusion.png",
-                       title=f"confusion ({'test' if 'test' in evaluations else 'val'})")
+    split = "test" if "test" in evaluations else "val"
+    if main and multilabel and main.get("predictions"):
+        plot_label_pr_curves(main["predictions"], main["classes"], out / "pr_curves.png", f"precision/recall ({split})")
+    elif main and not multilabel:
+        plot_confusion(main["confusion"], main["classes"], out / "confusion.png", title=f"confusion ({split})")
     atomic_write_text(out / "report.md", render_report(meta, history, evaluations))
+
+
+def render_multilabel_evaluation(split: str, ev: dict) -> list[str]:
+    """A multi-label evaluation's section of report.md."""
+    lines = ["", f"## {split} set: mAP {ev['map']:.4f}, micro F1 {ev['micro_f1']:.4f}, macro F1 {ev['macro_f1']:.4f}, "
+                 f"exact match {ev['exact_match']:.4f}", "",
+             "| label | AP | precision | recall | F1 | threshold | support |", "|---|---|---|---|---|---|---|"]
+    lines += [f"| {r['label']} | {'-' if r['ap'] is None else format(r['ap'], '.3f')} | {r['precision']:.3f} | "
+              f"{r['recall']:.3f} | {r['f1']:.3f} | {r['threshold']:.2f} | {r['support']} |" for r in ev["per_label"]]
+    if ev["most_confident_errors"]:
+        lines += ["", "Most confidently wrong labels:", ""]
+        lines += [f"- `{w['path']}`: {w['label']} {w['error']} (score {w['score']:.2f})"
+                  for w in ev["most_confident_errors"]]
+    return lines
 
 
 def render_report(meta: dict, history: list[dict], evaluations: dict) -> str:
     """report.md's text."""
     m = meta["metrics"]
+    multilabel = bool(meta.get("thresholds"))
+    metric = "val_map" if multilabel else "val_acc"
     lines = [
         f"# transferlab run: {meta['architecture']} / {meta['strategy']}",
         "",
@@ -132,9 +180,12 @@ def render_report(meta: dict, history: list[dict], evaluations: dict) -> str:
         "- phases: " + "; ".join(f"{p['name']} {p['epochs']} epochs, freeze {p['freeze']}, lr {p['lr']:.2e}"
                                  + (f" (x1/{p['lr_mult']:g} at the first trainable block)" if p['lr_mult'] != 1 else "")
                                  for p in meta["phases"]),
-        f"- best val accuracy **{m['val_acc']:.4f}** (loss {m['val_loss']:.4f}) at epoch {m['best_epoch']} "
+        f"- best val {METRIC_NAMES[metric]} **{m[metric]:.4f}** (loss {m['val_loss']:.4f}) at epoch {m['best_epoch']} "
         f"of {m['epochs_run']}",
     ]
+    if multilabel:
+        lines.insert(3, "- multi-label: sigmoid outputs, binary cross-entropy; per-label thresholds chosen on "
+                        "validation for F1: " + ", ".join(f"{c} {t:.2f}" for c, t in zip(meta["classes"], meta["thresholds"])))
     leak = meta.get("leakage")
     if leak:
         near = "not checked" if leak.get("near") is None else leak["near"]
@@ -152,6 +203,15 @@ def render_report(meta: dict, history: list[dict], evaluations: dict) -> str:
             b = meta["budget"]
             lines.append(f"- budget {b['seconds']:.0f}s: {b['used_s']:.0f}s used before writing the run")
         lines.append(f"- kept: the model of epoch {m['best_epoch']} ({m.get('best_phase')} phase)")
+    if multilabel:
+        lines += ["", "## Epochs", "", "| epoch | phase | train loss | val loss | val mAP | val macro F1 (0.5) | lr | s |",
+                  "|---|---|---|---|---|---|---|---|"]
+        lines += [f"| {r['epoch']} | {r['phase']} | {r['train_loss']:.4f} | {r['val_loss']:.4f} | {r['val_map']:.3f} | "
+                  f"{r['val_f1']:.3f} | {r['lr']:.2e} | {r['time_s']:.1f} |" for r in history]
+        for split, ev in evaluations.items():
+            lines += render_multilabel_evaluation(split, ev)
+        lines += ["", "![curves](curves.png)", "", "![precision/recall per label](pr_curves.png)", ""]
+        return "\n".join(lines)
     lines += ["", "## Epochs", "", "| epoch | phase | train loss | train acc | val loss | val acc | lr | s |",
               "|---|---|---|---|---|---|---|---|"]
     for r in history:

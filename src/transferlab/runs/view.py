@@ -67,7 +67,9 @@ def run_view(run) -> tuple[dict, list[str]]:
     images: list[str] = []
     evaluations = read_evaluations(run)
     shown = next((s for s in SHOWN_SPLITS if s in evaluations), None)
-    if shown and meta["kind"] == "classifier":
+    if shown and evaluations[shown].get("multilabel"):
+        data["evaluation"] = _multilabel_view(shown, evaluations[shown], images)
+    elif shown and meta["kind"] == "classifier":
         data["evaluation"] = _classifier_view(shown, evaluations[shown], images)
     elif shown:
         ev = evaluations[shown]
@@ -97,6 +99,18 @@ def _classifier_view(split: str, ev: dict, images: list[str]) -> dict:
     return {"split": split, "kind": "classifier", "data": ev.get("split", split), "accuracy": ev["accuracy"],
             "macro_f1": ev["macro_f1"], "images": ev["images"], "classes": classes, "confusion": ev["confusion"],
             "per_class": ev["per_class"], "cells": cells, "errors": errors,
+            "unreadable": len(ev.get("unreadable", []))}
+
+
+def _multilabel_view(split: str, ev: dict, images: list[str]) -> dict:
+    """A multi-label evaluation: the summary metrics, the per-label table, the most confidently wrong labels."""
+    errors = []
+    for w in ev.get("most_confident_errors", [])[:MAX_ERRORS]:
+        errors.append({"id": len(images), "label": w["label"], "error": w["error"], "score": w["score"]})
+        images.append(w["path"])
+    return {"split": split, "kind": "multilabel", "data": ev.get("split", split), "map": ev["map"],
+            "micro_f1": ev["micro_f1"], "macro_f1": ev["macro_f1"], "exact_match": ev["exact_match"],
+            "images": ev["images"], "classes": ev["classes"], "per_label": ev["per_label"], "errors": errors,
             "unreadable": len(ev.get("unreadable", []))}
 
 

@@ -16,4 +16,17 @@ def task_class(kind: str) -> type[Task]:
     return getattr(importlib.import_module(f"{__name__}.{module}"), cls)
 
 
-__all__ = ["PhaseData", "Run", "Task", "TASKS", "task_class"]
+def create_task(kind: str, data, cfg) -> Task:
+    """The task for a run of `kind` on `data`: a classifier's data is read here, since its labels decide
+    between one label per image and several (MultiLabelTask)."""
+    if kind != "classifier":
+        return task_class(kind)()
+    from ..data.folders import scan_dataset
+    from .classification import ClassificationTask
+    from .multilabel import MultiLabelTask
+
+    scan = scan_dataset(data, cfg.val_split, cfg.seed, exclude=cfg.exclude, multilabel=True)
+    return (MultiLabelTask if scan.multilabel else ClassificationTask)(scan=scan)
+
+
+__all__ = ["PhaseData", "Run", "Task", "TASKS", "create_task", "task_class"]

@@ -22,15 +22,16 @@ class ClassificationTask(Task):
     name = "classifier"
     metric = "val_acc"
 
-    def __init__(self, cache: TrainingCache | None = None):
-        self.cache = cache
+    def __init__(self, cache: TrainingCache | None = None, scan=None):
+        self.cache, self.scan = cache, scan  # a scan read by the caller (tasks.create_task) is not read again
 
     def setup(self, trainer, data) -> None:
         cfg = self.cfg = trainer.cfg
         self.trainer, self.log = trainer, trainer.log
         if trainer.dist.enabled and cfg.balance == "sampler":
             raise TransferlabError("--balance sampler is not supported with several processes; use --balance weights")
-        self.scan = scan_dataset(data, cfg.val_split, cfg.seed, exclude=cfg.exclude)
+        if self.scan is None:
+            self.scan = scan_dataset(data, cfg.val_split, cfg.seed, exclude=cfg.exclude)
         self.log(self.scan.summary())
         # leakage: images of val/test that are also in train. The exact check reads every file once
         # (cheap); the near-duplicate one runs where the penultimate features get cached anyway
@@ -161,13 +162,18 @@ class ClassificationTask(Task):
     def write_run(self, out, phases, best, history, extra) -> Run:
         self.model.freeze(0, self.bn_policy)
         self.model.eval()
-        metrics = {"best_epoch": best["epoch"], "val_acc": best["val_acc"], "val_loss": best["val_loss"],
+        metrics = {"best_epoch": best["epoch"], self.metric: best[self.metric], "val_loss": best["val_loss"],
                    "epochs_run": len(history),
                    # which phase made the kept model: "head" means a two-stage run kept the frozen features
                    "best_phase": next((r["phase"] for r in history if r["epoch"] == best["epoch"]), None)}
+        thresholds = self.decision_thresholds()
         if not self.trainer.dist.is_main:
             return Run(out, metrics, history, None)
         clf = write_run(out, self.model, self.scan, self.cfg, phases, metrics, history,
-                        {**extra, "leakage": self.leakage})
-        self.log(f"run saved to {out} (best val acc {metrics['val_acc']:.3f} at epoch {metrics['best_epoch']})")
+                        {**extra, "leakage": self.leakage}, thresholds)
+        self.log(f"run saved to {out} (best {self.metric} {metrics[self.metric]:.3f} at epoch {metrics['best_epoch']})")
         return Run(out, clf.meta["metrics"], history, clf)
+
+    def decision_thresholds(self) -> list[float] | None:
+        """A multi-label run's per-label thresholds, chosen on validation (None: single-label)."""
+        return None

@@ -72,7 +72,9 @@ class BatchSource:
 
     # --- labels and weights ------------------------------------------------------------------
     def labels(self, split: str) -> torch.Tensor:
-        """The class indices of a split, in sample order."""
+        """The targets of a split, in sample order: class indices, or multi-hot rows for multi-label data."""
+        if self.scan.multilabel:
+            return self.scan.targets(split)
         return torch.tensor([s.label for s in self.scan.splits[split]])
 
     def sample_weights(self) -> torch.Tensor | None:
@@ -87,7 +89,8 @@ class BatchSource:
                      epoch: int = 0) -> DataLoader:
         """Decoded, transformed images of a split (augmented when `train`), sharded across processes."""
         transform = self.pre.train_transform(self.cfg.augment) if train else self.pre.eval_transform()
-        dataset = ImageSamples(self.scan.splits[split], transform, self.decoded.get(split))
+        targets = self.labels(split) if self.scan.multilabel else None
+        dataset = ImageSamples(self.scan.splits[split], transform, self.decoded.get(split), targets)
         weights = self.sample_weights() if train else None
         sampler = WeightedRandomSampler(weights, len(weights), generator=generator) if weights is not None else None
         if self.dist.enabled:

@@ -84,16 +84,17 @@ def plan_phases(
     raise TransferlabError(f"unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
 
 
-def judge_trial(phase: Phase, best: dict, before: dict) -> tuple[bool, str]:
-    """End of an adaptive phase's trial: (kept, why), from the best validation loss and accuracy of
-    the phase and of the epochs before it. Kept if either improved: a fine-tuning phase can gain
-    accuracy while its loss is still above the head's (more confident mistakes), and since the run
-    keeps its best epoch by accuracy, going on costs only time."""
-    loss, acc = best["val_loss"] < before["val_loss"], best["val_acc"] > before["val_acc"]
-    numbers = (f"best val loss {best['val_loss']:.4f} and accuracy {best['val_acc']:.3f} after {phase.trial} "
-               f"epoch(s), against {before['val_loss']:.4f} and {before['val_acc']:.3f} before it")
-    if loss or acc:
-        return True, f"{phase.name} kept: its {numbers} ({'loss' if loss else 'accuracy'} improved)"
+def judge_trial(phase: Phase, best: dict, before: dict, metric: str = "val_acc") -> tuple[bool, str]:
+    """End of an adaptive phase's trial: (kept, why), from the best validation loss and metric (accuracy,
+    or mAP for multi-label) of the phase and of the epochs before it. Kept if either improved: a
+    fine-tuning phase can gain accuracy while its loss is still above the head's (more confident
+    mistakes), and since the run keeps its best epoch by the metric, going on costs only time."""
+    name = {"val_acc": "accuracy", "val_map": "mAP"}.get(metric, metric)
+    loss, gain = best["val_loss"] < before["val_loss"], best[metric] > before[metric]
+    numbers = (f"best val loss {best['val_loss']:.4f} and {name} {best[metric]:.3f} after {phase.trial} "
+               f"epoch(s), against {before['val_loss']:.4f} and {before[metric]:.3f} before it")
+    if loss or gain:
+        return True, f"{phase.name} kept: its {numbers} ({'loss' if loss else name} improved)"
     return False, f"{phase.name} abandoned: its {numbers} (neither improved); the best model so far is kept"
 
 

@@ -197,8 +197,9 @@ class Trainer:
                     self.checkpoints.save_best(self.model.state_dict())
             if phase.trial and e + 1 == phase.trial:
                 rows = [r for r in self.history if r["epoch"] > epoch_offset]
-                best = {"val_loss": min(r["val_loss"] for r in rows), "val_acc": max(r["val_acc"] for r in rows)}
-                kept, text = judge_trial(phase, best, before)
+                metric = task.metric
+                best = {"val_loss": min(r["val_loss"] for r in rows), metric: max(r[metric] for r in rows)}
+                kept, text = judge_trial(phase, best, before, metric)
                 self._decide("trial", epoch, text, phase=phase.name, kept=kept, best=best, before=before)
             if self.dist.is_main:
                 self._save_checkpoint(pi, e + 1, optimizer, scheduler, stopping)
@@ -214,10 +215,11 @@ class Trainer:
                 break
 
     def _best_before(self, epoch_offset: int) -> dict:
-        """The best validation loss and accuracy of the epochs before a phase (what a trial must beat)."""
+        """The best validation loss and metric of the epochs before a phase (what a trial must beat)."""
         earlier = [r for r in self.history if 0 < r["epoch"] <= epoch_offset]
+        metric = self.task.metric
         return {"val_loss": min((r.get("val_loss", math.inf) for r in earlier), default=math.inf),
-                "val_acc": max((r.get("val_acc", 0.0) for r in earlier), default=0.0)}
+                metric: max((r.get(metric, 0.0) for r in earlier), default=0.0)}
 
     # --- adaptive phases and the budget ----------------------------------------------------------
     def _decide(self, event: str, epoch: int, text: str, **numbers) -> None:
