@@ -10,7 +10,7 @@ import sys
 
 from .. import __version__
 from ..core.errors import TransferlabError
-from .commands import add_evaluate, add_export, add_predict, add_table_options, lazy_handler
+from .commands import add_evaluate, add_export, add_predict, add_table_options, add_train, lazy_handler
 from .detect import register
 
 
@@ -54,82 +54,6 @@ def cmd_models(args) -> int:
               f"{r['source']}")
     print("any timm architecture is also available as timm:NAME")
     return 0
-
-
-def add_train(sub, default_model: str | None = None,
-              help: str = "transfer-learn a model: a classifier on an image folder, a face detector on boxes") -> None:
-    """`train` on a sub-command group; the model chooses the task (`transferlab detect train` is this
-    command with a detector as the default model)."""
-    from ..core.options import (ANNOTATION_FORMATS, AUGMENT_LEVELS, BALANCE, BN_POLICIES, SCHEDULES, STRATEGIES,
-                                LR_SCALINGS, SWITCHES)
-    from ..training.config import TrainConfig
-
-    d = TrainConfig()
-    p = sub.add_parser("train", help=help)
-    p.add_argument("data", help="a classifier's dataset folder (class sub-folders, or train/ val/ [test/] each with "
-                                "class sub-folders), or a detector's annotated faces (a folder or annotation file)")
-    p.add_argument("--model", default=default_model,
-                   help=f"registry name or timm:NAME, or a face detector (blazeface_front, blazeface_back) "
-                        f"(default {default_model or d.model}; with --strategy auto --budget: the installed "
-                        "backbone with the best LogME)")
-    # options whose default depends on the task stay None here: the task fills them in
-    p.add_argument("--strategy", choices=STRATEGIES,
-                   help=f"default {d.strategy} for a classifier, finetune for a detector; auto: measure the data, "
-                        "train the head, then fine-tune only while it beats the head")
-    p.add_argument("--budget", help="a wall-clock limit for the run, e.g. 90s, 10m, 1h: epochs that would not "
-                                    "finish are not run and the best model so far is kept")
-    p.add_argument("--finetune-trial", type=int, default=d.finetune_trial, metavar="N",
-                   help="two-stage: keep fine-tuning only if within N epochs it beats the head's val loss (0: off)")
-    p.add_argument("--out", help="run folder (default: runs/DATA-MODEL-STRATEGY)")
-    p.add_argument("--resume", metavar="RUN", help="continue RUN from its last checkpoint")
-    p.add_argument("--epochs", type=int, default=d.epochs)
-    p.add_argument("--head-epochs", type=int, help="two-stage: epochs of the head-only phase (default: a third)")
-    p.add_argument("--freeze", help="partial: number of leading blocks frozen, or the first trainable block's name")
-    p.add_argument("--lr", help="learning rate, or 'find' for a range test (default: the strategy's)")
-    p.add_argument("--lr-mult", type=float, default=d.lr_mult, help="two-stage: head lr / stem lr in phase 2")
-    p.add_argument("--weight-decay", type=float, help=f"default {d.weight_decay} for a classifier")
-    p.add_argument("--batch-size", type=int, default=d.batch_size)
-    p.add_argument("--schedule", default=d.schedule, choices=SCHEDULES)
-    p.add_argument("--warmup-epochs", type=float, help=f"default {d.warmup_epochs} for a classifier")
-    p.add_argument("--label-smoothing", type=float, default=d.label_smoothing)
-    p.add_argument("--patience", type=int, default=d.patience, help="early stopping on val loss; 0 disables")
-    p.add_argument("--augment", default=d.augment, choices=AUGMENT_LEVELS)
-    p.add_argument("--balance", default=d.balance, choices=BALANCE)
-    p.add_argument("--bn", default=d.bn, choices=BN_POLICIES,
-                   help="BatchNorm statistics: eval (kept everywhere), frozen (kept in frozen blocks), train (updated)")
-    p.add_argument("--val-split", type=float, default=d.val_split)
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--device", default=d.device)
-    p.add_argument("--amp", default=d.amp, choices=SWITCHES)
-    p.add_argument("--workers", type=int)
-    p.add_argument("--weights", default=d.weights, help="'default' (pretrained), 'none', or a weights file")
-    p.add_argument("--image-size", type=int, help="train at another input size (e.g. 128 for small images)")
-    p.add_argument("--cache-features", default=d.cache_features, choices=SWITCHES)
-    p.add_argument("--cache-views", type=int, default=d.cache_views,
-                   help="views cached per image with augmentation (the first is the clean image)")
-    p.add_argument("--cache-dir", help="keep decoded images and frozen-prefix features here, reused across runs")
-    p.add_argument("--grad-clip", type=float, default=d.grad_clip)
-    p.add_argument("--accum-steps", type=int, default=d.accum_steps, help="gradient accumulation steps")
-    p.add_argument("--micro-batch", default=d.micro_batch, metavar="auto|off|N",
-                   help="images per forward/backward pass within a batch (auto: 8 on CPU when the gradient is "
-                        "unchanged by splitting, i.e. BatchNorm statistics are frozen)")
-    p.add_argument("--grad-checkpointing", default=d.grad_checkpointing, metavar="auto|off|N",
-                   help="recompute the first N blocks in backward to save memory (auto: the high-resolution "
-                        "ones, on CPU when the batch stays whole)")
-    p.add_argument("--sync-bn", action="store_true", help="several GPUs: synchronise trainable BatchNorm")
-    p.add_argument("--exclude", metavar="FILE", help="leave out the files listed (transferlab audit --write-exclude)")
-    p.add_argument("--no-audit", dest="audit", action="store_false",
-                   help="skip the check for images shared between splits (leakage)")
-    p.add_argument("--format", dest="data_format", default=d.data_format, choices=ANNOTATION_FORMATS,
-                   help="detector: the annotation format")
-    p.add_argument("--val", dest="val_data", help="separate validation data (default: hold out --val-split)")
-    p.add_argument("--threshold", type=float,
-                   help="multi-label: one decision threshold for every label (default: tuned per label on validation)")
-    p.add_argument("--lr-scaling", choices=LR_SCALINGS,
-                   help="detector: relative (each tensor's lr times its RMS; the default) or none")
-    p.add_argument("--quiet", action="store_true", help="no progress bars or epoch lines")
-    add_table_options(p, val=False)  # train has its own --val (a table, or a detector's annotations)
-    p.set_defaults(func=lazy_handler("training", "cmd_train"))
 
 
 def _add_demo(sub) -> None:

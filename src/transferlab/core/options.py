@@ -23,6 +23,7 @@ CLASSIFY, DETECT = "classify", "detect"
 MODEL_TASKS = (CLASSIFY, DETECT)  # what a model does; its run folder is of the RUN_KINDS kind in the same place
 # inference engines of predict and serve; auto and the int8 rule: deploy.runtime.choose_engine
 BACKENDS = ("auto", "torch", "onnxruntime", "onnxruntime-int8")
+DEFAULT_DETECTOR = "blazeface_front"  # the model of `transferlab detect ...` and of a detector run by default
 # face annotation formats (detect/data.py reads them); auto tells them by the files
 ANNOTATION_FORMATS = ("auto", "wider", "voc", "coco", "yolo", "csv")
 SWEEP_POINTS = 5  # freeze points tried by default: 0, all-but-head and three in between

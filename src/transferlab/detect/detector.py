@@ -10,6 +10,7 @@ from tqdm.auto import tqdm
 
 from ..core.errors import CheckpointError, ImageReadError, TransferlabError
 from ..core.io import load_state_dict_file
+from ..core.options import DEFAULT_DETECTOR
 from ..data.images import find_images
 from ..runs.folder import read_meta
 from .anchors import generate_anchors
@@ -100,7 +101,7 @@ class Detector:
         return results
 
 
-def load_detector(model: str | Path = "blazeface_front", device: str | torch.device = "cpu") -> Detector:
+def load_detector(model: str | Path = DEFAULT_DETECTOR, device: str | torch.device = "cpu") -> Detector:
     """A pretrained architecture name (blazeface_front, blazeface_back) or a fine-tuned run folder."""
     if str(model) in CONFIGS:
         return Detector(load_pretrained(str(model)).to(device))
@@ -129,7 +130,7 @@ def detection_records(det: Detections) -> list[dict]:
             for b, k, s in zip(det.boxes, det.keypoints, det.scores)]
 
 
-def detect(images, model: str | Path | Detector = "blazeface_front",
+def detect(images, model: str | Path | Detector = DEFAULT_DETECTOR,
            score_threshold: float | None = None) -> list[dict]:
     """Detect faces: one record per image (see Detector.predict), each face with its score, box
     [xmin, ymin, xmax, ymax] and six keypoints (right eye, left eye, nose, mouth, right ear, left ear)

@@ -76,6 +76,7 @@ class Task:
 
     @property
     def train_images(self) -> int:
+        """Training images (the budget prices a fine-tuning epoch by them)."""
         raise NotImplementedError
 
     def plan_phases(self) -> list:
@@ -96,6 +97,7 @@ class Task:
         raise NotImplementedError
 
     def loss_fn(self) -> nn.Module:
+        """The training loss, called by batch_loss with a batch's outputs and targets."""
         raise NotImplementedError
 
     def param_groups(self, phase) -> list[dict]:

@@ -19,6 +19,8 @@ from .base import PhaseData, Run, Task
 
 
 class ClassificationTask(Task):
+    """One label per image: a BlockNet with a new head, trained by the playbook's strategies."""
+
     name = "classifier"
     metric = "val_acc"
 
@@ -69,6 +71,7 @@ class ClassificationTask(Task):
 
     @property
     def bn_policy(self) -> str:
+        """The BatchNorm policy in effect (see training.strategies.effective_bn_policy)."""
         return effective_bn_policy(self.cfg.strategy, self.cfg.bn)
 
     def plan_phases(self) -> list:

@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from ..core.device import default_workers
 from ..core.distributed import broadcast_object
 from ..core.errors import TransferlabError
+from ..core.options import DEFAULT_DETECTOR, FEATURE_EXTRACT, FINETUNE, PARTIAL
 from ..core.io import atomic_write_text, save_weights
 from ..detect.augment import AugmentConfig
 from ..detect.data import FaceDataset, load_faces
@@ -37,15 +38,17 @@ from ..training.strategies import Phase
 from .base import PhaseData, Run, Task
 
 # the strategies a detector trains with: which backbone blocks stay at their pretrained values
-DETECTION_STRATEGIES = ("finetune", "partial", "feature-extract")
+DETECTION_STRATEGIES = (FINETUNE, PARTIAL, FEATURE_EXTRACT)
 
 
 class DetectionTask(Task):
+    """A pretrained BlazeFace fine-tuned on face boxes (see the module's docstring)."""
+
     name = "detector"
     metric = "val_ap50"
     # hard-negative mining and the loss's normalisation by the positives are over the whole batch
     splits_batches = False
-    defaults = {"model": "blazeface_front", "strategy": "finetune", "lr": DEFAULT_LR, "lr_scaling": "relative",
+    defaults = {"model": DEFAULT_DETECTOR, "strategy": FINETUNE, "lr": DEFAULT_LR, "lr_scaling": "relative",
                 "warmup_epochs": 1.0, "weight_decay": 1e-4, "score_threshold": DEFAULT_SCORE_THRESHOLD,
                 "iou_threshold": DEFAULT_IOU_THRESHOLD}
 
@@ -91,9 +94,9 @@ class DetectionTask(Task):
 
     def plan_phases(self) -> list:
         cfg, blocks = self.cfg, len(self.model.blocks())
-        if cfg.strategy == "feature-extract":
+        if cfg.strategy == FEATURE_EXTRACT:
             n = blocks
-        elif cfg.freeze is None and cfg.strategy == "partial":
+        elif cfg.freeze is None and cfg.strategy == PARTIAL:
             raise TransferlabError(f"--strategy partial needs --freeze N (0..{blocks}): the leading backbone blocks kept")
         else:
             n = cfg.freeze or 0

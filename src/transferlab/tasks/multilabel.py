@@ -16,6 +16,8 @@ from .classification import ClassificationTask
 
 
 class MultiLabelTask(ClassificationTask):
+    """Several labels per image (see the module's docstring)."""
+
     metric = "val_map"
 
     def setup(self, trainer, data) -> None:
