@@ -56,10 +56,13 @@ def predict(images, model="efficientnet_lite0", top: int = 5, labels=None, weigh
     return net.predict(images, top=top, threshold=threshold, **options)
 
 
-def evaluate(model, data, device=None, progress: bool = True, format: str = "auto", plot=None) -> dict:
+def evaluate(model, data, device=None, progress: bool = True, format: str = "auto", plot=None,
+             threshold: float | None = None) -> dict:
     """Evaluate on labelled data. A classifier: accuracy, per-class report, confusion matrix on a class
-    folder. A detector: AP@0.5 on annotated faces (format: one of core.options.ANNOTATION_FORMATS), next
-    to the pretrained architecture's, with its precision/recall curve at `plot` (default: in the run)."""
+    folder or a table; a multi-label one: mAP, micro/macro F1, per-label AP/precision/recall at its
+    thresholds (or `threshold` for every label). A detector: AP@0.5 on annotated faces (format: one of
+    core.options.ANNOTATION_FORMATS), next to the pretrained architecture's, with its precision/recall
+    curve at `plot` (default: in the run)."""
     net = model if hasattr(model, "kind") else load(model)
     if net.kind == "detector":
         from .detect.evaluate import evaluate_faces
@@ -67,7 +70,7 @@ def evaluate(model, data, device=None, progress: bool = True, format: str = "aut
         return evaluate_faces(net, data, format, plot=plot)
     from .inference.evaluation import evaluate_folder
 
-    return evaluate_folder(net, data, device=device, progress=progress)
+    return evaluate_folder(net, data, device=device, progress=progress, threshold=threshold)
 
 
 def export(model, format: str = "onnx", out=None, **options):
