@@ -93,3 +93,10 @@ def test_a_bench_without_its_data_stops_with_one_line(tmp_path, script, args):
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and str(missing) in lines[0] and "pass --" in lines[0], proc.stderr
     assert not list(tmp_path.iterdir())  # stopped before writing anything
+
+
+@pytest.mark.shared("aquarium", "clothing")
+def test_multilabel_bench_smoke(tmp_path):
+    out = bench("multilabel.py", "--datasets", "aquarium,clothing", "--limit", 40, "--per-class", 6, "--epochs", 2,
+                "--image-size", 48, "--strategies", "two-stage", "--keep", tmp_path)
+    assert "| aquarium" in out and "| clothing (one label, as a table)" in out and "probe" in out
