@@ -16,7 +16,7 @@ from transferlab.api import train
 from transferlab.training.config import TrainConfig
 
 train_module = importlib.import_module("transferlab.training.batches")
-trainer_module = importlib.import_module("transferlab.training.trainer")
+task_module = importlib.import_module("transferlab.tasks.classification")
 
 FAST = dict(image_size=32, batch_size=32, augment="none", seed=0, workers=0)
 
@@ -53,8 +53,8 @@ def test_sweep_keeps_the_best_run_and_reuses_cached_features(digits_folder, tmp_
 
     monkeypatch.setattr(train_module, "prefix_features", counting)
     leakage_checks = []
-    real_check = trainer_module.cross_split_exact_duplicates
-    monkeypatch.setattr(trainer_module, "cross_split_exact_duplicates",
+    real_check = task_module.cross_split_exact_duplicates
+    monkeypatch.setattr(task_module, "cross_split_exact_duplicates",
                         lambda scan: leakage_checks.append(scan) or real_check(scan))
     cfg = TrainConfig(model="efficientnet_lite0", strategy="partial", freeze="auto", epochs=2, **FAST)
     run = S.freeze_search(digits_folder, cfg, out=tmp_path / "run", progress=False, points=[0, 8, 10])

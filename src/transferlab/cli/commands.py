@@ -98,6 +98,16 @@ def add_table_options(p, val: bool = True) -> None:
                    help="what separates several labels in one cell (default: a space; 'none': one label per cell)")
 
 
+def add_log_option(p) -> None:
+    """--log tensorboard|mlflow (train, detect train, sweep): the experiment trackers a run logs to."""
+    from ..core.options import TRACKERS
+
+    p.add_argument("--log", metavar="|".join(TRACKERS),
+                   help="also log the run to TensorBoard (RUN/tensorboard) or MLflow ($MLFLOW_TRACKING_URI, else "
+                        "./mlruns), or both comma-separated: epochs, config, tags, artifacts, the best metric "
+                        "(pip install 'transferlab[track]')")
+
+
 def add_evaluate(sub, name: str = "evaluate"):
     """The evaluate command (also `detect evaluate`)."""
     p = sub.add_parser(name, help="evaluate a model on labelled data: accuracy and confusion matrix "
@@ -137,7 +147,7 @@ def add_export(sub, name: str = "export"):
     p.add_argument("--calibration", type=positive_int, default=128, metavar="N",
                    help="with --quantize int8: training images to calibrate on (default 128)")
     p.add_argument("--calibration-method", choices=CALIBRATION_METHODS, default=None,
-                   help="with --quantize int8: ONNX Runtime's calibrator (default: percentile, chosen by measurement: see README, Deploy)")
+                   help="with --quantize int8: ONNX Runtime's calibrator (default: percentile, chosen by measurement: see docs/deploy.md)")
     p.add_argument("--data", help="with --quantize: a dataset folder to calibrate and measure on instead of the "
                                   "run's own (classifier: class sub-folders or a table of images and labels; "
                                   "detector: annotated faces)")
@@ -216,5 +226,6 @@ def add_train(sub, default_model: str | None = None,
     p.add_argument("--lr-scaling", choices=LR_SCALINGS,
                    help="detector: relative (each tensor's lr times its RMS; the default) or none")
     p.add_argument("--quiet", action="store_true", help="no progress bars or epoch lines")
+    add_log_option(p)
     add_table_options(p, val=False)  # train has its own --val (a table, or a detector's annotations)
     p.set_defaults(func=lazy_handler("training", "cmd_train"))
