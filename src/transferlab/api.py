@@ -156,3 +156,24 @@ def audit(data, model: str = "efficientnet_lite0", out=None, progress: bool = Tr
     if options.get("threshold") is None:
         options["threshold"] = NEAR_DUPLICATE_COSINE
     return run_audit(data, model=model, out=out, progress=progress, **options)
+
+
+def runs(folder="runs", sort: str = "created", kind: str | None = None, model: str | None = None) -> list[dict]:
+    """Every run under `folder` (classifier and detector, finished or interrupted; a folder beside them
+    that is no run gets a row saying so): one dict per folder with name, status, kind, model, strategy,
+    data, metric (val_acc, val_map for multi-label, val_ap50 for detectors), best, best_epoch, epochs,
+    wall_s (the seconds of its epochs), created, path. sort: one of core.options.RUN_SORT_KEYS (metric:
+    best first); kind, model: keep only those runs."""
+    from .runs.table import list_runs
+
+    return list_runs(folder, sort=sort, kind=kind, model=model)
+
+
+def compare_runs(*runs) -> dict:
+    """Finished runs side by side: {"runs": names, "paths", "metrics": {name: [value per run]},
+    "config": {option: [value per run]} for the options that differ, "best": index of the best run}."""
+    from .runs.table import compare_runs as compare
+
+    if len(runs) == 1 and isinstance(runs[0], (list, tuple)):
+        runs = tuple(runs[0])
+    return compare(runs)

@@ -25,6 +25,7 @@ from ..core.errors import TransferlabError
 from ..core.io import atomic_write_json
 from ..core.options import SWEEP_ETA, SWEEP_POINTS
 from ..data.folders import scan_dataset
+from ..data.tables import dataset_name
 from ..models import create_model
 from ..runs.folder import default_run_dir
 from ..runs.metrics import write_metrics
@@ -34,6 +35,7 @@ from ..training.budget import Budget
 from ..training.config import TrainConfig
 from ..tasks.base import Run
 from ..tasks.classification import ClassificationTask
+from ..training.tracking import SearchTrackers
 from ..training.trainer import Trainer
 
 
@@ -84,7 +86,14 @@ def rung_schedule(candidates: int, epochs: int, eta: int) -> list[tuple[int, int
 def freeze_search(data, cfg: TrainConfig, out=None, progress: bool = True, points=None,
                   eta: int = SWEEP_ETA, budget: Budget | None = None) -> Run:
     """Find the best freeze point of a partial fine-tune by successive halving; train it into `out`.
-    `budget` (or cfg.budget) bounds the wall clock of the whole search."""
+    `budget` (or cfg.budget) bounds the wall clock of the whole search. With cfg.log the search is a
+    parent run in each tracker, its trials and final run nested under it."""
+    with SearchTrackers(cfg.log) as search:
+        return _search(data, cfg, out, progress, points, eta, budget, search)
+
+
+def _search(data, cfg: TrainConfig, out, progress: bool, points, eta: int, budget: Budget | None,
+            search: SearchTrackers) -> Run:
     cfg = dataclasses.replace(cfg, strategy="partial")
     budget = budget or (Budget(cfg.budget) if cfg.budget else None)
     cfg.validate()
@@ -97,6 +106,8 @@ def freeze_search(data, cfg: TrainConfig, out=None, progress: bool = True, point
     shared = TrainingCache()
     trials: list[Trial] = []
     epochs_to_run = sum(n * e for n, e in schedule)
+    search.start(out, {"kind": "classifier", "strategy": "partial/sweep", "model": cfg.model, "data": dataset_name(data)},
+                 {"points": alive, "eta": eta, "epochs": cfg.epochs, "model": cfg.model, "rungs": len(schedule)})
 
     def trial_budget(epochs: int) -> Budget | None:
         nonlocal epochs_to_run
@@ -119,7 +130,8 @@ def freeze_search(data, cfg: TrainConfig, out=None, progress: bool = True, point
                                f"{epochs} epoch(s)")
                 t0 = time.perf_counter()
                 run = Trainer(ClassificationTask(shared), data, trial_config(n, epochs), Path(tmp) / f"r{rung}-f{n}",
-                              progress=False, budget=trial_budget(epochs)).fit()
+                              progress=False, budget=trial_budget(epochs),
+                              trackers=search.trackers(f"rung{rung + 1}-freeze{n}")).fit()
                 trials.append(Trial(rung, epochs, n, blocks[n], params(n), run.metrics["val_acc"],
                                     run.metrics["val_loss"], time.perf_counter() - t0))
             keep = schedule[rung + 1][0]
@@ -139,10 +151,13 @@ def freeze_search(data, cfg: TrainConfig, out=None, progress: bool = True, point
         f"freezing {best} blocks (training from {blocks[best]}) had the best validation accuracy.")
     t0 = time.perf_counter()
     final_cfg = dataclasses.replace(cfg, freeze=best, epochs=epochs, advice=advice)
-    run = Trainer(ClassificationTask(shared), data, final_cfg, out, progress=progress, budget=budget).fit()
+    run = Trainer(ClassificationTask(shared), data, final_cfg, out, progress=progress, budget=budget,
+                  trackers=search.trackers(out.name, final=True)).fit()
     trials.append(Trial(final_rung, epochs, best, blocks[best], params(best), run.metrics["val_acc"],
                         run.metrics["val_loss"], time.perf_counter() - t0))
     write_sweep(out, trials, blocks)
+    search.end([dataclasses.asdict(t) for t in trials], {"best_val_acc": run.metrics["val_acc"], "best_freeze": best},
+               [out / "sweep.csv", out / "sweep.json", out / "sweep.png"])
     _log(progress, format_trials(trials))
     return run
 

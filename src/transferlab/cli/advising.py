@@ -29,7 +29,7 @@ def cmd_sweep(args) -> int:
 
     options = {k: getattr(args, k) for k in ("model", "epochs", "lr", "batch_size", "augment", "image_size",
                                              "val_split", "seed", "device", "weights", "workers", "budget",
-                                             "val_data", "image_col", "label_col", "label_delim")}
+                                             "val_data", "image_col", "label_col", "label_delim", "log")}
     if options["budget"] is not None:
         options["budget"] = parse_duration(options["budget"])
     cfg = TrainConfig(strategy="partial", freeze="auto", **{k: v for k, v in options.items() if v is not None})

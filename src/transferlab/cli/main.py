@@ -10,8 +10,10 @@ import sys
 
 from .. import __version__
 from ..core.errors import TransferlabError
-from .commands import add_evaluate, add_export, add_predict, add_table_options, add_train, lazy_handler
+from .commands import (add_evaluate, add_export, add_log_option, add_predict, add_table_options, add_train,
+                       lazy_handler)
 from .detect import register
+from .listing import add_runs
 
 
 def _add_models(sub) -> None:
@@ -139,6 +141,7 @@ def _add_sweep(sub) -> None:
     p.add_argument("--weights", default=d.weights, help="'default' (pretrained) or a weights file")
     p.add_argument("--workers", type=int)
     p.add_argument("--quiet", action="store_true", help="no progress output")
+    add_log_option(p)
     add_table_options(p)
     p.set_defaults(func=lazy_handler("advising", "cmd_sweep"))
 
@@ -172,7 +175,7 @@ def _add_serve(sub) -> None:
 
 
 COMMANDS = [_add_demo, add_predict, _add_models, add_train, add_evaluate, add_export, _add_detect, _add_advise,
-            _add_audit, _add_sweep, _add_serve]
+            _add_audit, _add_sweep, _add_serve, add_runs]
 
 
 def build_parser() -> argparse.ArgumentParser:

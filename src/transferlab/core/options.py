@@ -28,3 +28,7 @@ DEFAULT_DETECTOR = "blazeface_front"  # the model of `transferlab detect ...` an
 ANNOTATION_FORMATS = ("auto", "wider", "voc", "coco", "yolo", "csv")
 SWEEP_POINTS = 5  # freeze points tried by default: 0, all-but-head and three in between
 SWEEP_ETA = 3  # keep the best third each rung (Hyperband's default)
+# experiment trackers a run can log to (train --log, sweep --log; training/tracking.py)
+TRACKERS = ("tensorboard", "mlflow")
+# the columns `transferlab runs` sorts by (runs/table.py); "metric" is the run's best validation metric
+RUN_SORT_KEYS = ("created", "name", "kind", "model", "strategy", "data", "metric", "epochs", "wall_s")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 
 from ..core.errors import TransferlabError
-from ..core.options import AUGMENT_LEVELS, BALANCE, BN_POLICIES, SCHEDULES, STRATEGIES, SWITCHES
+from ..core.options import AUGMENT_LEVELS, BALANCE, BN_POLICIES, SCHEDULES, STRATEGIES, SWITCHES, TRACKERS
 
 
 
@@ -80,6 +80,8 @@ class TrainConfig:
     score_threshold: float | None = None  # the saved detector's thresholds (None: the detector's defaults)
     iou_threshold: float | None = None
     box_augment: dict | None = None  # detect.augment.AugmentConfig fields (None: its defaults)
+    # experiment trackers to log to: "tensorboard", "mlflow" or both comma-separated (training/tracking.py)
+    log: str | None = None
 
     def validate(self) -> None:
         """One line naming the first option with an invalid value."""
@@ -100,6 +102,8 @@ class TrainConfig:
             (self.lr is None or self.lr == "find" or float(self.lr) > 0, "--lr must be positive or 'find'"),
             (self.finetune_trial >= 0, "--finetune-trial must be 0 or more epochs"),
             (self.budget is None or self.budget > 0, "--budget must be a positive duration such as 90s, 10m or 1h"),
+            (all(t.strip().lower() in TRACKERS for t in (self.log or "").split(",") if t.strip()),
+             f"--log must be {' or '.join(TRACKERS)} (or both, comma-separated)"),
         ]
         for ok, message in checks:
             if not ok:

@@ -32,13 +32,15 @@ from .early_stopping import EarlyStopping
 from .loop import Loop, NonFiniteLoss
 from .schedules import build_scheduler
 from .strategies import Phase, judge_trial
+from .tracking import Trackers, create_trackers
 
 
 class Trainer:
     """Trains one run of a task: set-up in __init__, everything else in fit()."""
 
     def __init__(self, task, data, config: TrainConfig, out=None, resume: bool = False, progress: bool = True,
-                 callbacks=(), budget: Budget | None = None):
+                 callbacks=(), budget: Budget | None = None, trackers=None):
+        """trackers: what the run logs to (tracking.Tracker objects; None: those config.log names)."""
         config.validate()
         self.cfg, self.task = config, task
         # the budget may have started earlier (the advisor's measuring counts against it)
@@ -48,6 +50,9 @@ class Trainer:
         self.device = process_device(device, self.dist)
         self.progress = progress and self.dist.is_main
         self.callbacks = list(callbacks)
+        trackers = create_trackers(config.log) if trackers is None else trackers  # a missing library fails here
+        # experiment trackers, guarded: one that fails is reported once and dropped. Rank 0 alone logs
+        self.trackers = Trackers(trackers if self.dist.is_main else ())
         # rank 0 alone names and creates the run folder; the others follow its answer
         # an auto run is named for what was asked, not for the strategy its plan resolved to
         default = default_run_dir(data, config.model, "auto" if config.advice else config.strategy)
@@ -114,6 +119,9 @@ class Trainer:
         loss_fn = self.task.loss_fn()
         epoch_offset = sum(p.epochs for p in self.phases[:start_phase])
         try:
+            self.trackers.start(self)
+            if state is None and self.history:
+                self.trackers.epoch(self, self.history[0])  # the baseline, epoch 0
             with channels_last_on_cpu(self.model, self.device):
                 for pi in range(start_phase, len(self.phases)):
                     resumed = state if (state is not None and pi == start_phase and start_epoch > 0) else None
@@ -121,11 +129,17 @@ class Trainer:
                     epoch_offset += self.phases[pi].epochs
                     if self.out_of_time or self._trial_failed():
                         break
+            run = self._finish()
         except KeyboardInterrupt:
+            self.trackers.end(self, None)
             self.log(f"interrupted: the last completed epoch is saved; resume with "
                      f"`transferlab train {self.task.data_root} --resume {self.out}`")
             raise
-        return self._finish()
+        except BaseException:
+            self.trackers.end(self, None)
+            raise
+        self.trackers.end(self, run)
+        return run
 
     def _measure_baseline(self) -> None:
         """Epoch 0, where the task has one: the starting model on the validation data, the bar to beat."""
@@ -143,6 +157,8 @@ class Trainer:
         if self.pacer and pi > 0 and state is None and not self._fit_to_budget(pi, epoch_offset):
             return
         phase = self.phases[pi]
+        if phase.trial and state is None and self._nothing_to_gain(phase, epoch_offset):
+            return
         data = task.start_phase(phase, resumed=state is not None)
         steps = math.ceil(len(data.train_batches(1, None)) / cfg.accum_steps)
         net = self.loop.training_net(data.start)
@@ -207,6 +223,7 @@ class Trainer:
             barrier(self.dist)
             self.log(f"epoch {epoch:>3} {phase.name:<15} {task.epoch_line(row)} | lr {row['lr']:.2e}"
                      f" | {row['time_s']:.1f}s")
+            self.trackers.epoch(self, row)
             for callback in self.callbacks:
                 callback(self, row)
             if stopping.should_stop and e + 1 < phase.epochs:
@@ -243,6 +260,17 @@ class Trainer:
         self.phases[pi] = replace(phase, epochs=fits, trial=min(phase.trial, fits))
         self._decide("budget", epoch_offset + 1, f"{phase.name} gets {fits} of its {phase.epochs} epochs: what fits "
                      f"in the {left:.0f}s left", left_s=left)
+        return True
+
+    def _nothing_to_gain(self, phase: Phase, epoch_offset: int) -> bool:
+        """A trial phase is not started when the epochs before it are already perfect on validation (the
+        best epoch is kept by that metric, so the trial could only cost time): a decision, not a failure."""
+        best = self._best_before(epoch_offset)[self.task.metric]
+        if best < 1.0:
+            return False
+        self._decide("trial", epoch_offset + 1, f"{phase.name} not started: the epochs before it already reach "
+                     f"{self.task.metric} {best:.3f} on validation, nothing for it to gain; the best model so far is "
+                     "kept", phase=phase.name, kept=False, best=None, before=self._best_before(epoch_offset))
         return True
 
     def _trial_failed(self) -> bool:
