@@ -240,3 +240,22 @@ def test_cli_budget_errors_in_one_line(digits_folder, capsys):
     assert cli_main(["train", str(digits_folder), "--budget", "soon"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--budget" in err[0]
+
+
+def test_a_trial_is_not_started_when_the_head_is_already_perfect(tmp_path):
+    """Issue 29: where the head scores 100% on validation, fine-tuning can only cost time."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for cls, level in (("dark", 20), ("light", 235)):
+        (tmp_path / "data" / cls).mkdir(parents=True)
+        for i in range(12):
+            Image.fromarray(np.clip(rng.normal(level, 8, (32, 32, 3)), 0, 255).astype(np.uint8)).save(
+                tmp_path / "data" / cls / f"{i}.png")
+    run = train(tmp_path / "data", strategy="two-stage", epochs=6, head_epochs=3, finetune_trial=2,
+                out=tmp_path / "run", progress=False, **TRAIN)
+    assert max(r["val_acc"] for r in run.history) == 1.0
+    assert {r["phase"] for r in run.history} == {"head"}  # no fine-tuning epoch was run
+    meta = json.loads((run.path / "model.json").read_text())
+    (decision,) = [d for d in meta["decisions"] if d["event"] == "trial"]
+    assert "not started" in decision["text"] and "nothing for it to gain" in decision["text"]
