@@ -41,9 +41,19 @@ def test_train_bench_case(tmp_path, case):
     from train import write_digits
 
     data = write_digits(tmp_path / "digits", 2, 1, size=96)
-    out = bench("train.py", "case", case, data, "--epochs", 1, "--ft-epochs", 1)
+    out = bench("train.py", "case", case, data, "--epochs", 2, "--ft-epochs", 2)
     result = json.loads(out.strip().splitlines()[-1])
-    assert result["peak_rss_mib"] > 0  # each case reports its figures and its own peak memory
+    # each case reports its figures and its own peak memory: the figures must be sane and agree
+    epochs = result["epoch_s"]
+    assert len(epochs) == 2 and all(0 < s < 600 for s in epochs), result
+    # a process that imported torch and built lite0 holds well over 100 MiB, and this one no more than the machine
+    assert 100 < result["peak_rss_mib"] < 24 * 1024, result
+    if case == "fx-ours":
+        assert sum(epochs) <= result["total_s"] < 900, result
+        assert 0 <= result["final_acc"] <= result["best_acc"] <= 1, result
+    else:
+        assert result["train_images"] == 20, result  # 2 per class, 10 digits
+        assert result["images_per_s"] == pytest.approx(result["train_images"] / epochs[-1]), result
 
 
 def test_strategies_bench(tmp_path):

@@ -64,11 +64,25 @@ def test_damaged_cache_entry_is_decoded_again(sample_photos, tmp_path):
     assert DecodedImages(paths, max_side=96, cache_dir=cache).cache_hits == len(paths)  # rewritten
 
 
-def test_image_cache_key_ignores_name_not_content(tmp_path):
-    cache = ImageCache(tmp_path)
-    assert cache.key(b"abc", 256) == cache.key(b"abc", 256)
-    assert cache.key(b"abc", 256) != cache.key(b"abd", 256)
-    assert cache.key(b"abc", 256) != cache.key(b"abc", 224)
+def test_image_cache_key_ignores_name_not_content(sample_photos, tmp_path):
+    """The same bytes under another name, folder or extension hit the entry; other bytes under the
+    same name miss it (through DecodedImages, which is what hands the cache its files)."""
+    china, flower = sample_photos["china"].read_bytes(), sample_photos["flower"].read_bytes()
+    a, renamed, same_name = tmp_path / "a" / "one.jpg", tmp_path / "b" / "copy of one.JPEG", tmp_path / "c" / "one.jpg"
+    for path, data in ((a, china), (renamed, china), (same_name, flower)):
+        path.parent.mkdir(parents=True)
+        path.write_bytes(data)
+    cache_dir = tmp_path / "cache"
+    first = DecodedImages([a], max_side=64, cache_dir=cache_dir)
+    assert first.cache_hits == 0
+    again = DecodedImages([renamed, same_name], max_side=64, cache_dir=cache_dir)
+    assert again.cache_hits == 1  # the renamed copy, not the other photo that shares a's name
+    assert len(list((cache_dir / "images").rglob("*.npy"))) == 2
+    assert np.array_equal(np.asarray(again[renamed]), np.asarray(first[a]))
+    assert not np.array_equal(np.asarray(again[same_name]), np.asarray(first[a]))  # the other photo's pixels
+    cache = ImageCache(cache_dir)
+    assert cache.key(china, 256) != cache.key(flower, 256)
+    assert cache.key(china, 256) != cache.key(china, 224)
 
 
 def test_training_with_cache_dir_fills_the_image_cache(digits_folder, tmp_path):

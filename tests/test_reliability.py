@@ -17,7 +17,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -363,58 +362,38 @@ def test_labels_file_that_does_not_match_the_model(trained_run, tiny_data, tmp_p
 def reference_run(tiny_data, tmp_path_factory) -> Path:
     """The uninterrupted run every killed-and-resumed run must reproduce exactly."""
     out = tmp_path_factory.mktemp("reference") / "run"
-    t0 = time.monotonic()
     cp = run_cli("train", tiny_data, "--out", out, *KILL_CLI)
-    RUN_SECONDS["reference"] = time.monotonic() - t0
     assert cp.returncode == 0, cp.stderr
     return out
 
 
-RUN_SECONDS = {"reference": 30.0}  # how long an uninterrupted run takes here: random kills land inside it
+# KILL_CLI on tiny_data: 20 training images in batches of 16, so 2 batches per epoch and 6 in the run; the
+# first checkpoint is written after batch 2 (the end of epoch 1)
+RUN_BATCHES, FIRST_CHECKPOINT_AFTER = 6, 2
+HOOK = Path(__file__).with_name("signal_at_step.py")
 
 
-def _wait_for(predicate, proc, timeout=120.0) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if predicate():
-            return True
-        if proc.poll() is not None:
-            return False
-        time.sleep(0.01)
-    return False
+def hooked_train(signal_name: str, step: int, data: Path, out: Path, **popen) -> subprocess.Popen:
+    """`transferlab train` on KILL_CLI that sends itself SIG<signal_name> just before training batch `step`."""
+    env = dict(os.environ, MPLBACKEND="Agg", PYTHONUNBUFFERED="1")
+    return subprocess.Popen([sys.executable, str(HOOK), signal_name, str(step), "train", str(data), "--out", str(out),
+                             *KILL_CLI], env=env, **popen)
 
 
-def kill_and_resume(data: Path, out: Path, reference: Path, rng: random.Random, when: str) -> str:
-    """Start a training run, SIGKILL it, check the folder, resume (or restart) it, compare with `reference`.
-
-    when: 'early' (as soon as the run folder exists), 'checkpoint' (a random moment after the first
-    checkpoint) or 'random' (a random moment in the whole run). Returns what happened, for the log.
-    """
-    env = dict(os.environ, MPLBACKEND="Agg")
-    proc = subprocess.Popen([sys.executable, "-m", "transferlab", "train", str(data), "--out", str(out), *KILL_CLI],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env, start_new_session=True)
-    try:
-        if when == "early":
-            _wait_for(lambda: (out / "checkpoints").is_dir(), proc)
-        elif when == "checkpoint":
-            _wait_for(lambda: (out / "checkpoints" / "last.pt").is_file(), proc)
-            time.sleep(rng.uniform(0.0, 8.0))
-        else:
-            time.sleep(rng.uniform(0.5, RUN_SECONDS["reference"]))
-        finished = proc.poll() is not None
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:  # it finished first: the resume must then just rewrite the artifacts
-            pass
-    finally:
-        proc.wait(timeout=60)
-        proc.stderr.close()
+def kill_and_resume(data: Path, out: Path, reference: Path, step: int) -> str:
+    """Start a training run, SIGKILL it just before training batch `step` (1..RUN_BATCHES), check the
+    folder, resume (or restart) it, compare with `reference`. Returns what happened: "restarted" when
+    the kill came before the first checkpoint, else "resumed"."""
+    proc = hooked_train("KILL", step, data, out, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == -signal.SIGKILL, f"the run was not killed at batch {step} ({proc.returncode}): {err}"
+    assert not (out / "model.json").exists()  # killed mid-run: nothing final written yet
     check_run_folder_intact(out) if out.exists() else None
     last = out / "checkpoints" / "last.pt"
-    if (out / "model.json").is_file() or last.is_file():
+    if last.is_file():
         cp = run_cli("train", data, "--resume", out, "--device", "cpu", "--workers", "0", "--quiet")
         assert cp.returncode == 0 and "Traceback" not in cp.stderr, cp.stderr
-        outcome = "finished before the kill" if finished else "resumed"
+        outcome = "resumed"
     else:
         cp = run_cli("train", data, "--resume", out, "--quiet")
         assert_one_line_error(cp.returncode, cp.stderr, "nothing to resume", "without --resume")
@@ -430,35 +409,36 @@ def kill_and_resume(data: Path, out: Path, reference: Path, rng: random.Random, 
     return outcome
 
 
-@pytest.mark.parametrize("when", ["early", "checkpoint"])
-def test_sigkill_then_resume_matches_the_uninterrupted_run(when, tiny_data, reference_run, tmp_path):
-    kill_and_resume(tiny_data, tmp_path / "run", reference_run, random.Random(hash(when) % 1000), when)
+# early: the first batch, before any checkpoint; checkpoint: the last batch of epoch 3, one optimizer step
+# past epoch 2's checkpoint, in the middle of the fine-tuning phase: the resume must restore the
+# optimizer, the schedule and the early stopping to replay the epoch exactly
+@pytest.mark.parametrize("when, step, outcome", [("early", 1, "restarted"), ("checkpoint", 6, "resumed")])
+def test_sigkill_then_resume_matches_the_uninterrupted_run(when, step, outcome, tiny_data, reference_run, tmp_path):
+    assert kill_and_resume(tiny_data, tmp_path / "run", reference_run, step) == outcome
 
 
 @pytest.mark.slow
 def test_sigkill_at_random_points_twenty_times(tiny_data, reference_run, tmp_path):
     rng = random.Random(20261128)
-    outcomes = [kill_and_resume(tiny_data, tmp_path / f"run{i}", reference_run, rng,
-                                "random" if i % 4 else "checkpoint") for i in range(20)]
-    print({o: outcomes.count(o) for o in set(outcomes)})
+    steps = [rng.randint(1, RUN_BATCHES) for _ in range(20)]
+    outcomes = [kill_and_resume(tiny_data, tmp_path / f"run{i}", reference_run, step) for i, step in enumerate(steps)]
+    assert outcomes == ["restarted" if s <= FIRST_CHECKPOINT_AFTER else "resumed" for s in steps]
 
 
 def test_sigint_saves_and_exits_130(tiny_data, tmp_path):
+    """Ctrl-C mid-way through epoch 2 (after epoch 1's checkpoint): exit 130, one line, the checkpoint
+    intact and resumable."""
     out = tmp_path / "run"
-    env = dict(os.environ, MPLBACKEND="Agg")
-    proc = subprocess.Popen([sys.executable, "-m", "transferlab", "train", str(tiny_data), "--out", str(out),
-                             *KILL_CLI], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    assert _wait_for(lambda: (out / "checkpoints" / "last.pt").is_file(), proc)
-    time.sleep(0.5)
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=120)
+    proc = hooked_train("INT", FIRST_CHECKPOINT_AFTER + 2, tiny_data, out, stdout=subprocess.PIPE,
+                        stderr=subprocess.PIPE, text=True)
+    _, err = proc.communicate(timeout=300)
     assert "Traceback" not in err, err
-    if proc.returncode == 0:
-        pytest.skip("the run finished before SIGINT arrived")
-    assert proc.returncode == 130, err
+    assert proc.returncode == 130, (proc.returncode, err)
     assert "interrupted" in err
+    assert not (out / "model.json").exists()
     check_run_folder_intact(out)
-    assert safe_torch_load(out / "checkpoints" / "last.pt")["history"]
+    state = safe_torch_load(out / "checkpoints" / "last.pt")
+    assert [row["epoch"] for row in state["history"] if row["epoch"] > 0] == [1]
 
 
 class _CtrlCWhilePickled:
