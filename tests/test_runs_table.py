@@ -15,6 +15,17 @@ from transferlab.cli.main import main
 FAST = dict(image_size=48, batch_size=16, augment="none", workers=0)
 
 
+def interrupted_run(data, out, **options) -> None:
+    """A classifier run stopped (as by Ctrl-C) after its first epoch: checkpoints and metrics.csv, no model.json."""
+    def interrupt(trainer, row):
+        if row["epoch"] == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(data, model="efficientnet_lite0", epochs=3, out=out, progress=False, callbacks=[interrupt],
+              **{**FAST, **options})
+
+
 @pytest.fixture(scope="module")
 def runs_folder(tmp_path_factory, digits_folder, trained_run):
     """runs/ with a finished classifier run, a detector run, a run interrupted after its first epoch and
@@ -26,14 +37,7 @@ def runs_folder(tmp_path_factory, digits_folder, trained_run):
     faces = write_csv_dataset(tmp_path_factory.mktemp("faces"), 40, seed=0)
     train(faces, model="blazeface_front", out=root / "faces-blazeface", epochs=1, batch_size=32, patience=0,
           progress=False)
-
-    def interrupt(trainer, row):
-        if row["epoch"] == 1:
-            raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        train(digits_folder, model="efficientnet_lite0", strategy="two-stage", epochs=3, out=root / "stopped",
-              progress=False, callbacks=[interrupt], **FAST)
+    interrupted_run(digits_folder, root / "stopped", strategy="two-stage")
     (root / "notes").mkdir()
     (root / "notes" / "ideas.txt").write_text("try resnet18\n")
     return root

@@ -152,7 +152,9 @@ def _add_serve(sub) -> None:
 
     p = sub.add_parser("serve", help="serve models over HTTP (JSON API, dynamic batching) with a web page "
                                      "and the Run view of run folders")
-    p.add_argument("models", nargs="+", metavar="MODEL", help="registry name or run folder of either kind")
+    p.add_argument("models", nargs="*", metavar="MODEL", help="registry name or run folder of either kind")
+    p.add_argument("--runs", metavar="DIR", help="a folder of runs for the page's Runs tab: every run, sortable by "
+                                                 "its metric, their curves overlaid, each opening its Run view")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--token", help="require Authorization: Bearer TOKEN on every /api call "

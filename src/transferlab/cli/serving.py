@@ -29,6 +29,10 @@ def cmd_serve(args) -> int:
     except ImportError as e:
         raise TransferlabError(f"serving needs the serve extra: FastAPI, uvicorn, python-multipart, "
                                f"fastapi-offline ({e.name} is missing): pip install 'transferlab[serve]'") from None
+    if not args.models and not args.runs:
+        raise TransferlabError("serve needs a model (registry name or run folder) or --runs DIR")
+    if args.runs and not os.path.isdir(args.runs):
+        raise TransferlabError(f"--runs {args.runs}: not a folder")
     token = args.token or os.environ.get("TRANSFERLAB_TOKEN") or None
     if not is_loopback(args.host) and not token:
         print(f"transferlab: warning: serving on {args.host} without --token: anyone who can reach this "
@@ -36,8 +40,9 @@ def cmd_serve(args) -> int:
     app = create_app(args.models, token=token, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
                      max_queue=args.max_queue, max_upload_mb=args.max_upload_mb, max_pixels=args.max_pixels,
                      max_images=args.max_images, cors_origins=args.cors or (), backend=args.backend,
-                     max_drop=args.max_drop)
-    names = ", ".join(f"{m.name} ({m.kind})" for m in app.state.models.values())
+                     max_drop=args.max_drop, runs_dir=args.runs)
+    names = ", ".join([f"{m.name} ({m.kind})" for m in app.state.models.values()] +
+                      ([f"the runs in {args.runs}"] if args.runs else []))
     host = f"[{args.host}]" if ":" in args.host else args.host
     print(f"serving {names} at http://{host}:{args.port}/ (API docs: /docs)", file=sys.stderr)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False)

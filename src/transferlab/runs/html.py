@@ -27,6 +27,7 @@ def render_report(data: dict) -> str:
     code = static_text("app.js").replace("</script", "<\\/script")
     script = f"<script>window.TRANSFERLAB_RUN = {payload};</script>\n<script>\n{code}\n</script>"
     page = page.replace('<link rel="stylesheet" href="static/style.css">', style)
+    page = page.replace('<script src="static/runs.js"></script>', "")  # the Runs tab needs a server
     return page.replace('<script src="static/app.js"></script>', script)
 
 

@@ -2,7 +2,9 @@
 
 GET /api/health, GET /api/models, POST /api/models/{name}/predict (multipart, one or many images),
 GET /api/runs/{name} (the Run view's data), GET /api/runs/{name}/images/{id} (an image of the run's own
-index, by id), and the page at /. Safe by default: every /api call needs the bearer token when one is
+index, by id), with --runs DIR: GET /api/runs (every run under DIR, `transferlab runs`'s rows) and
+GET /api/runs/{name}/history (its metrics.csv), and the page at /.
+Safe by default: every /api call needs the bearer token when one is
 set, uploads are limited in bytes and pixels and sniffed by content, no route reads a client-named path,
 CORS is off unless origins are given; a bad request gets a 4xx {"error": "one line"}.
 """
@@ -13,6 +15,7 @@ import hmac
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from importlib.resources import files
+from pathlib import Path
 
 import fastapi_offline
 from fastapi import Depends, FastAPI, Request
@@ -23,8 +26,10 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 
 from .. import __version__
+from ..core.errors import TransferlabError
 from ..runs.html import static_text
-from ..runs.view import run_view, thumbnail_jpeg
+from ..runs.table import list_runs
+from ..runs.view import read_history, run_view, thumbnail_jpeg
 from .batching import DynamicBatcher, QueueFull
 from .models import ServedModel, UploadError, load_models
 
@@ -35,7 +40,7 @@ JS, CSS = "text/javascript; charset=utf-8", "text/css; charset=utf-8"
 # what /static/{file} serves, from a fixed index (never a path from the client): the page's files, and
 # Swagger UI 5's for /docs (FastAPI's default page loads them from a CDN; the server must work offline),
 # shipped in the fastapi-offline package
-PAGE_FILES = {"app.js": JS, "style.css": CSS}
+PAGE_FILES = {"app.js": JS, "runs.js": JS, "style.css": CSS}
 DOCS_FILES = {"swagger-ui-bundle.js": JS, "swagger-ui.css": CSS, "favicon.png": "image/png"}
 RETRY_AFTER_S = 1
 
@@ -84,7 +89,7 @@ def create_app(models, *, token: str | None = None, max_batch: int = 4, max_wait
                max_queue: int = 256, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB,
                max_pixels: int = DEFAULT_MAX_PIXELS, max_images: int = DEFAULT_MAX_IMAGES,
                cors_origins=(), decode_threads: int = 2, backend: str = "auto",
-               max_drop: float | None = None) -> FastAPI:
+               max_drop: float | None = None, runs_dir=None) -> FastAPI:
     """The app serving `models` (registry names, run folders of either kind, or loaded models).
 
     max_batch / max_wait_ms: dynamic batching (max_batch 1 turns it off). On 2 CPU cores ONNX Runtime
@@ -96,6 +101,7 @@ def create_app(models, *, token: str | None = None, max_batch: int = 4, max_wait
     max_images: per request.
     backend / max_drop: a classifier run's engine, as `predict --backend` (onnxruntime-int8 needs
     `transferlab export RUN --quantize int8`; auto uses it when its recorded drop is <= max_drop).
+    runs_dir: a folder of runs for the page's Runs tab (the runs are read, never loaded as models).
     """
     served: dict[str, ServedModel] = {m.name: m for m in load_models(models, backend, max_drop)}
     for m in served.values():
@@ -137,8 +143,8 @@ def create_app(models, *, token: str | None = None, max_batch: int = 4, max_wait
 
     @app.get("/api/health", dependencies=api)
     async def health() -> dict:
-        """Liveness, the models served and their queues."""
-        return {"status": "ok", "version": __version__,
+        """Liveness, the models served and their queues, and whether a runs folder is served (--runs)."""
+        return {"status": "ok", "version": __version__, "runs": runs_dir is not None,
                 "models": {n: {"kind": m.kind, "queued": batchers[n].queued, "batches": batchers[n].batches,
                                "images": batchers[n].items} for n, m in served.items()}}
 
@@ -190,12 +196,56 @@ def create_app(models, *, token: str | None = None, max_batch: int = 4, max_wait
                 else {"path": fname, "status": d.message, kind_key: []} for d, (_, fname) in zip(decoded, uploads)]
 
     def view(name: str) -> tuple[dict, list[str]]:
+        if name not in served and runs_dir is not None:
+            path = listed_run(name)
+            if name not in views:
+                try:
+                    views[name] = run_view(path)
+                except TransferlabError as e:  # an interrupted run has curves but no Run view
+                    raise ApiError(404, str(e))
+            return views[name]
         m = model(name)
         if m.run is None:
             raise ApiError(404, f"{name} is a registry model, not a run folder: it has no Run view")
         if name not in views:
             views[name] = run_view(m.run)
         return views[name]
+
+    # --runs DIR: the runs it holds, by a key from their name under DIR (a client names a listed run,
+    # never a path; "/" of a nested run's name becomes ":" so that the key is one URL segment)
+    listed: dict[str, Path] = {}
+
+    def list_dir() -> list[dict]:
+        rows = [{**r, "key": r["name"].replace("/", ":")} for r in list_runs(runs_dir, sort="created")]
+        listed.clear()
+        listed.update({r["key"]: Path(r["path"]) for r in rows})
+        return rows
+
+    def listed_run(name: str) -> Path:
+        if name not in listed:
+            list_dir()  # a run that appeared since the page listed them
+        if name not in listed:
+            raise ApiError(404, f"no run named {name[:80]!r} under the runs folder; GET /api/runs lists them")
+        return listed[name]
+
+    @app.get("/api/runs", dependencies=api)
+    async def runs() -> list[dict]:
+        """Every run under the --runs folder (finished, interrupted, or a folder that is none), as
+        `transferlab runs --json` prints them, each with the `key` the other /api/runs routes take."""
+        if runs_dir is None:
+            raise ApiError(404, "no runs folder: start the server with --runs DIR")
+        rows = await asyncio.get_running_loop().run_in_executor(decoder, list_dir)
+        return [{k: v for k, v in r.items() if k != "path"} for r in rows]
+
+    @app.get("/api/runs/{name}/history", dependencies=api)
+    async def run_history(name: str) -> list[dict]:
+        """metrics.csv of a run under the --runs folder (or of a served run), one row per epoch."""
+        path = served[name].run if name in served and served[name].run is not None else None
+        if path is None:
+            if runs_dir is None:
+                raise ApiError(404, f"no run named {name[:80]!r}")
+            path = listed_run(name)
+        return read_history(path)
 
     @app.get("/api/runs/{name}", dependencies=api)
     async def run(name: str) -> dict:

@@ -60,6 +60,7 @@ function chooseModel(name) {
   $("tab-run").hidden = !m.run;
   $("results").replaceChildren();
   state.run = null;
+  state.runName = null;
   showPanel("try-panel");
 }
 
@@ -124,9 +125,12 @@ function drawDetections(canvas, img, detections) {
 }
 
 // ---------- the Run view ----------
+// the run the Run view shows: one opened from the Runs tab (runs.js), else the served model's
+const shownRunName = () => state.runName || state.model.name;
+
 function imageUrl(id) {
   if (REPORT) return REPORT.image_urls[id];
-  return `api/runs/${encodeURIComponent(state.model.name)}/images/${id}`;
+  return `api/runs/${encodeURIComponent(shownRunName())}/images/${id}`;
 }
 
 async function thumb(id, caption) {
@@ -145,7 +149,7 @@ async function thumb(id, caption) {
 
 async function showRun() {
   if (!state.run) {
-    try { state.run = REPORT || await api(`api/runs/${encodeURIComponent(state.model.name)}`); } catch (e) { say(e.message); return; }
+    try { state.run = REPORT || await api(`api/runs/${encodeURIComponent(shownRunName())}`); } catch (e) { say(e.message); return; }
   }
   renderRun(state.run);
 }
@@ -314,6 +318,7 @@ function showPanel(id) {
   for (const p of document.querySelectorAll(".panel")) p.hidden = p.id !== id;
   for (const t of document.querySelectorAll(".tab")) t.classList.toggle("active", t.dataset.panel === id);
   if (id === "run-panel") showRun();
+  if (id === "runs-panel" && window.showRuns) window.showRuns();
 }
 
 function init() {
