@@ -182,7 +182,9 @@ class Trainer:
             torch.manual_seed(cfg.seed * 100_003 + epoch)  # same augmentations and dropout after a resume
             train_batches = data.train_batches(epoch, torch.Generator().manual_seed(cfg.seed * 100_003 + epoch))
             t0 = time.perf_counter()
-            row = {"epoch": epoch, "phase": phase.name, "lr": optimizer.param_groups[-1]["lr"]}
+            # the phase's lr on its schedule (groups may scale it: per block, or per tensor for a detector)
+            group = optimizer.param_groups[-1]
+            row = {"epoch": epoch, "phase": phase.name, "lr": phase.lr * group["lr"] / group["initial_lr"]}
             try:
                 row.update(self.loop.train_epoch(train_batches, net, optimizer, scheduler, loss_fn, scaler,
                                                  f"epoch {epoch}/{total_epochs} [{phase.name}]", self._checkpoint_hint,
