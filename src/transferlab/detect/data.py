@@ -187,43 +187,72 @@ def read_voc(xml_files: list[Path], image_dir: Path | None = None) -> FaceDatase
     return FaceDataset(_validate(raw, skipped), skipped, "voc")
 
 
-def _keypoints_from_flat(values: list[float], stride: int) -> np.ndarray | None:
-    """COCO/YOLO-pose style (x, y[, visibility]) * 6; points with visibility 0 are unlabelled."""
-    if len(values) != NUM_KEYPOINTS * stride:
+def _keypoints_from_flat(values, stride: int) -> np.ndarray | None:
+    """COCO/YOLO-pose style (x, y[, visibility]) * 6; points with visibility 0 are unlabelled. None
+    when the values are not 6 points of numbers."""
+    if not isinstance(values, (list, tuple)) or len(values) != NUM_KEYPOINTS * stride:
         return None
-    pts = np.asarray(values, np.float32).reshape(NUM_KEYPOINTS, stride)
+    try:
+        pts = np.asarray(_floats(values), np.float32).reshape(NUM_KEYPOINTS, stride)
+    except (TypeError, ValueError):
+        return None
     kp = pts[:, :2].copy()
     if stride == 3:
         kp[pts[:, 2] == 0] = np.nan
     return kp
 
 
+def _coco_images(doc, json_path: Path, skipped: list[Skipped]) -> dict:
+    """COCO's "images" as {id: file_name}; an entry without a usable id and file_name is skipped."""
+    images = {}
+    for k, im in enumerate(doc["images"]):
+        where = f"{json_path}:images[{k}]"
+        image_id = im.get("id") if isinstance(im, dict) else None
+        name = im.get("file_name") if isinstance(im, dict) else None
+        if isinstance(image_id, bool) or not isinstance(image_id, (int, str)) or not isinstance(name, str) or not name:
+            skipped.append(Skipped(where, "an image entry needs an 'id' (number or text) and a 'file_name'"))
+            continue
+        images[image_id] = name
+    return images
+
+
 def read_coco(json_path: Path, image_dir: Path | None = None) -> FaceDataset:
     """COCO detection JSON. If a category is named 'face', only it is used; else every annotation."""
     try:
         doc = json.loads(json_path.read_text())
-        images = {im["id"]: im["file_name"] for im in doc["images"]}
-        annotations = doc["annotations"]
-    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        if not isinstance(doc, dict) or "images" not in doc or "annotations" not in doc:
+            raise ValueError("no 'images' and 'annotations' at the top")
+        if not all(isinstance(doc.get(k, []), list) for k in ("images", "annotations", "categories")):
+            raise ValueError("'images', 'annotations' and 'categories' must be lists")
+    except ValueError as e:  # json.JSONDecodeError is one
         raise DatasetError(f"{json_path}: not a COCO detection file ({e}); it needs 'images' and 'annotations'") from None
     image_dir = image_dir or (json_path.parent / "images" if (json_path.parent / "images").is_dir() else json_path.parent)
-    face_ids = {c["id"] for c in doc.get("categories", []) if str(c.get("name", "")).lower() == "face"}
-    raw: _Raw = {image_dir / name: [] for name in images.values()}
     skipped: list[Skipped] = []
-    for k, ann in enumerate(annotations):
+    images = _coco_images(doc, json_path, skipped)
+    face_ids = {c.get("id") for c in doc.get("categories", []) if isinstance(c, dict) and isinstance(c.get("id"), (int, str))
+                and str(c.get("name", "")).lower() == "face"}
+    raw: _Raw = {image_dir / name: [] for name in images.values()}
+    for k, ann in enumerate(doc["annotations"]):
         where = f"{json_path}:annotations[{k}]"
-        if face_ids and ann.get("category_id") not in face_ids:
+        if not isinstance(ann, dict):
+            skipped.append(Skipped(where, "an annotation must be an object"))
             continue
-        if ann.get("image_id") not in images:
-            skipped.append(Skipped(where, f"image_id {ann.get('image_id')!r} not in 'images'"))
+        category = ann.get("category_id")
+        if face_ids and (not isinstance(category, (int, str)) or category not in face_ids):
+            continue
+        image_id = ann.get("image_id")
+        if not isinstance(image_id, (int, str)) or image_id not in images:
+            skipped.append(Skipped(where, f"image_id {repr(image_id)[:40]} not in 'images'"))
             continue
         try:
+            if not isinstance(ann.get("bbox"), list):
+                raise TypeError("not a list")
             x, y, w, h = _floats(ann["bbox"])
-        except (KeyError, TypeError, ValueError):
+        except (TypeError, ValueError):
             skipped.append(Skipped(where, "missing or malformed 'bbox' (expected [x, y, width, height])"))
             continue
         kp = _keypoints_from_flat(ann.get("keypoints") or [], 3)
-        raw[image_dir / images[ann["image_id"]]].append(_Face((x, y, x + w, y + h), kp, where))
+        raw[image_dir / images[image_id]].append(_Face((x, y, x + w, y + h), kp, where))
     return FaceDataset(_validate(raw, skipped), skipped, "coco")
 
 

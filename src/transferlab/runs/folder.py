@@ -106,8 +106,10 @@ def read_meta(run, kind: str | None = None) -> dict:
         raise TransferlabError(f"{run} is not a transferlab run folder (no model.json)")
     try:
         meta = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{path} is corrupt ({e}); re-run training or restore the file") from None
+    except ValueError as e:  # not JSON, or not UTF-8 text
+        raise CheckpointError(f"{path} is corrupt ({str(e)[:120]}); re-run training or restore the file") from None
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{path} is corrupt (not a JSON object); re-run training or restore the file")
     if meta.get("format") != FORMAT or meta.get("kind") not in RUN_KINDS:
         raise CheckpointError(f"{path}: not a transferlab run (format {meta.get('format')!r}, kind {meta.get('kind')!r}); "
                               f"re-run training with this version of transferlab")

@@ -32,6 +32,7 @@ from ..runs.table import list_runs
 from ..runs.view import read_history, run_view, thumbnail_jpeg
 from .batching import DynamicBatcher, QueueFull
 from .models import ServedModel, UploadError, load_models
+from .openapi import complete_schema
 
 DEFAULT_MAX_UPLOAD_MB = 20.0
 DEFAULT_MAX_PIXELS = 40_000_000
@@ -125,6 +126,7 @@ def create_app(models, *, token: str | None = None, max_batch: int = 4, max_wait
     app = FastAPI(title="transferlab", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="Pretrained and fine-tuned vision models: labels (classifiers) and faces (detectors).")
     app.state.models, app.state.batchers = served, batchers
+    app.openapi = lambda: complete_schema(app, token is not None, max_images)  # every answer, as sent
 
     def authorized(request: Request) -> None:
         if token is None:
