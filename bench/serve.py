@@ -104,20 +104,27 @@ def request_bytes(port: int, model: str, image: bytes) -> bytes:
     return head.encode() + body
 
 
-async def _one(reader, writer, payload: bytes) -> bool:
-    writer.write(payload)
-    await writer.drain()
+async def read_response(reader) -> tuple[int, dict[str, str], bytes]:
+    """One HTTP/1.1 response with a Content-Length: status, headers (lower-case names), body."""
     status = await reader.readline()
-    length = 0
+    if not status:
+        raise ConnectionResetError("the server closed the connection")
+    headers = {}
     while True:
         line = await reader.readline()
         if line in (b"\r\n", b""):
             break
         name, _, value = line.decode("latin-1").partition(":")
-        if name.lower() == "content-length":
-            length = int(value)
-    body = await reader.readexactly(length)
-    return status.split()[1:2] == [b"200"] and b'"status":"ok"' in body
+        headers[name.strip().lower()] = value.strip()
+    body = await reader.readexactly(int(headers.get("content-length", 0)))
+    return int(status.split()[1]), headers, body
+
+
+async def _one(reader, writer, payload: bytes) -> bool:
+    writer.write(payload)
+    await writer.drain()
+    status, _, body = await read_response(reader)
+    return status == 200 and b'"status":"ok"' in body
 
 
 async def load(url: str, model: str, images: list[bytes], requests: int, concurrency: int) -> dict:
