@@ -41,11 +41,11 @@ def test_train_bench_case(tmp_path, case):
     from train import write_digits
 
     data = write_digits(tmp_path / "digits", 2, 1, size=96)
-    out = bench("train.py", "case", case, data, "--epochs", 2, "--ft-epochs", 2)
+    out = bench("train.py", "case", case, data, "--epochs", 2, "--ft-epochs", 1)
     result = json.loads(out.strip().splitlines()[-1])
     # each case reports its figures and its own peak memory: the figures must be sane and agree
     epochs = result["epoch_s"]
-    assert len(epochs) == 2 and all(0 < s < 600 for s in epochs), result
+    assert len(epochs) == (2 if case == "fx-ours" else 1) and all(0 < s < 600 for s in epochs), result
     # a process that imported torch and built lite0 holds well over 100 MiB, and this one no more than the machine
     assert 100 < result["peak_rss_mib"] < 24 * 1024, result
     if case == "fx-ours":

@@ -78,7 +78,7 @@ def runs_folder(trained_run, tmp_path_factory) -> Path:
 def server(trained_run, runs_folder):
     from transferlab.serve import create_app
 
-    app = create_app([trained_run, "blazeface_front"], token=TOKEN, max_upload_mb=1, max_images=4,
+    app = create_app([trained_run], token=TOKEN, max_upload_mb=1, max_images=4,
                      runs_dir=runs_folder)
     catcher = Tracebacks()
     loggers = [logging.getLogger(n) for n in ("uvicorn.error", "uvicorn", "fastapi", "starlette")]
