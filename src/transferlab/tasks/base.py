@@ -54,6 +54,8 @@ class Task:
     splits_batches = True
     # configuration defaults that differ from TrainConfig's for this task
     defaults: dict = {}
+    # the largest share of a phase its learning-rate warm-up may take
+    max_warmup_share = 0.2
 
     def setup(self, trainer, data) -> None:
         """Read the data, build the model (self.model, on the CPU) and set self.input_size."""

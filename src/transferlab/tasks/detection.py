@@ -48,6 +48,9 @@ class DetectionTask(Task):
     metric = "val_ap50"
     # hard-negative mining and the loss's normalisation by the positives are over the whole batch
     splits_batches = False
+    # the relative steps need their whole warm-up (--warmup-epochs): one epoch on 128 real photos with a
+    # one-step warm-up fell from 0.771 to 0.723 validation AP@0.5, with the whole epoch it rose to 0.821
+    max_warmup_share = 1.0
     defaults = {"model": DEFAULT_DETECTOR, "strategy": FINETUNE, "lr": DEFAULT_LR, "lr_scaling": "relative",
                 "warmup_epochs": 1.0, "weight_decay": 1e-4, "score_threshold": DEFAULT_SCORE_THRESHOLD,
                 "iou_threshold": DEFAULT_IOU_THRESHOLD}

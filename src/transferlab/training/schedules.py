@@ -24,8 +24,9 @@ def lr_factor(kind: str, total: int, warmup: int):
     return factor
 
 
-def build_scheduler(optimizer, kind: str, epochs: int, steps_per_epoch: int, warmup_epochs: float):
-    """The schedule of one phase; warm-up is capped at a fifth of the phase."""
+def build_scheduler(optimizer, kind: str, epochs: int, steps_per_epoch: int, warmup_epochs: float,
+                    max_warmup_share: float):
+    """The schedule of one phase; warm-up is capped at a share of the phase (the task's: Task.max_warmup_share)."""
     total = max(1, epochs * steps_per_epoch)
-    warmup = min(int(0.2 * total), int(warmup_epochs * steps_per_epoch))
+    warmup = min(int(max_warmup_share * total), int(warmup_epochs * steps_per_epoch))
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(kind, total, warmup))

@@ -166,7 +166,8 @@ class Trainer:
             torch.manual_seed(cfg.seed)
             phase = self._find_lr(pi, phase, data, loss_fn)
         optimizer = torch.optim.AdamW(task.param_groups(phase))
-        scheduler = build_scheduler(optimizer, cfg.schedule, phase.epochs, steps, cfg.warmup_epochs)
+        scheduler = build_scheduler(optimizer, cfg.schedule, phase.epochs, steps, cfg.warmup_epochs,
+                                    task.max_warmup_share)
         scaler = self.loop.grad_scaler()
         stopping = EarlyStopping(cfg.patience)
         if state is not None:
