@@ -172,7 +172,7 @@ def test_balance_weights_weigh_rare_labels(patch_tables, tmp_path):
 @pytest.mark.shared("aquarium")
 def test_aquarium_trains_to_a_useful_map(tmp_path, shared_datasets):
     root = shared_datasets / "aquarium"
-    run = train(root / "train.csv", val_data=root / "val.csv", strategy="feature-extract", epochs=3, image_size=128,
-                out=tmp_path / "aq", progress=False)
+    run = train(root / "train.csv", val_data=root / "val.csv", strategy="feature-extract", epochs=2, image_size=96,
+                workers=0, out=tmp_path / "aq", progress=False)
     assert run.metrics["val_map"] > 0.6, run.metrics
     assert len(run.predictor.classes) == 7

@@ -44,7 +44,7 @@ def test_torchrun_two_processes_train_one_detector_run(tmp_path, synthetic_test)
 
 
 def test_budget_bounds_a_detector_run_and_keeps_the_best_epoch(tmp_path, synthetic_train):
-    budget = 40.0
+    budget = 20.0
     t0 = time.monotonic()
     run = train(synthetic_train, out=tmp_path / "run", epochs=200, budget=budget, **FAST)
     took = time.monotonic() - t0
