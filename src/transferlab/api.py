@@ -9,6 +9,10 @@ from pathlib import Path
 from .core.errors import TransferlabError
 from .runs.folder import is_run_folder, read_config, read_meta
 
+EXPLAIN_DETECTOR = ("--explain applies to classifiers: a face detector has no class-activation map "
+                    "(its boxes are the explanation; see --draw)")
+
+
 def model_kind(model) -> str:
     """"classifier" or "detector", for a loaded model, a run folder or a registry name."""
     if hasattr(model, "kind"):
@@ -48,9 +52,13 @@ def predict(images, model="efficientnet_lite0", top: int = 5, labels=None, weigh
     """Label (classifier) or find faces in (detector) files, folders or globs: one record per image,
     {"path", "status", "top" | "detections"}; a multi-label classifier's records also hold "labels".
     threshold: a detector's score threshold, or one decision threshold for every label of a
-    multi-label classifier (default: the run's tuned ones). See Classifier.predict and Detector.predict."""
+    multi-label classifier (default: the run's tuned ones). explain=DIR (classifiers): a class-activation
+    heatmap per image, its path in the record's "heatmap" (explain_class, explain_method: see
+    Classifier.predict). See Classifier.predict and Detector.predict."""
     net = model if hasattr(model, "kind") else load(model, weights=weights, labels=labels)
     if net.kind == "detector":
+        if options.get("explain") is not None:
+            raise TransferlabError(EXPLAIN_DETECTOR)
         return net.predict(images, threshold, batch_size=options.get("batch_size", 32),
                            progress=options.get("progress"))
     return net.predict(images, top=top, threshold=threshold, **options)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib
 
-from ..core.options import ANNOTATION_FORMATS, BACKENDS
+from ..core.options import ANNOTATION_FORMATS, BACKENDS, EXPLAIN_METHODS
 
 
 def lazy_handler(module: str, name: str):
@@ -42,6 +42,13 @@ def add_predict(sub, name: str = "predict", default_model: str = "efficientnet_l
     p.add_argument("--max-drop", type=_points, metavar="POINTS",
                    help="classifier, --backend auto: use the run's int8 export when the accuracy drop it "
                         "recorded at export time is at most POINTS")
+    p.add_argument("--explain", metavar="DIR",
+                   help="classifier: write a class-activation heatmap over each image into DIR (its path in the "
+                        "record's heatmap); needs pip install 'transferlab[explain]'")
+    p.add_argument("--explain-class", metavar="NAME",
+                   help="with --explain: the class to explain (default: the top class; a multi-label model's labels)")
+    p.add_argument("--explain-method", default="gradcam", choices=EXPLAIN_METHODS,
+                   help="with --explain: gradcam (default), gradcam++ or eigencam (class-agnostic), by pytorch-grad-cam")
     add_output_options(p)
     p.set_defaults(func=lazy_handler("predicting", "cmd_predict"))
     return p

@@ -41,6 +41,9 @@ def cmd_evaluate(args) -> int:
             plot_confusion(result["confusion"], result["classes"], png, title=f"confusion: {result['split']}")
             text = format_evaluation(result) + f"\nconfusion matrix image: {png}"
         if is_run_folder(args.model):
+            from ..inference.explain import error_heatmaps
+
+            error_heatmaps(net, args.model, {"evaluate": result})  # heatmaps of the most confidently wrong
             text += f"\nRun view: {_write_run_view(args.model, {**result, 'predictions': predictions})}"
     if args.json == "-":
         print(json.dumps(result, indent=2, default=str))

@@ -15,6 +15,7 @@ def cmd_predict(args) -> int:
     """Predict, write the records where asked; exit 1 when no image could be read."""
     from ..api import load
 
+    explain = _explain_folder(args)
     net = load(args.model, weights=args.weights, labels=args.labels)
     if net.kind == "detector":
         records = net.predict(args.images, args.threshold, batch_size=args.batch_size)
@@ -23,12 +24,26 @@ def cmd_predict(args) -> int:
     else:
         records = net.predict(args.images, top=args.top, batch_size=args.batch_size, num_workers=args.workers,
                               device=args.device, backend=args.backend, max_drop=args.max_drop,
-                              threshold=args.threshold)
+                              threshold=args.threshold, explain=explain, explain_class=args.explain_class,
+                              explain_method=args.explain_method)
         if net.last_backend == "onnxruntime-int8" and args.backend != "onnxruntime-int8":
             print("predicted with the run's int8 export (its recorded accuracy drop is within --max-drop)",
                   file=sys.stderr)
     write_records(records, args)
     return 0 if any(r["status"] == "ok" for r in records) else 1
+
+
+def _explain_folder(args) -> str | None:
+    """--explain DIR, checked before any model loads: a classifier's option, and --explain-class needs it."""
+    from ..api import EXPLAIN_DETECTOR, model_kind
+    from ..core.errors import TransferlabError
+
+    explain = getattr(args, "explain", None)
+    if explain is None and getattr(args, "explain_class", None) is not None:
+        raise TransferlabError("--explain-class applies with --explain DIR")
+    if explain is not None and model_kind(args.model) == "detector":
+        raise TransferlabError(EXPLAIN_DETECTOR)
+    return explain
 
 
 def write_records(records: list[dict], args) -> None:
@@ -83,6 +98,8 @@ def format_records(records: list[dict]) -> str:
             lines.append(f"  ERROR: {r['status']}")
         for rank, t in enumerate(r.get("top", []), 1):
             lines.append(f"  {rank}. {t['label']:<32} {t['prob']:7.2%}  (class {t['index']})")
+        for h in r.get("heatmaps") or ([{"path": r["heatmap"]}] if r.get("heatmap") else []):
+            lines.append(f"  heatmap{' ' + h['label'] if 'label' in h else ''}: {h['path']}")
         for d in r.get("detections", []):
             x0, y0, x1, y1 = d["box"]
             lines.append(f"  face {d['score']:.3f}  box {x0:.0f},{y0:.0f},{x1:.0f},{y1:.0f}")

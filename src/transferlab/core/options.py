@@ -32,3 +32,6 @@ SWEEP_ETA = 3  # keep the best third each rung (Hyperband's default)
 TRACKERS = ("tensorboard", "mlflow")
 # the columns `transferlab runs` sorts by (runs/table.py); "metric" is the run's best validation metric
 RUN_SORT_KEYS = ("created", "name", "kind", "model", "strategy", "data", "metric", "epochs", "wall_s")
+# class-activation map methods of predict --explain (pytorch-grad-cam's GradCAM, GradCAM++, EigenCAM;
+# inference/explain.py)
+EXPLAIN_METHODS = ("gradcam", "gradcam++", "eigencam")

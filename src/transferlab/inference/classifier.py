@@ -109,6 +109,9 @@ class Classifier:
         backend: str = "auto",
         max_drop: float | None = None,
         threshold: float | None = None,
+        explain=None,
+        explain_class: str | None = None,
+        explain_method: str = "gradcam",
     ) -> list[dict]:
         """Top-k labels for image files, folders or globs: one record per image, errors included.
 
@@ -119,7 +122,14 @@ class Classifier:
         "torch", "onnxruntime" or "onnxruntime-int8" (the run's int8 export); max_drop: with "auto",
         use the int8 export when the accuracy drop it recorded is at most this many points (the rule:
         deploy.runtime.choose_engine).
+        explain: a folder for class-activation heatmaps (inference/explain.py): each readable record gains
+        "heatmap", the path of an overlay PNG for its top class (or `explain_class`; each of a multi-label
+        record's labels, also listed in "heatmaps"); explain_method: gradcam, gradcam++ or eigencam.
         """
+        if explain is not None:
+            return self._explained(images, explain, explain_class, explain_method, top=top, batch_size=batch_size,
+                                   num_workers=num_workers, device=device, progress=progress, backend=backend,
+                                   max_drop=max_drop, threshold=threshold)
         paths = find_images(images)
         dev = pick_device(device)
         workers = default_workers(len(paths), batch_size) if num_workers is None else num_workers
@@ -140,6 +150,18 @@ class Classifier:
             return self._predict(paths, dev, top, batch_size, workers, progress,
                                  lambda batch: forward_in_passes(model, batch.to(dev, non_blocking=True), dev),
                                  threshold)
+
+    def _explained(self, images, folder, class_name, method, **options) -> list[dict]:
+        """predict, then the heatmaps of every readable record (checked first: library, method, class name)."""
+        from .explain import cam_library, check_method, class_index, explain_records
+
+        cam_library()
+        check_method(method)
+        if class_name is not None:
+            class_index(self.classes, class_name)
+        records = self.predict(images, **options)
+        with torch.inference_mode(False):
+            return explain_records(self, records, folder, class_name, method, batch_size=options["batch_size"])
 
     def onnx_forward(self, threads: int) -> OnnxRuntimeForward:
         """The ONNX Runtime engine for the current weights, rebuilt only when they (or `threads`) change."""

@@ -8,6 +8,7 @@ from ..core.io import load_state_dict_file, save_weights
 from ..data.transforms import Preprocessing
 from ..inference.classifier import Classifier
 from ..inference.evaluation import evaluate_classifier, evaluate_multilabel
+from ..inference.explain import error_heatmaps
 from ..models import BlockNet, create_model
 from ..models.weights import load_user_weights
 from .folder import read_meta, write_meta
@@ -54,6 +55,7 @@ def write_run(out: Path, model: BlockNet, scan, cfg, phases, metrics: dict, hist
                 evaluations[split] = evaluate_classifier(clf, scan.splits[split], device=cfg.device, progress=False,
                                                          keep_predictions=True)
                 metrics[f"{split}_acc_final"] = evaluations[split]["accuracy"]
+    error_heatmaps(clf, out, evaluations)  # the most confidently wrong images' heatmaps, for report.html
     clf.meta = write_meta(out, "classifier", meta)
     write_report(out, clf.meta, history, evaluations)
     write_evaluations(out, evaluations)

@@ -75,7 +75,25 @@ def run_view(run) -> tuple[dict, list[str]]:
         ev = evaluations[shown]
         data["evaluation"] = {"split": shown, "kind": "detector", "summary": ev.get("summary"),
                               "ap50": ev.get("ap50", {}), "images": ev.get("images")}
+    if data["evaluation"] and data["evaluation"].get("errors"):
+        _error_heatmaps(data["evaluation"]["errors"], evaluations[shown], run, images)
     return data, images
+
+
+def _error_heatmaps(errors: list[dict], ev: dict, run: Path, images: list[str]) -> None:
+    """Each shown error gains "heatmaps": the ids of its class-activation overlays in the image index
+    ({"true", "predicted"}, or {"label"} for a multi-label error), made when the run was written or
+    evaluated (inference/explain.error_heatmaps); only files inside the run folder."""
+    root = run.resolve()
+    for shown, saved in zip(errors, ev.get("most_confident_errors", [])):
+        maps = {}
+        for role, rel in (saved.get("heatmaps") or {}).items():
+            path = (run / str(rel)).resolve()
+            if path.is_relative_to(root) and path.is_file():
+                maps[role] = len(images)
+                images.append(str(path))
+        if maps:
+            shown["heatmaps"] = maps
 
 
 def _classifier_view(split: str, ev: dict, images: list[str]) -> dict:

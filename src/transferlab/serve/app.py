@@ -1,6 +1,7 @@
 """The HTTP API and the page: FastAPI (OpenAPI schema at /openapi.json, docs at /docs) under uvicorn.
 
-GET /api/health, GET /api/models, POST /api/models/{name}/predict (multipart, one or many images),
+GET /api/health, GET /api/models, POST /api/models/{name}/predict (multipart, one or many images;
+explain=true adds each image's class-activation heatmap as a PNG data URI),
 GET /api/runs/{name} (the Run view's data), GET /api/runs/{name}/images/{id} (an image of the run's own
 index, by id), with --runs DIR: GET /api/runs (every run under DIR, `transferlab runs`'s rows) and
 GET /api/runs/{name}/history (its metrics.csv), and the page at /.
@@ -156,12 +157,16 @@ def create_app(models, *, token: str | None = None, max_batch: int = 4, max_wait
         return [m.describe() for m in served.values()]
 
     @app.post("/api/models/{name}/predict", dependencies=api)
-    async def predict(name: str, request: Request, top: int = 5, threshold: float | None = None) -> list[dict]:
+    async def predict(name: str, request: Request, top: int = 5, threshold: float | None = None,
+                      explain: bool = False, explain_class: str | None = None,
+                      explain_method: str = "gradcam") -> list[dict]:
         """Labels (classifier) or faces (detector) for one or many images sent as multipart form files;
         one record per image, as `transferlab predict --json` prints them."""
         m = model(name)
         if not 1 <= top <= 1000:
             raise ApiError(422, "top must be between 1 and 1000")
+        if explain:  # explain=true: each record gains "heatmap", a PNG data URI (the page's heatmap toggle)
+            _check_explain(m, explain_class, explain_method)
         if threshold is not None and not 0.0 <= threshold <= 1.0:
             raise ApiError(422, "threshold must be between 0 and 1")
         batcher = batchers[name]
@@ -190,7 +195,10 @@ def create_app(models, *, token: str | None = None, max_batch: int = 4, max_wait
             raise ApiError(decoded[0].status, decoded[0].message if len(decoded) == 1
                            else f"no image could be read; first: {decoded[0].message}")
         try:
-            results = iter(await batcher.submit(good))
+            done = await batcher.submit(good)
+            if explain:
+                await batcher.run_exclusive(m.explain, good, done, explain_class, explain_method)
+            results = iter(done)
         except QueueFull:
             raise ApiError(503, "busy: the queue is full, retry shortly", headers={"Retry-After": str(RETRY_AFTER_S)})
         kind_key = "top" if m.kind == "classifier" else "detections"
@@ -305,6 +313,25 @@ def create_app(models, *, token: str | None = None, max_batch: int = 4, max_wait
                            allow_headers=["Authorization"])
     app.add_middleware(BodyLimit, max_bytes=int(max_upload_mb * 1024 * 1024))
     return app
+
+
+def _check_explain(m: ServedModel, class_name: str | None, method: str) -> None:
+    """explain=true is for classifiers, with pytorch-grad-cam installed, a known method and class: else 4xx/501."""
+    from ..core.errors import TransferlabError
+    from ..inference.explain import cam_library, check_method, class_index
+
+    if m.kind != "classifier":
+        raise ApiError(422, "explain applies to classifiers: a face detector has no class-activation map")
+    try:
+        check_method(method)
+        if class_name is not None:
+            class_index(m.net.classes, class_name)
+    except TransferlabError as e:
+        raise ApiError(422, str(e).replace("--explain-class", "explain_class"))
+    try:
+        cam_library()
+    except TransferlabError as e:
+        raise ApiError(501, f"{e} (on the server)")
 
 
 def _decode(m: ServedModel, data: bytes, filename: str, max_pixels: int, top: int, threshold):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable
 
@@ -74,6 +75,11 @@ class DynamicBatcher:
         self._pending.extend(zip(items, futures))
         self._wake.set()
         return list(await asyncio.gather(*futures))
+
+    async def run_exclusive(self, fn: Callable, *args) -> Any:
+        """fn(*args) in the model's own inference thread, between two batches: work that uses the model
+        otherwise than `forward` (a heatmap's backward pass) never runs at the same time as a batch."""
+        return await asyncio.get_running_loop().run_in_executor(self._executor, functools.partial(fn, *args))
 
     async def _work(self) -> None:
         loop = asyncio.get_running_loop()

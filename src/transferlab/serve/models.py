@@ -152,6 +152,22 @@ class ServedModel:
                 {"label": classes[j], "index": int(j), "prob": float(p)} for p, j in zip(values.tolist(), idx.tolist())]})
         return records
 
+    def explain(self, items: list, records: list[dict], class_name: str | None = None,
+                method: str = "gradcam") -> None:
+        """Each classifier record gains "heatmap" (a PNG data URI: the class-activation map of its top class,
+        `class_name`, or a multi-label record's first label, over the image the model saw) and
+        "heatmap_class"; run in the model's inference thread (DynamicBatcher.run_exclusive)."""
+        import base64
+
+        from ..inference.explain import explain_crops, explained_classes
+
+        classes = [explained_classes(self.net, r, class_name)[0] for r in records]
+        for r, c, image in zip(records, classes, explain_crops(self.net, [x for x, _, _ in items], classes, method)):
+            buf = io.BytesIO()
+            image.save(buf, format="PNG")
+            r["heatmap"] = "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+            r["heatmap_class"] = self.net.classes[c]
+
     def _detect(self, items: list) -> list[dict]:
         from ..detect.detector import detection_records
 

@@ -90,7 +90,9 @@ function renderRecord(card, file, record) {
   card.replaceChildren(el("div", { class: "name" }, record.path));
   if (record.status !== "ok") { card.append(el("div", { class: "error" }, record.status)); return; }
   if (record.top) {
-    card.prepend(el("img", { src: url, alt: record.path }));
+    const img = el("img", { src: url, alt: record.path });
+    card.prepend(img);
+    if (!REPORT) img.after(explainToggle(img, file));
     card.append(...record.top.map((t) => el("div", { class: "bar-row prediction" },
       el("span", { class: "label", title: t.label }, t.label),
       el("div", { class: "bar" }, el("div", { style: `width:${(100 * t.prob).toFixed(1)}%` })),
@@ -102,6 +104,57 @@ function renderRecord(card, file, record) {
     img.onload = () => drawDetections(canvas, img, record.detections);
     img.src = url;
     card.append(el("div", { class: "hint faces" }, `${record.detections.length} face(s)`));
+  }
+}
+
+// the heatmap toggle of a classifier's result: the class-activation map (Grad-CAM) of its top class over
+// the image the model saw, asked of the server (explain=true) the first time it is shown
+function explainToggle(img, file) {
+  const original = img.src;
+  let heatmap = null, label = "";
+  const button = el("button", { class: "explain-toggle", type: "button",
+    title: "where the model looked: the Grad-CAM heatmap of its top class, over the centre crop it saw" }, "show heatmap");
+  button.addEventListener("click", async () => {
+    if (img.dataset.showing === "heatmap") {
+      img.src = original; img.dataset.showing = "image"; button.textContent = "show heatmap"; return;
+    }
+    if (!heatmap) {
+      button.disabled = true; button.textContent = "computing heatmap…";
+      try {
+        const form = new FormData();
+        form.append("images", file, file.name);
+        const [r] = await api(`api/models/${encodeURIComponent(state.model.name)}/predict?top=1&explain=true`,
+          { method: "POST", body: form });
+        if (!r.heatmap) throw new Error(r.status !== "ok" ? r.status : "no heatmap for this image");
+        heatmap = r.heatmap; label = r.heatmap_class;
+      } catch (e) {
+        button.disabled = false; button.textContent = "show heatmap"; say(e.message); return;
+      }
+      button.disabled = false;
+    }
+    img.src = heatmap; img.dataset.showing = "heatmap";
+    button.textContent = `show image (heatmap of ${label})`;
+  });
+  return button;
+}
+
+// a most confidently wrong image and, when the run made them, its heatmaps side by side: `roles` are
+// [key in w.heatmaps, caption] pairs (true and predicted class, or a multi-label error's label)
+async function errorThumb(w, caption, roles) {
+  const box = await thumb(w.id, caption);
+  const shown = roles.filter(([role]) => w.heatmaps && w.heatmaps[role] !== undefined);
+  if (!shown.length) return box;
+  const maps = await Promise.all(shown.map(([role, text]) => thumb(w.heatmaps[role], text)));
+  maps.forEach((m) => m.classList.add("heatmap"));
+  return el("div", { class: "error-card" }, box, maps);
+}
+
+// the gallery of most confidently wrong images, in their order (each card is filled in when its images arrive)
+function errorGallery(box, errors, card) {
+  for (const w of errors) {
+    const slot = el("div", { class: "slot" });
+    box.append(slot);
+    card(w).then((node) => slot.replaceWith(node));
   }
 }
 
@@ -256,8 +309,8 @@ function renderEvaluation(ev) {
   const errors = $("run-errors");
   errors.replaceChildren();
   if (!ev.errors.length) errors.append(el("p", { class: "hint" }, "no errors"));
-  ev.errors.forEach(async (w) => errors.append(await thumb(w.id,
-    `${w.true} → ${w.predicted} (${pct(w.confidence)})`)));
+  errorGallery(errors, ev.errors, (w) => errorThumb(w, `${w.true} → ${w.predicted} (${pct(w.confidence)})`,
+    [["true", `heatmap: ${w.true} (true)`], ["predicted", `heatmap: ${w.predicted} (predicted)`]]));
   $("cell-gallery-section").hidden = true;
 }
 
