@@ -90,3 +90,64 @@ def trained_run(digits_folder, tmp_path_factory) -> Path:
     train(digits_folder, model="efficientnet_lite0", strategy="feature-extract", epochs=3, image_size=48,
           batch_size=16, augment="none", out=out, progress=False)
     return out
+
+
+# --- multi-label data: shapes on noise, several per image ----------------------------------------------
+SHAPE_LABELS = ("disc", "square", "bar")
+SHAPE_COLOURS = {"disc": (210, 40, 40), "square": (40, 180, 60), "bar": (40, 60, 210)}
+
+
+def write_shape_images(root: Path, n: int, seed: int, size: int = 64) -> list[tuple[str, list[str]]]:
+    """n images of a noisy grey field carrying, each with probability 0.45, a red disc, a green square
+    and a blue bar, each somewhere in its own quarter of the image (a random one; shapes never
+    overlap); returns (path relative to root, labels) rows."""
+    from PIL import ImageDraw
+
+    rng = np.random.default_rng(seed)
+    (root / "img").mkdir(parents=True, exist_ok=True)
+    rows = []
+    half = size // 2
+    for i in range(n):
+        img = Image.fromarray(rng.integers(100, 160, (size, size, 3), dtype=np.uint8))
+        draw = ImageDraw.Draw(img)
+        labels = [name for name in SHAPE_LABELS if rng.random() < 0.45]
+        quarters = rng.permutation(4)
+        for name, q in zip(labels, quarters):
+            w, h = {"disc": (22, 22), "square": (20, 20), "bar": (24, 8)}[name]
+            x = (q % 2) * half + int(rng.integers(1, half - w))
+            y = (q // 2) * half + int(rng.integers(1, half - h))
+            (draw.ellipse if name == "disc" else draw.rectangle)((x, y, x + w, y + h), fill=SHAPE_COLOURS[name])
+        rel = f"img/s{seed}_{i:03d}.png"
+        img.save(root / rel)
+        rows.append((rel, labels))
+    return rows
+
+
+def write_label_table(path: Path, rows) -> Path:
+    """A CSV of image,labels rows (labels separated by a space)."""
+    import csv
+
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["image", "labels"])
+        w.writerows((p, " ".join(labels)) for p, labels in rows)
+    return path
+
+
+@pytest.fixture(scope="session")
+def shape_tables(tmp_path_factory) -> tuple[Path, Path]:
+    """(train.csv, val.csv) of multi-label shape images: 72 for training, 32 for validation."""
+    root = tmp_path_factory.mktemp("shapes")
+    return (write_label_table(root / "train.csv", write_shape_images(root, 72, seed=0)),
+            write_label_table(root / "val.csv", write_shape_images(root, 32, seed=1)))
+
+
+@pytest.fixture(scope="session")
+def multilabel_run(shape_tables, tmp_path_factory) -> Path:
+    """A small finished multi-label run (feature extraction on the shape tables)."""
+    from transferlab.api import train
+
+    out = tmp_path_factory.mktemp("trained-ml") / "shapes"
+    train(shape_tables[0], val_data=shape_tables[1], strategy="feature-extract", epochs=4, image_size=64,
+          batch_size=16, augment="none", out=out, progress=False)
+    return out

@@ -143,3 +143,73 @@ def test_report_html_shows_the_decisions_of_an_adaptive_run(browser, digits_fold
     page.close()
     assert problems["console"] == [] and problems["outside"] == []
     print(f"screenshot: {tmp_path / 'decisions.png'}")
+
+
+def open_report(browser, run: Path, ready: str):
+    """A page on RUN/report.html opened from disk, once `ready` is there, and what `watch` collects."""
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    problems = watch(page, "")
+    page.goto(Path(run / "report.html").as_uri())
+    page.wait_for_selector(ready)
+    return page, problems
+
+
+def _wait_images_loaded(page, selector: str) -> None:
+    """Poll (the page's CSP refuses wait_for_function at times) until every image there has loaded."""
+    images = page.locator(selector)
+    deadline = time.time() + 30
+    while not images.evaluate_all("imgs => imgs.length > 0 && imgs.every(i => i.complete && i.naturalWidth > 0)"):
+        assert time.time() < deadline, f"{selector} did not load"
+        page.wait_for_timeout(100)
+
+
+def test_a_multilabel_run_in_the_page_and_its_report(browser, multilabel_run, shape_tables, tmp_path):
+    """A multi-label run: an upload shows every label it carries (chips) and the thresholds on the bars;
+    the Run view shows mAP, the per-label table, a precision/recall curve per label and the most
+    confidently wrong labels with their thumbnails; report.html shows the same from disk."""
+    import csv
+
+    from transferlab.api import load
+    from transferlab.serve import create_app
+
+    with open(shape_tables[1], newline="") as f:
+        rows = list(csv.DictReader(f))
+    several = next(shape_tables[1].parent / r["image"] for r in rows if len(r["labels"].split()) >= 2)
+    expected = load(multilabel_run).predict([several], backend="torch")[0]["labels"]
+    with LiveServer(create_app([multilabel_run])) as live:
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        problems = watch(page, live.url)
+        page.goto(live.url + "/")
+        page.wait_for_selector("#model-select option", state="attached")
+        assert "multi-label classifier, 3 labels" in page.locator("#model-info").inner_text()
+        page.set_input_files("#file-input", str(several))
+        page.wait_for_selector(".card .prediction")
+        chips = page.locator(".card .labels .chip").all_inner_texts()
+        assert [c.split()[0] for c in chips] == [g["label"] for g in expected] and len(chips) >= 2
+        assert page.locator(".card .prediction .tick").count() == 3  # each label's threshold on its bar
+        assert page.locator(".card .prediction.given").count() == len(expected)
+        page.screenshot(path=str(tmp_path / "ml-try.png"), full_page=True)
+
+        page.click("#tab-run")
+        page.wait_for_selector("table.per-label")
+        assert page.locator("#run-eval-summary").inner_text().startswith("mAP ")
+        assert page.locator("table.per-label tr").count() == 1 + 3
+        assert page.locator("#run-confusion svg polyline.pr-curve").count() == 3
+        assert page.locator("#run-confusion-title").inner_text().startswith("Precision / recall per label")
+        assert page.locator("#run-errors-title").inner_text() == "Most confidently wrong labels"
+        _wait_images_loaded(page, "#run-errors .thumb img")
+        captions = [c for c in page.locator("#run-errors .thumb img").evaluate_all("imgs => imgs.map(i => i.alt)")
+                    if not c.startswith("heatmap")]  # each error's image (its class-activation maps aside)
+        assert captions and all(" missed (score " in c or " given, not in the labels (score " in c for c in captions)
+        page.screenshot(path=str(tmp_path / "ml-run.png"), full_page=True)
+        page.close()
+    assert problems["console"] == [] and problems["outside"] == []
+
+    page, problems = open_report(browser, multilabel_run, "table.per-label")
+    assert page.locator("#run-confusion svg polyline.pr-curve").count() == 3
+    _wait_images_loaded(page, "#run-errors .thumb img")
+    assert "best val mAP" in page.locator("#run-summary").inner_text()
+    page.screenshot(path=str(tmp_path / "ml-report.png"), full_page=True)
+    page.close()
+    assert problems["console"] == [] and problems["outside"] == []
+    print(f"screenshots: {tmp_path / 'ml-try.png'} {tmp_path / 'ml-run.png'} {tmp_path / 'ml-report.png'}")

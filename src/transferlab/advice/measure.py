@@ -7,6 +7,12 @@ of the dataset (no training).
   sit from ImageNet's (BatchNorm inputs vs running_mean / running_var), and how confident the
   original 1000-class head is on these images.
 
+Multi-label data (a table of images with several labels) is measured in its multi-label form: the
+size is per label (training images carrying the rarest label), the sample is balanced by each image's
+rarest label, LogME averages over the labels' yes/no columns, and the probe is one-vs-rest logistic
+regression (out-of-fold, the audit's) scored by mAP; the BN shift and the head are measured as for one
+label.
+
 The rules that turn them into a strategy are in rules.py; auto's plan in plan.py.
 """
 from __future__ import annotations
@@ -41,16 +47,16 @@ def logme(features: np.ndarray, labels: np.ndarray) -> float:
     """LogME (You et al., ICML 2021): the mean per-sample log evidence of a Bayesian linear model
     from the features to each one-hot label column, with the prior precision alpha and the noise
     precision beta set by the paper's fixed-point iteration on the SVD of the features. Higher is
-    more transferable; values compare models on one dataset (not datasets with each other)."""
+    more transferable; values compare models on one dataset (not datasets with each other).
+    labels: class indices, or multi-label data's 0/1 rows (images x labels), whose columns are the
+    targets (a column with no positive is left out)."""
     f = np.asarray(features, dtype=np.float64)
     y = np.asarray(labels)
     n, d = f.shape
     u, s, _ = np.linalg.svd(f, full_matrices=False)
     sigma = s**2  # eigenvalues of F^T F; the d - len(sigma) others are zero
-    evidences = []
-    for k in np.unique(y):
-        target = (y == k).astype(np.float64)
-        evidences.append(logme_fit(u, sigma, target, n, d)[0])
+    columns = [y[:, j] for j in range(y.shape[1]) if y[:, j].any()] if y.ndim == 2 else [y == k for k in np.unique(y)]
+    evidences = [logme_fit(u, sigma, target.astype(np.float64), n, d)[0] for target in columns]
     return float(np.mean(evidences))
 
 
@@ -109,10 +115,23 @@ def probe_accuracy(features: np.ndarray, labels: np.ndarray) -> float:
     return best
 
 
-def separability(accuracy: float, num_classes: int) -> float:
-    """Probe accuracy rescaled so that chance (1/C) is 0 and perfect is 1: comparable across class counts."""
-    chance = 1.0 / num_classes
-    return max(0.0, (accuracy - chance) / (1 - chance))
+def probe_map(features: np.ndarray, targets: np.ndarray, seed: int = 0) -> float:
+    """The probe in its multi-label form: mAP of a one-vs-rest logistic regression on the (unit-length)
+    frozen features, each image scored by a probe that did not see it (the audit's out-of-fold probe)."""
+    from ..audit.audit import out_of_fold_label_scores
+    from ..inference.multilabel import mean_average_precision
+
+    x = np.asarray(features, dtype=np.float64)
+    x = x / np.linalg.norm(x, axis=1, keepdims=True).clip(1e-12)
+    return mean_average_precision(out_of_fold_label_scores(x, targets, seed=seed), targets)
+
+
+def separability(accuracy: float, num_classes: int, chance: float | None = None) -> float:
+    """Probe accuracy rescaled so that chance (1/C, or `chance`: for a probe's mAP, the labels' mean
+    share of positive images, which random scores get) is 0 and perfect is 1: comparable across class
+    counts."""
+    chance = 1.0 / num_classes if chance is None else chance
+    return max(0.0, (accuracy - chance) / (1 - chance)) if chance < 1 else 0.0
 
 
 # --- measuring ----------------------------------------------------------------------------------
@@ -122,10 +141,10 @@ class Measurements:
 
     num_images: int  # training images in total (after the validation split)
     num_classes: int
-    min_per_class: int  # training images in the smallest class
+    min_per_class: int  # training images in the smallest class (multi-label: carrying the rarest label)
     sampled: int  # images in the measuring sample
     logme: float
-    probe_accuracy: float
+    probe_accuracy: float  # multi-label: the one-vs-rest probe's mAP (out-of-fold)
     separability: float
     # the probe on half the sample (half of each class): the slope of its learning curve, i.e. how
     # much the frozen features still gain from more data
@@ -138,16 +157,18 @@ class Measurements:
     seconds_per_image: float = 0.0  # the measuring forward pass, per image at the measured size
     input_size: int = 224  # the size it was measured at
     num_val_images: int = 0
+    multilabel: bool = False  # several labels per image: counts per label, the probe's score is its mAP
 
 
 def sample_per_class(samples: list[Sample], per_class: int = SAMPLE_PER_CLASS, total: int = SAMPLE_MAX,
-                     seed: int = 0) -> list[Sample]:
+                     seed: int = 0, group=None) -> list[Sample]:
     """A class-balanced, seeded sample: at most `per_class` per class and about `total` in all, in
     round-robin class order, so that every prefix of it is balanced too (a measurement cut short by
-    its time limit still sees every class)."""
+    its time limit still sees every class). group(sample): the class to balance by (default its label;
+    for multi-label data, its rarest label)."""
     by_class: dict[int, list[Sample]] = {}
     for s in samples:
-        by_class.setdefault(s.label, []).append(s)
+        by_class.setdefault(s.label if group is None else group(s), []).append(s)
     k = max(2, min(per_class, total // max(1, len(by_class))))
     rng = np.random.default_rng(seed)
     chosen = [[by_class[label][i] for i in sorted(rng.permutation(len(by_class[label]))[:k])]
@@ -238,37 +259,50 @@ def measure(data, model: str = "efficientnet_lite0", weights: str = "default", i
             max_seconds: float | None = None) -> Measurements:
     """Measure a dataset folder with a pretrained model: one forward pass over a balanced sample
     (cut short, but with at least MIN_MEASURED_PER_CLASS images per class, when it would take more
-    than `max_seconds`)."""
-    scan = scan_dataset(data, val_split, seed)
+    than `max_seconds`). A table of images with several labels is measured in its multi-label form."""
+    scan = scan_dataset(data, val_split, seed, multilabel=True)
     train = scan.splits["train"]
     counts = [n for n in scan.counts("train").values()]
     net = create_model(model, weights=weights)  # the original 1000-class head is kept: it is measured too
     if image_size:
         net.preprocessing = net.preprocessing.resized(image_size)
-    sample = sample_per_class(train, seed=seed)
+    rarest = None
+    if scan.multilabel:  # an image counts for its rarest label (-1: an image without a label)
+        def rarest(s: Sample) -> int:
+            return min(s.indices, key=lambda j: (counts[j], j)) if s.indices else -1
+    sample = sample_per_class(train, seed=seed, group=rarest)
     t0 = time.perf_counter()
     features, logits, shifts = _forward_sample(net, sample, batch_size, progress, max_seconds,
                                                min_images=MIN_MEASURED_PER_CLASS * len(scan.classes))
     seconds_per_image = (time.perf_counter() - t0) / len(features)
     sample = sample[:len(features)]
-    labels = np.array([s.label for s in sample])
+    labels = np.array([s.label if rarest is None else rarest(s) for s in sample])
     probs = logits.softmax(1)
     entropy = -(probs * probs.clamp(min=1e-12).log()).sum(1) / math.log(probs.shape[1])
     per_block: dict[str, list[float]] = {}
     for block, value in shifts:
         per_block.setdefault(block, []).append(value)
-    accuracy = probe_accuracy(features, labels)
     half = half_per_class(labels, seed)
+    if scan.multilabel:
+        targets = np.zeros((len(sample), len(scan.classes)), dtype=bool)
+        for row, s in enumerate(sample):
+            targets[row, list(s.indices)] = True
+        present = targets.any(0)
+        accuracy, accuracy_half = probe_map(features, targets, seed), probe_map(features[half], targets[half], seed)
+        chance = float(targets[:, present].mean()) if present.any() else None
+    else:
+        targets, chance = labels, None
+        accuracy, accuracy_half = probe_accuracy(features, labels), probe_accuracy(features[half], labels[half])
     return Measurements(
         num_images=len(train),
         num_val_images=len(scan.splits["val"]),
         num_classes=len(scan.classes),
         min_per_class=min(counts),
         sampled=len(sample),
-        logme=logme(features, labels),
+        logme=logme(features, targets),
         probe_accuracy=accuracy,
-        probe_accuracy_half=probe_accuracy(features[half], labels[half]),
-        separability=separability(accuracy, len(scan.classes)),
+        probe_accuracy_half=accuracy_half,
+        separability=separability(accuracy, len(scan.classes), chance),
         bn_shift=float(np.mean([v for _, v in shifts])) if shifts else 0.0,
         bn_shift_per_block={b: float(np.mean(v)) for b, v in per_block.items()},
         head_confidence=float(probs.max(1).values.mean()),
@@ -276,6 +310,7 @@ def measure(data, model: str = "efficientnet_lite0", weights: str = "default", i
         blocks=net.group_names,
         seconds_per_image=seconds_per_image,
         input_size=net.preprocessing.input_size,
+        multilabel=scan.multilabel,
     )
 
 

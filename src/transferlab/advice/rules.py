@@ -90,13 +90,13 @@ def decide(m: Measurements) -> Decision:
     shifted = m.bn_shift > BN_SHIFT_FAR and m.head_confidence < LOW_HEAD_CONFIDENCE
     far = shifted and m.separability < FAR_SEPARABILITY
     cell = f"{'small' if small else 'large'}+{'similar' if similar else 'different'}"
+    unit = "label" if m.multilabel else "class"
     reasons = [
-        f"size: {m.num_images} training images, {m.min_per_class} in the smallest class: "
-        + (f"below {SMALL_PER_CLASS} per class, too few to fine-tune all layers without over-fitting."
-           if small else f"at least {SMALL_PER_CLASS} per class, enough to fine-tune the whole network."),
-        f"separability: a linear probe on the frozen features gets {m.probe_accuracy:.1%} "
-        f"(leave-one-out on {m.sampled} images; {m.separability:.2f} on a chance=0..perfect=1 scale; "
-        f"{m.probe_accuracy_half:.1%} on half of them).",
+        f"size: {m.num_images} training images, {m.min_per_class} in the smallest {unit}"
+        + (" (images carrying the rarest label; several labels per image)" if m.multilabel else "") + ": "
+        + (f"below {SMALL_PER_CLASS} per {unit}, too few to fine-tune all layers without over-fitting."
+           if small else f"at least {SMALL_PER_CLASS} per {unit}, enough to fine-tune the whole network."),
+        separability_reason(m),
         f"LogME {m.logme:.3f}: the evidence of a linear model on these features (use it to rank backbones).",
         f"BN-statistics shift {m.bn_shift:.2f}: "
         + ("the activations sit far from ImageNet's (above "
@@ -127,7 +127,7 @@ def decide(m: Measurements) -> Decision:
     may_pay, pay_reason = finetune_may_pay(m)
     reasons.append(f"fine-tuning after the head: {'worth a trial' if may_pay else 'not worth trying'} - {pay_reason}")
     reasons.append(f"decision: {strategy} ({cell}) - {why}")
-    decided_by = [f"smallest class {m.min_per_class} images ({'<' if small else '>='} {SMALL_PER_CLASS}: "
+    decided_by = [f"smallest {unit} {m.min_per_class} images ({'<' if small else '>='} {SMALL_PER_CLASS}: "
                   f"{'small' if small else 'large'})",
                   f"BN shift {m.bn_shift:.3f} ({'<=' if similar else '>'} {SIMILAR_BN_SHIFT}: "
                   f"{'similar' if similar else 'different'})"]
@@ -142,13 +142,27 @@ def decide(m: Measurements) -> Decision:
     return Decision(cell, strategy, freeze, block, reasons, may_pay, pay_reason, decided_by)
 
 
+def separability_reason(m: Measurements) -> str:
+    """What the probe measured, in one sentence."""
+    if m.multilabel:
+        return (f"separability: a one-vs-rest logistic-regression probe on the frozen features (a probe per "
+                f"label, each image scored out-of-fold) gets mAP {m.probe_accuracy:.3f} on {m.sampled} images "
+                f"({m.separability:.2f} on a chance=0..perfect=1 scale; mAP {m.probe_accuracy_half:.3f} on half "
+                "of them).")
+    return (f"separability: a linear probe on the frozen features gets {m.probe_accuracy:.1%} "
+            f"(leave-one-out on {m.sampled} images; {m.separability:.2f} on a chance=0..perfect=1 scale; "
+            f"{m.probe_accuracy_half:.1%} on half of them).")
+
+
 def finetune_may_pay(m: Measurements) -> tuple[bool, str]:
-    """Whether fine-tuning can gain over the frozen features: not when the probe leaves no headroom."""
+    """Whether fine-tuning can gain over the frozen features: not when the probe leaves no headroom
+    (1 - its accuracy, or 1 - its mAP for multi-label data)."""
     headroom = 1 - m.probe_accuracy
+    score = f"mAP {m.probe_accuracy:.3f}" if m.multilabel else f"{m.probe_accuracy:.1%}"
     if headroom <= NO_HEADROOM:
-        return False, (f"the linear probe already gets {m.probe_accuracy:.1%}: at most {headroom:.1%} left "
+        return False, (f"the linear probe already gets {score}: at most {headroom:.1%} left "
                        f"to gain (no trial at or below {NO_HEADROOM:.0%})")
-    return True, f"the linear probe gets {m.probe_accuracy:.1%}, leaving {headroom:.1%} to gain"
+    return True, f"the linear probe gets {score}, leaving {headroom:.1%} to gain"
 
 
 # --- the API ------------------------------------------------------------------------------------
@@ -234,10 +248,18 @@ def format_advice(a: Advice) -> str:
         lines.append("candidate backbones, by LogME (higher transfers better):")
         lines += [f"  {i}. {r['model']:<24} LogME {r['logme']:8.3f}  separability {r['separability']:.2f}"
                   for i, r in enumerate(a.ranking, 1)]
+    if m.multilabel:
+        size = [("images (train)", f"{m.num_images}", f"{m.num_classes} labels, several per image"),
+                ("smallest label", f"{m.min_per_class}", f"images with the rarest label; small below {SMALL_PER_CLASS}"),
+                ("probe mAP", f"{m.probe_accuracy:.3f}", f"one-vs-rest logistic regression, out-of-fold; separability "
+                 f"{m.separability:.2f}; {m.probe_accuracy_half:.3f} on half")]
+    else:
+        size = [("images (train)", f"{m.num_images}", f"{m.num_classes} classes"),
+                ("smallest class", f"{m.min_per_class}", f"small below {SMALL_PER_CLASS}"),
+                ("probe accuracy", f"{m.probe_accuracy:.1%}", f"separability {m.separability:.2f}; "
+                 f"{m.probe_accuracy_half:.1%} on half")]
     rows = [
-        ("images (train)", f"{m.num_images}", f"{m.num_classes} classes"),
-        ("smallest class", f"{m.min_per_class}", f"small below {SMALL_PER_CLASS}"),
-        ("probe accuracy", f"{m.probe_accuracy:.1%}", f"separability {m.separability:.2f}; {m.probe_accuracy_half:.1%} on half"),
+        *size,
         ("LogME", f"{m.logme:.3f}", "ranks backbones"),
         ("BN shift", f"{m.bn_shift:.3f}", f"similar up to {SIMILAR_BN_SHIFT}, far above {BN_SHIFT_FAR}"),
         ("head confidence", f"{m.head_confidence:.1%}", f"low below {LOW_HEAD_CONFIDENCE:.0%}"),

@@ -35,6 +35,7 @@ from ..training.budget import Budget
 from ..training.config import TrainConfig
 from ..tasks.base import Run
 from ..tasks.classification import ClassificationTask
+from ..tasks.multilabel import MultiLabelTask
 from ..training.tracking import SearchTrackers
 from ..training.trainer import Trainer
 
@@ -48,9 +49,19 @@ class Trial:
     freeze: int
     block: str  # first trainable block
     trainable_params: int
-    val_acc: float
+    val_acc: float | None  # None for multi-label data, whose trials are compared by val_map
     val_loss: float
     seconds: float
+    val_map: float | None = None  # multi-label data: the validation mAP
+
+    @property
+    def score(self) -> float:
+        """What the trials are ranked by: validation accuracy, or mAP for multi-label data."""
+        return self.val_acc if self.val_map is None else self.val_map
+
+    def row(self) -> dict:
+        """The trial as sweep.json/sweep.csv hold it (val_map only for multi-label data)."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if k != "val_map" or v is not None}
 
 
 def candidate_points(blocks: list[str], points=None) -> list[int]:
@@ -98,7 +109,8 @@ def _search(data, cfg: TrainConfig, out, progress: bool, points, eta: int, budge
     budget = budget or (Budget(cfg.budget) if cfg.budget else None)
     cfg.validate()
     out = Path(out) if out else default_run_dir(data, cfg.model, cfg.strategy)
-    scan = scan_dataset(data, cfg.val_split, cfg.seed)
+    scan = scan_dataset(data, cfg.val_split, cfg.seed, multilabel=True)
+    multilabel = scan.multilabel  # trials compared by validation mAP instead of accuracy
     model = create_model(cfg.model, num_classes=len(scan.classes), weights="none")
     blocks = model.group_names
     alive = candidate_points(blocks, points)
@@ -123,40 +135,47 @@ def _search(data, cfg: TrainConfig, out, progress: bool, points, eta: int, budge
         model.freeze(n)
         return model.trainable_parameters()
 
+    def task():
+        return MultiLabelTask(shared, scan=scan) if multilabel else ClassificationTask(shared)
+
+    def trial(rung: int, epochs: int, n: int, run: Run, seconds: float) -> Trial:
+        m = run.metrics
+        return Trial(rung, epochs, n, blocks[n], params(n), m.get("val_acc"), m["val_loss"], seconds, m.get("val_map"))
+
     with tempfile.TemporaryDirectory(prefix="transferlab-sweep-") as tmp:
         for rung, (_, epochs) in enumerate(schedule[:-1]):
             for n in alive:
                 _log(progress, f"sweep rung {rung + 1}/{len(schedule)}: freeze {n} ({blocks[n]} up trains), "
                                f"{epochs} epoch(s)")
                 t0 = time.perf_counter()
-                run = Trainer(ClassificationTask(shared), data, trial_config(n, epochs), Path(tmp) / f"r{rung}-f{n}",
+                run = Trainer(task(), data, trial_config(n, epochs), Path(tmp) / f"r{rung}-f{n}",
                               progress=False, budget=trial_budget(epochs),
                               trackers=search.trackers(f"rung{rung + 1}-freeze{n}")).fit()
-                trials.append(Trial(rung, epochs, n, blocks[n], params(n), run.metrics["val_acc"],
-                                    run.metrics["val_loss"], time.perf_counter() - t0))
+                trials.append(trial(rung, epochs, n, run, time.perf_counter() - t0))
             keep = schedule[rung + 1][0]
-            ranked = sorted((t for t in trials if t.rung == rung), key=lambda t: (-t.val_acc, t.val_loss, -t.freeze))  # ties: the cheaper, deeper freeze
+            ranked = sorted((t for t in trials if t.rung == rung), key=lambda t: (-t.score, t.val_loss, -t.freeze))  # ties: the cheaper, deeper freeze
             alive = sorted(t.freeze for t in ranked[:keep])
             shared.keep_only(alive)  # free the cached features of eliminated freeze points
     best, epochs = alive[0], schedule[-1][1]
     final_rung = len(schedule) - 1
     _log(progress, f"sweep: best freeze point {best} ({blocks[best]} up trains); training it for {epochs} epochs")
     summary = {"points": candidate_points(blocks, points), "eta": eta, "best_freeze": best,
-               "best_block": blocks[best], "trials": [dataclasses.asdict(t) for t in trials]}
+               "best_block": blocks[best], "trials": [t.row() for t in trials]}
     advice = dict(cfg.advice or {})
     advice["freeze_search"] = summary
     advice.setdefault("explanation", "")
     advice["explanation"] = (advice["explanation"] + " " if advice["explanation"] else "") + (
         f"Freeze search (successive halving over freeze points {summary['points']}, eta {eta}): "
-        f"freezing {best} blocks (training from {blocks[best]}) had the best validation accuracy.")
+        f"freezing {best} blocks (training from {blocks[best]}) had the best validation "
+        f"{'mAP' if multilabel else 'accuracy'}.")
     t0 = time.perf_counter()
     final_cfg = dataclasses.replace(cfg, freeze=best, epochs=epochs, advice=advice)
-    run = Trainer(ClassificationTask(shared), data, final_cfg, out, progress=progress, budget=budget,
+    run = Trainer(task(), data, final_cfg, out, progress=progress, budget=budget,
                   trackers=search.trackers(out.name, final=True)).fit()
-    trials.append(Trial(final_rung, epochs, best, blocks[best], params(best), run.metrics["val_acc"],
-                        run.metrics["val_loss"], time.perf_counter() - t0))
+    trials.append(trial(final_rung, epochs, best, run, time.perf_counter() - t0))
     write_sweep(out, trials, blocks)
-    search.end([dataclasses.asdict(t) for t in trials], {"best_val_acc": run.metrics["val_acc"], "best_freeze": best},
+    metric = "val_map" if multilabel else "val_acc"
+    search.end([t.row() for t in trials], {f"best_{metric}": run.metrics[metric], "best_freeze": best},
                [out / "sweep.csv", out / "sweep.json", out / "sweep.png"])
     _log(progress, format_trials(trials))
     return run
@@ -168,17 +187,18 @@ def _log(progress: bool, message: str) -> None:
 
 
 def format_trials(trials: list[Trial]) -> str:
-    """The search's trials as a terminal table."""
-    lines = [f"{'rung':>4} {'epochs':>6} {'freeze':>6} {'trains from':<14} {'trainable':>10} {'val acc':>8} "
+    """The search's trials as a terminal table (val mAP instead of val acc for multi-label data)."""
+    metric = "val mAP" if any(t.val_map is not None for t in trials) else "val acc"
+    lines = [f"{'rung':>4} {'epochs':>6} {'freeze':>6} {'trains from':<14} {'trainable':>10} {metric:>8} "
              f"{'val loss':>8} {'time':>7}"]
     lines += [f"{t.rung + 1:>4} {t.epochs:>6} {t.freeze:>6} {t.block:<14} {t.trainable_params:>10,} "
-              f"{t.val_acc:>8.3f} {t.val_loss:>8.4f} {t.seconds:>6.1f}s" for t in trials]
+              f"{t.score:>8.3f} {t.val_loss:>8.4f} {t.seconds:>6.1f}s" for t in trials]
     return "\n".join(lines)
 
 
 def write_sweep(out: Path, trials: list[Trial], blocks: list[str]) -> None:
     """sweep.json, sweep.csv and sweep.png in the winner's run folder, each written atomically."""
-    rows = [dataclasses.asdict(t) for t in trials]
+    rows = [t.row() for t in trials]
     atomic_write_json(out / "sweep.json", rows)
     write_metrics(out / "sweep.csv", rows)
     plot_sweep(trials, blocks, out / "sweep.png")

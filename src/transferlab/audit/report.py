@@ -23,7 +23,8 @@ TITLES = {
     "near_duplicate": ("Near duplicates", "the same photo re-encoded, resized or cropped: near in features or "
                                          "thumbnails, and in pixels as close as copies made of the image itself"),
     "label_issue": ("Likely label errors", "cleanlab's confident learning on out-of-fold probe probabilities; "
-                                           "score: the probe's probability of the given class"),
+                                           "score: the probe's probability of the given class (multi-label: "
+                                           "of the given yes/no of the image's most doubtful label)"),
     "outlier": ("Outliers", "far from every class in feature space (kNN distance; lower score = stranger)"),
     "tiny": ("Tiny images", "shorter side in pixels"),
     "unreadable": ("Unreadable files", "skipped by train as well"),
@@ -115,7 +116,9 @@ def audit_html(result) -> str:
     counts = result.counts()
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>audit: {e(result.root)}</title>"
              f"<style>{STYLE}</style></head><body><h1>Dataset audit</h1>",
-             f"<pre>{e(result.summary())}</pre>", "<h2>Images per class</h2><table><tr><th>class</th>"]
+             f"<pre>{e(result.summary())}</pre>",
+             "<h2>Images per label</h2><table><tr><th>label</th>" if result.multilabel
+             else "<h2>Images per class</h2><table><tr><th>class</th>"]
     splits = list(result.class_counts)
     parts.append("".join(f"<th>{e(s)}</th>" for s in splits) + "</tr>")
     for c in result.classes:

@@ -38,7 +38,8 @@ def cmd_sweep(args) -> int:
                         eta=args.eta)
     trials = [Trial(**t) for t in json.loads((run.path / "sweep.json").read_text())]
     print(format_trials(trials))
+    metric = "val mAP" if "val_map" in run.metrics else "val accuracy"
     print(f"best freeze point: {trials[-1].freeze} (training from {trials[-1].block}), "
-          f"val accuracy {run.metrics['val_acc']:.4f}")
+          f"{metric} {trials[-1].score:.4f}")
     print(f"run folder: {run.path}  (table: sweep.csv, plot: sweep.png)")
     return 0

@@ -90,13 +90,15 @@ def format_quantization(q: dict) -> str:
     """The export-time measurements of a quantized model next to the float one's."""
     metric = q.get("metric", "accuracy")
     lines = [f"{q['mode']} vs float on {q['validation']['images']} validation images ({q['validation']['source']}):",
-             f"  {'':9} {metric:>9} {'size MB':>8} {'img/s b1':>9} {'img/s b32':>10}"]
+             f"  {'':9} {'mAP' if metric == 'map' else metric:>9} {'size MB':>8} {'img/s b1':>9} {'img/s b32':>10}"]
     for name in ("float", "quantized"):
         m = q[name]
         speed = m.get("images_per_s", {})
         lines.append(f"  {name:9} {m[metric]:9.4f} {m['size_bytes'] / 1e6:8.2f} {speed.get('1', float('nan')):9.1f} "
                      f"{speed.get('32', float('nan')):10.1f}")
-    if "agreement" in q:
+    if metric == "map":  # a multi-label classifier: decisions per (image, label) at its thresholds
+        lines.append(f"  label-decision agreement {q['agreement']:.1%}, drop {q['drop_points']:.2f} mAP points")
+    elif "agreement" in q:
         lines.append(f"  top-1 agreement {q['agreement']:.1%}, drop {q['accuracy_drop_points']:.2f} points")
     else:
         lines.append(f"  drop {q['drop_points']:.2f} points")

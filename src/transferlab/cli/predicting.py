@@ -69,24 +69,38 @@ def write_records(records: list[dict], args) -> None:
 
 
 def csv_rows(records: list[dict]) -> list[list]:
-    """A header and one row per label (classifier) or face (detector); unreadable images keep a row."""
+    """A header and one row per label (classifier) or face (detector); unreadable images keep a row.
+    A multi-label classifier's rows are its top labels and every label it gives, by score, with a
+    `predicted` column: 1 where the label is at or above its threshold (in the record's "labels")."""
     detector = any("detections" in r for r in records)
+    multilabel = any("labels" in r for r in records)
     if detector:
         header = ["path", "status", "score", "xmin", "ymin", "xmax", "ymax"] + [
             f"{k}_{axis}" for k in KEYPOINTS for axis in "xy"]
     else:
-        header = ["path", "status", "rank", "label", "index", "prob"]
+        header = ["path", "status", "rank", "label", "index", "prob"] + (["predicted"] if multilabel else [])
     rows = [header]
     for r in records:
-        items = r.get("detections", r.get("top", []))
+        items = r.get("detections", _scored_labels(r) if multilabel else r.get("top", []))
         if r["status"] != "ok" or not items:
             rows.append([r["path"], r["status"]] + [""] * (len(header) - 2))
         for rank, item in enumerate(items, 1):
             if detector:
                 rows.append([r["path"], "ok", item["score"], *item["box"], *(v for xy in item["keypoints"] for v in xy)])
             else:
-                rows.append([r["path"], "ok", rank, item["label"], item["index"], f"{item['prob']:.6f}"])
+                rows.append([r["path"], "ok", rank, item["label"], item["index"], f"{item['prob']:.6f}"]
+                            + ([int(item["predicted"])] if multilabel else []))
     return rows
+
+
+def _scored_labels(record: dict) -> list[dict]:
+    """A multi-label record's top labels and the labels it gives (which a small --top may leave out of
+    the top), highest score first, each with "predicted"."""
+    given = {g["index"] for g in record.get("labels", [])}
+    items = {t["index"]: {**t, "predicted": t["index"] in given} for t in record.get("top", [])}
+    for g in record.get("labels", []):
+        items.setdefault(g["index"], {"label": g["label"], "index": g["index"], "prob": g["score"], "predicted": True})
+    return sorted(items.values(), key=lambda t: -t["prob"])
 
 
 def format_records(records: list[dict]) -> str:
@@ -96,6 +110,9 @@ def format_records(records: list[dict]) -> str:
         lines.append(r["path"])
         if r["status"] != "ok":
             lines.append(f"  ERROR: {r['status']}")
+        elif "labels" in r:  # multi-label: the labels given (at or above their thresholds), then the top scores
+            given = ", ".join(f"{g['label']} {g['score']:.2f}" for g in r["labels"])
+            lines.append(f"  labels: {given or '(none at or above its threshold)'}")
         for rank, t in enumerate(r.get("top", []), 1):
             lines.append(f"  {rank}. {t['label']:<32} {t['prob']:7.2%}  (class {t['index']})")
         for h in r.get("heatmaps") or ([{"path": r["heatmap"]}] if r.get("heatmap") else []):

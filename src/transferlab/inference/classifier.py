@@ -172,8 +172,8 @@ class Classifier:
 
     def int8_forward(self, threads: int, required: bool = True, max_drop: float | None = None):
         """The engine of this run's int8 export (RUN/quantization.json), checked to come from these
-        weights; None when not `required` and there is none, it is stale, or its recorded accuracy
-        drop exceeds `max_drop` points."""
+        weights; None when not `required` and there is none, it is stale, or its recorded drop
+        (accuracy points, mAP points for a multi-label classifier) exceeds `max_drop`."""
         folder = Path(self.name)
         report = read_quantization_report(folder) if self.name and folder.is_dir() else None
         command = f"transferlab export {self.name or 'RUN'} --format onnx --quantize int8"
@@ -186,7 +186,8 @@ class Classifier:
                 raise TransferlabError(f"{folder / report['model']} was exported from other weights than the run's; "
                                        f"export it again: `{command}`")
             return None
-        if max_drop is not None and not required and report.get("accuracy_drop_points", float("inf")) > max_drop:
+        drop = report.get("accuracy_drop_points", report.get("drop_points", float("inf")))
+        if max_drop is not None and not required and drop > max_drop:
             return None
         path = folder / report["model"]
         key = (str(path), path.stat().st_mtime_ns, threads)
@@ -198,7 +199,6 @@ class Classifier:
         return weights_fingerprint(self.model), threads
 
     def _predict(self, paths, dev, top, batch_size, workers, progress, forward, threshold=None) -> list[dict]:
-        top = max(1, min(top, len(self.classes)))
         loader = DataLoader(
             ImageFiles(paths, self.transform, min_size=self.preprocessing.resize),
             batch_size=batch_size,
@@ -216,15 +216,25 @@ class Classifier:
                 for i, reason in errors:
                     records[i] = {"path": str(paths[i]), "status": reason, "top": []}
                 if batch is not None:
-                    logits = forward(batch).float()
-                    probs = torch.sigmoid(logits) if self.multilabel else torch.softmax(logits, dim=1)
-                    values, idx = probs.topk(top, dim=1)
-                    for row, i in enumerate(indices):
-                        records[i] = {"path": str(paths[i]), "status": "ok", "top": self._top(values[row], idx[row])}
-                        if self.multilabel:
-                            records[i]["labels"] = self._labels(probs[row], threshold)
+                    for i, scored in zip(indices, self.score_records(forward(batch), top, threshold)):
+                        records[i] = {"path": str(paths[i]), "status": "ok", **scored}
                 bar.update(len(indices) + len(errors))
         return records
+
+    def score_records(self, logits: torch.Tensor, top: int = 5, threshold: float | None = None) -> list[dict]:
+        """What a record holds for each row of logits: {"top": [...]} (softmax, or a multi-label
+        classifier's sigmoid scores) and, multi-label, "labels": every label at or above its threshold
+        (`threshold` for all when given). `predict` and the server build their records with it."""
+        logits = logits.float()
+        probs = torch.sigmoid(logits) if self.multilabel else torch.softmax(logits, dim=1)
+        values, idx = probs.topk(max(1, min(top, len(self.classes))), dim=1)
+        out = []
+        for row in range(len(probs)):
+            scored = {"top": self._top(values[row], idx[row])}
+            if self.multilabel:
+                scored["labels"] = self._labels(probs[row], threshold)
+            out.append(scored)
+        return out
 
     def _top(self, values, indices) -> list[dict]:
         return [

@@ -1,6 +1,6 @@
 """A classifier's export: TorchScript or ONNX checked against PyTorch, with a sidecar that says how to
-feed it; or a quantized ONNX (int8/fp16, deploy/quantize.py) measured by accuracy on the run's
-validation split before it is kept."""
+feed it; or a quantized ONNX (int8/fp16, deploy/quantize.py) measured by accuracy (mAP for a
+multi-label classifier) on the run's validation split before it is kept."""
 from __future__ import annotations
 
 import random
@@ -33,7 +33,7 @@ def export_classifier(clf: Classifier, format: str = "onnx", out=None, batch: in
     """Write the exported classifier and its .json sidecar (input, output, preprocessing, classes).
 
     quantize: "int8" or "fp16" (ONNX only), measured on the run's validation split and refused above
-    max_drop accuracy points; options: max_drop, calibration, calibration_method, data (see quantize_classifier).
+    max_drop accuracy points (mAP points for a multi-label classifier); options: max_drop, calibration, calibration_method, data (see quantize_classifier).
     """
     check_format(format)
     if quantize is not None:
@@ -62,12 +62,18 @@ def export_classifier(clf: Classifier, format: str = "onnx", out=None, batch: in
 
 
 def sidecar_dict(clf: Classifier, format: str, diff: float | None) -> dict:
-    """The sidecar's content: how to feed the exported model and read its output."""
+    """The sidecar's content: how to feed the exported model and read its output (a multi-label
+    classifier's: a sigmoid per label, and each label's decision threshold)."""
     size = clf.preprocessing.input_size
+    output = {"name": "logits", "shape": ["batch", len(clf.classes)], "apply": "softmax for probabilities"}
+    if clf.multilabel:
+        output["apply"] = ("sigmoid per label for its score; an image carries every label whose score is at or "
+                           "above its threshold")
     return {
         "format": format,
         "input": {"name": "image", "shape": ["batch", 3, size, size], "dtype": "float32", "layout": "NCHW RGB"},
-        "output": {"name": "logits", "shape": ["batch", len(clf.classes)], "apply": "softmax for probabilities"},
+        "output": output,
+        **({"multilabel": True, "thresholds": list(clf.thresholds)} if clf.multilabel else {}),
         "preprocessing": {
             **clf.preprocessing.to_dict(),
             "steps": ["decode to RGB, apply EXIF orientation",
@@ -116,8 +122,9 @@ class Split:
 
 
 def run_split(clf: Classifier, data=None, calibration: int = DEFAULT_CALIBRATION_IMAGES, seed: int = 0) -> Split:
-    """Calibration images (a class-stratified sample of the training split) and the validation split,
-    of the run's own dataset (reproduced from model.json: root, val_split, seed) or of `data`."""
+    """Calibration images (a class-stratified sample of the training split; by each image's first label
+    for multi-label data) and the validation split, of the run's own dataset (reproduced from
+    model.json: root, val_split, seed, its table's columns) or of `data`."""
     cfg, dataset = clf.meta.get("config", {}), clf.meta.get("dataset", {})
     if data is None and not dataset.get("root"):
         raise TransferlabError("quantization calibrates on a run's training images: export a run folder, "
@@ -126,18 +133,22 @@ def run_split(clf: Classifier, data=None, calibration: int = DEFAULT_CALIBRATION
     if not is_table(root) and not Path(root).is_dir():
         raise DatasetError(f"the run's training data {root} is not on this machine; give --data FOLDER with the "
                            "same class sub-folders, or a table of the same labels")
-    scan = scan_dataset(root, val_split=cfg.get("val_split", 0.2), seed=cfg.get("seed", 0))
+    scan = scan_dataset(root, val_split=cfg.get("val_split", 0.2), seed=cfg.get("seed", 0), multilabel=clf.multilabel)
     unknown = [c for c in scan.classes if c not in clf.classes]
     if unknown:
         raise DatasetError(f"{root} has class(es) the model does not know: {', '.join(unknown)}")
     remap = [clf.classes.index(c) for c in scan.classes]
-    validation = [Sample(s.path, remap[s.label]) for s in (scan.splits.get("val") or [])]
+    if scan.multilabel:
+        validation = [Sample(s.path, -1, tuple(sorted(remap[i] for i in s.indices)))
+                      for s in (scan.splits.get("val") or [])]
+    else:
+        validation = [Sample(s.path, remap[s.label]) for s in (scan.splits.get("val") or [])]
     if not validation:
         raise DatasetError(f"no validation images in {root} to measure the quantized model on")
     train = sorted(scan.splits["train"], key=lambda s: str(s.path))
     by_class: dict[int, list[Path]] = {}
     for s in random.Random(seed).sample(train, len(train)):
-        by_class.setdefault(s.label, []).append(s.path)
+        by_class.setdefault(s.indices[0] if s.indices else -1, []).append(s.path)
     picked: list[Path] = []
     while len(picked) < min(calibration, len(train)):  # round robin over classes: every class calibrates
         for paths in by_class.values():
@@ -146,13 +157,14 @@ def run_split(clf: Classifier, data=None, calibration: int = DEFAULT_CALIBRATION
     return Split(picked, validation, f"{root} ({scan.split_source})", list(scan.skipped))
 
 
-def load_tensors(samples: list[Sample], transform, min_size: int | None) -> tuple[torch.Tensor, list[int], list]:
-    """The validation images preprocessed once: (N,3,S,S) batch, labels, (path, reason) for unreadable ones."""
+def load_tensors(samples: list[Sample], transform, min_size: int | None) -> tuple[torch.Tensor, list, list]:
+    """The validation images preprocessed once: (N,3,S,S) batch, labels (a multi-label sample's: the
+    indices of its labels), (path, reason) for unreadable ones."""
     tensors, labels, skipped = [], [], []
     for s in samples:
         try:
             tensors.append(transform(open_image(s.path, min_size=min_size)))
-            labels.append(s.label)
+            labels.append(s.label if s.labels is None else list(s.labels))
         except ImageReadError as e:
             skipped.append((str(s.path), e.reason))
     if not tensors:
@@ -165,22 +177,45 @@ def session_logits(session, x: np.ndarray, batch: int = 32) -> np.ndarray:
     return np.concatenate([session.run(["logits"], {"image": x[i:i + batch]})[0] for i in range(0, len(x), batch)])
 
 
-def measure(float_path: Path, quant_path: Path, x: np.ndarray, labels: list[int], threads: int | None,
-            speed_seconds: float = 1.0) -> dict:
-    """Accuracy of both models, their top-1 agreement, file sizes and forward images/s (batch 1 and 32)."""
-    y = np.asarray(labels)
+def measure(float_path: Path, quant_path: Path, x: np.ndarray, labels: list, threads: int | None,
+            speed_seconds: float = 1.0, thresholds: list[float] | None = None) -> dict:
+    """Accuracy of both models, their top-1 agreement, file sizes and forward images/s (batch 1 and 32).
+
+    A multi-label classifier's (thresholds: its per-label ones; labels: each image's label indices):
+    the mAP of both ("metric": "map"), the share of (image, label) decisions at the thresholds that
+    agree, and the drop in mAP points ("drop_points")."""
+    from .multilabel import mean_average_precision
+
+    multilabel = thresholds is not None
+    if multilabel:
+        y = np.zeros((len(labels), len(thresholds)), dtype=bool)
+        for row, indices in enumerate(labels):
+            y[row, indices] = True
+    else:
+        y = np.asarray(labels)
+    metric = "map" if multilabel else "accuracy"
     result = {}
-    preds = {}
+    decisions = {}
     for name, path in (("float", float_path), ("quantized", quant_path)):
         session = cpu_session(path, threads)
-        preds[name] = session_logits(session, x).argmax(1)
+        logits = session_logits(session, x)
+        if multilabel:
+            scores = 1 / (1 + np.exp(-logits.astype(np.float64)))
+            decisions[name], value = scores >= np.asarray(thresholds), mean_average_precision(scores, y)
+        else:
+            decisions[name] = logits.argmax(1)
+            value = float((decisions[name] == y).mean())
         result[name] = {
-            "accuracy": float((preds[name] == y).mean()),
+            metric: value,
             "size_bytes": path.stat().st_size,
             "images_per_s": {str(b): round(images_per_second(session, x, b, speed_seconds), 1) for b in (1, 32)},
         }
-    result["agreement"] = float((preds["float"] == preds["quantized"]).mean())
-    result["accuracy_drop_points"] = round(100 * (result["float"]["accuracy"] - result["quantized"]["accuracy"]), 4)
+    result["agreement"] = float((decisions["float"] == decisions["quantized"]).mean())
+    drop = round(100 * (result["float"][metric] - result["quantized"][metric]), 4)
+    if multilabel:
+        result.update(metric="map", drop_points=drop)
+    else:
+        result["accuracy_drop_points"] = drop
     return result
 
 
@@ -195,7 +230,7 @@ def quantize_classifier(clf: Classifier, mode: str = "int8", out=None, max_drop:
                         calibration_method: str = DEFAULT_CALIBRATION_METHOD, data=None, threads: int | None = None, speed_seconds: float = 1.0,
                         sidecar: dict | None = None) -> tuple[Path, Path, dict]:
     """Export `clf` quantized (mode int8 or fp16), measured on the validation split; refuse (raise,
-    write nothing) when accuracy drops more than `max_drop` points. Returns (model path, sidecar
+    write nothing) when accuracy (a multi-label classifier's mAP) drops more than `max_drop` points. Returns (model path, sidecar
     path, report); the report also goes to the output folder's quantization.json and the sidecar
     (`sidecar`: the float export's sidecar content to extend)."""
     method = calibration_method
@@ -222,7 +257,7 @@ def quantize_classifier(clf: Classifier, mode: str = "int8", out=None, max_drop:
             float16_model(float_path, quant_path)
         convert_s = time.perf_counter() - started
         x, labels, unreadable = load_tensors(split.validation, transform, clf.preprocessing.resize)
-        numbers = measure(float_path, quant_path, x.numpy(), labels, threads, speed_seconds)
+        numbers = measure(float_path, quant_path, x.numpy(), labels, threads, speed_seconds, clf.thresholds)
         report = {
             "mode": mode,
             "model": path.name,
@@ -239,11 +274,14 @@ def quantize_classifier(clf: Classifier, mode: str = "int8", out=None, max_drop:
             "weights_sha256": weights_fingerprint(model),
             "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
-        drop = numbers["accuracy_drop_points"]
+        metric = numbers.get("metric", "accuracy")
+        drop = numbers["drop_points" if clf.multilabel else "accuracy_drop_points"]
         if drop > max_drop:
+            what = "mAP" if clf.multilabel else "accuracy"
+            agreement = "label-decision agreement" if clf.multilabel else "top-1 agreement"
             raise TransferlabError(
-                f"{mode} quantization would cost {drop:.2f} accuracy points (float {numbers['float']['accuracy']:.4f}, "
-                f"{mode} {numbers['quantized']['accuracy']:.4f}, top-1 agreement {numbers['agreement']:.1%} on "
+                f"{mode} quantization would cost {drop:.2f} {what} points (float {numbers['float'][metric]:.4f}, "
+                f"{mode} {numbers['quantized'][metric]:.4f}, {agreement} {numbers['agreement']:.1%} on "
                 f"{len(labels)} validation images), above --max-drop {max_drop:g}; nothing was written "
                 f"(raise --max-drop, or try another --calibration-method or more --calibration images)")
         sidecar_path, report = publish(work, quant_path, path, sidecar, mode, report)

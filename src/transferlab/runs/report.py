@@ -78,16 +78,17 @@ def plot_metric(history: list[dict], key: str, path: Path, title: str) -> None:
 
 
 def plot_sweep(trials: list, blocks: list[str], path: Path) -> None:
-    """Validation accuracy against freeze point, one line per rung (longer runs, fewer points)."""
+    """Validation accuracy (mAP for multi-label data) against freeze point, one line per rung (longer
+    runs, fewer points)."""
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4))
     for rung in sorted({t.rung for t in trials}):
         ts = sorted((t for t in trials if t.rung == rung), key=lambda t: t.freeze)
-        ax.plot([t.freeze for t in ts], [t.val_acc for t in ts], "o-", label=f"rung {rung + 1}: {ts[0].epochs} epochs")
+        ax.plot([t.freeze for t in ts], [t.score for t in ts], "o-", label=f"rung {rung + 1}: {ts[0].epochs} epochs")
     points = sorted({t.freeze for t in trials})
     ax.set_xticks(points, [f"{n}\n{blocks[n]}" for n in points], fontsize=8)
     ax.set_xlabel("freeze point (blocks frozen / first trainable block)")
-    ax.set_ylabel("validation accuracy")
+    ax.set_ylabel("validation mAP" if any(t.val_map is not None for t in trials) else "validation accuracy")
     ax.set_title("freeze-depth search")
     ax.grid(alpha=0.3)
     ax.legend()
@@ -115,21 +116,14 @@ def _save(fig, path: Path, plt) -> None:
 
 
 def plot_label_pr_curves(predictions: list[dict], classes: list[str], path: Path, title: str) -> None:
-    """A multi-label run's precision/recall curve of every label (up to 20, the most frequent)."""
-    import numpy as np
-
-    from ..inference.multilabel import pr_curve
+    """A multi-label run's precision/recall curve of every label (up to 20, the most frequent), AP in
+    the legend."""
+    from .view import label_pr_curves
 
     plt = pyplot()
-    scores = np.array([p["scores"] for p in predictions])
-    targets = np.zeros_like(scores, dtype=bool)
-    for row, p in enumerate(predictions):
-        targets[row, p["true"]] = True
     fig, ax = plt.subplots(figsize=(6, 5))
-    for j in np.argsort(-targets.sum(0))[:20]:
-        if targets[:, j].any():
-            recall, precision = pr_curve(scores[:, j], targets[:, j])
-            ax.plot(recall, precision, label=classes[j])
+    for c in label_pr_curves(predictions, classes, points=len(predictions)):
+        ax.plot(c["recall"], c["precision"], label=f"{c['label']} (AP {c['ap']:.3f})")
     ax.set(title=title, xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.02))
     ax.legend(fontsize=7, loc="lower left")
     ax.grid(alpha=0.3)

@@ -17,6 +17,8 @@ EVALUATION_FILE = "evaluation.json"
 SHOWN_SPLITS = ("evaluate", "test", "val")
 MAX_CELL_IMAGES = 24
 MAX_ERRORS = 16
+MAX_PR_LABELS = 20  # a multi-label view draws the precision/recall curves of the most frequent labels
+MAX_PR_POINTS = 120
 THUMBNAIL_SIDE = 128
 
 
@@ -96,9 +98,8 @@ def _error_heatmaps(errors: list[dict], ev: dict, run: Path, images: list[str]) 
             shown["heatmaps"] = maps
 
 
-def _classifier_view(split: str, ev: dict, images: list[str]) -> dict:
-    classes = ev["classes"]
-    k = len(classes)
+def _image_ids(images: list[str]):
+    """A function giving each path its id in `images` (appended there the first time it is seen)."""
     ids: dict[str, int] = {}
 
     def image_id(path: str) -> int:
@@ -107,6 +108,13 @@ def _classifier_view(split: str, ev: dict, images: list[str]) -> dict:
             images.append(path)
         return ids[path]
 
+    return image_id
+
+
+def _classifier_view(split: str, ev: dict, images: list[str]) -> dict:
+    classes = ev["classes"]
+    k = len(classes)
+    image_id = _image_ids(images)
     cells = [[[] for _ in range(k)] for _ in range(k)]
     for p in sorted(ev.get("predictions", []), key=lambda p: -p["confidence"]):
         cell = cells[p["true"]][p["predicted"]]
@@ -121,15 +129,43 @@ def _classifier_view(split: str, ev: dict, images: list[str]) -> dict:
 
 
 def _multilabel_view(split: str, ev: dict, images: list[str]) -> dict:
-    """A multi-label evaluation: the summary metrics, the per-label table, the most confidently wrong labels."""
-    errors = []
-    for w in ev.get("most_confident_errors", [])[:MAX_ERRORS]:
-        errors.append({"id": len(images), "label": w["label"], "error": w["error"], "score": w["score"]})
-        images.append(w["path"])
+    """A multi-label evaluation: the summary metrics, the per-label table, each label's precision/recall
+    curve (from the kept predictions) and the most confidently wrong labels."""
+    image_id = _image_ids(images)
+    errors = [{"id": image_id(w["path"]), "label": w["label"], "error": w["error"], "score": w["score"]}
+              for w in ev.get("most_confident_errors", [])[:MAX_ERRORS]]
     return {"split": split, "kind": "multilabel", "data": ev.get("split", split), "map": ev["map"],
             "micro_f1": ev["micro_f1"], "macro_f1": ev["macro_f1"], "exact_match": ev["exact_match"],
             "images": ev["images"], "classes": ev["classes"], "per_label": ev["per_label"], "errors": errors,
+            "pr_curves": label_pr_curves(ev.get("predictions", []), ev["classes"]),
             "unreadable": len(ev.get("unreadable", []))}
+
+
+def label_pr_curves(predictions: list[dict], classes: list[str], most: int = MAX_PR_LABELS,
+                    points: int = MAX_PR_POINTS) -> list[dict]:
+    """The precision/recall curve of each label with a positive image (the `most` most frequent), as
+    {label, ap, recall, precision} with at most about `points` points each (rounded to 4 digits)."""
+    import numpy as np
+
+    from ..inference.multilabel import average_precision, pr_curve
+
+    if not predictions:
+        return []
+    scores = np.array([p["scores"] for p in predictions], dtype=np.float64)
+    targets = np.zeros(scores.shape, dtype=bool)
+    for row, p in enumerate(predictions):
+        targets[row, p["true"]] = True
+    out = []
+    for j in np.argsort(-targets.sum(0), kind="stable")[:most]:
+        if targets[:, j].any():
+            recall, precision = pr_curve(scores[:, j], targets[:, j])
+            full = int(np.argmax(recall >= recall[-1])) + 1  # past full recall the curve only falls
+            recall, precision = recall[:full], precision[:full]
+            keep = np.unique(np.r_[np.linspace(0, len(recall) - 1, min(points, len(recall))).astype(int),
+                                   len(recall) - 1])
+            out.append({"label": classes[j], "ap": round(average_precision(scores[:, j], targets[:, j]), 4),
+                        "recall": np.round(recall[keep], 4).tolist(), "precision": np.round(precision[keep], 4).tolist()})
+    return out
 
 
 def thumbnail_jpeg(path, side: int = THUMBNAIL_SIDE) -> bytes | None:

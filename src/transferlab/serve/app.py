@@ -161,7 +161,9 @@ def create_app(models, *, token: str | None = None, max_batch: int = 4, max_wait
                       explain: bool = False, explain_class: str | None = None,
                       explain_method: str = "gradcam") -> list[dict]:
         """Labels (classifier) or faces (detector) for one or many images sent as multipart form files;
-        one record per image, as `transferlab predict --json` prints them."""
+        one record per image, as `transferlab predict --json` prints them. A multi-label classifier's
+        records also hold "labels" ({label, index, score}: every label at or above its threshold, the
+        run's tuned ones or `threshold` for all); a detector keeps faces scoring `threshold` or more."""
         m = model(name)
         if not 1 <= top <= 1000:
             raise ApiError(422, "top must be between 1 and 1000")

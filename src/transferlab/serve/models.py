@@ -82,12 +82,13 @@ class ServedModel:
         """Build the engine (ONNX export for a classifier) and run it once, before the first request."""
         if self.kind == "classifier":
             size = self.net.preprocessing.input_size
-            self.forward([(np.zeros((size, size, 3), np.uint8), 1, "warm-up")])
+            self.forward([(np.zeros((size, size, 3), np.uint8), (1, None), "warm-up")])
         else:
             self.forward([(np.zeros((64, 64, 3), np.uint8), None, "warm-up")])
 
     def describe(self) -> dict:
-        """name, kind, classes, preprocessing, metrics (from model.json for a run), source."""
+        """name, kind, classes, preprocessing, metrics (from model.json for a run), source; a classifier's
+        multilabel (several labels per image) and thresholds (each label's decision threshold, or None)."""
         meta = getattr(self.net, "meta", None) or {}
         if self.kind == "classifier":
             pre = self.net.preprocessing.to_dict()
@@ -99,17 +100,20 @@ class ServedModel:
                 from ..runs.folder import read_meta
 
                 meta = read_meta(self.run)
+        thresholds = getattr(self.net, "thresholds", None)
         return {"name": self.name, "kind": self.kind, "source": self.source if self.run is None else self.run.name,
                 "run": self.run is not None, "classes": classes, "num_classes": len(classes),
+                "multilabel": thresholds is not None, "thresholds": thresholds,
                 "preprocessing": pre, "metrics": meta.get("metrics", {}),
                 "architecture": meta.get("architecture", self.source)}
 
     def decode(self, data: bytes, filename: str, max_pixels: int, top: int, threshold: float | None):
         """An upload -> the item the batch forward takes (runs in a worker thread, off the event loop):
-        a classifier's resized centre crop as uint8 pixels, normalised later with its whole batch."""
+        a classifier's resized centre crop as uint8 pixels, normalised later with its whole batch, with
+        (top, threshold) (threshold: a multi-label classifier's one for every label, or None)."""
         if self.kind == "classifier":
             img = sniff_and_open(data, max_pixels, min_size=self.net.preprocessing.resize)
-            return self.transform.crop(img), top, filename
+            return self.transform.crop(img), (top, threshold), filename
         return np.asarray(sniff_and_open(data, max_pixels)), threshold, filename
 
     def forward(self, items: list) -> list[dict]:
@@ -143,14 +147,10 @@ class ServedModel:
         engine = self.engine()
         batch = self.transform.normalize(np.stack([x for x, _, _ in items]))
         with torch.inference_mode():
-            probs = torch.softmax(engine(batch).float(), dim=1)
-        classes = self.net.classes
-        records = []
-        for row, (_, top, name) in zip(probs, items):
-            values, idx = row.topk(max(1, min(top, len(classes))))
-            records.append({"path": name, "status": "ok", "top": [
-                {"label": classes[j], "index": int(j), "prob": float(p)} for p, j in zip(values.tolist(), idx.tolist())]})
-        return records
+            logits = engine(batch).float()
+        # the records of `predict`: softmax top-k, or a multi-label classifier's sigmoid scores and labels
+        return [{"path": name, "status": "ok", **self.net.score_records(logits[row:row + 1], top, threshold)[0]}
+                for row, (_, (top, threshold), name) in enumerate(items)]
 
     def explain(self, items: list, records: list[dict], class_name: str | None = None,
                 method: str = "gradcam") -> None:

@@ -54,9 +54,11 @@ async function loadModels() {
 function chooseModel(name) {
   state.model = state.models.find((m) => m.name === name);
   const m = state.model;
-  const acc = m.metrics && (m.metrics.val_acc ?? m.metrics.val_ap50);
-  $("model-info").textContent = `${m.kind}, ${m.num_classes} class${m.num_classes === 1 ? "" : "es"}` +
-    (m.run ? `, run folder` : "") + (acc !== undefined ? `, validation ${m.kind === "classifier" ? "accuracy" : "AP@0.5"} ${acc.toFixed(3)}` : "");
+  const acc = m.metrics && (m.metrics.val_acc ?? m.metrics.val_map ?? m.metrics.val_ap50);
+  const metric = m.kind !== "classifier" ? "AP@0.5" : (m.multilabel ? "mAP" : "accuracy");
+  $("model-info").textContent = (m.multilabel ? `multi-label classifier, ${m.num_classes} labels` :
+    `${m.kind}, ${m.num_classes} class${m.num_classes === 1 ? "" : "es"}`) +
+    (m.run ? `, run folder` : "") + (acc !== undefined ? `, validation ${metric} ${acc.toFixed(3)}` : "");
   $("tab-run").hidden = !m.run;
   $("results").replaceChildren();
   state.run = null;
@@ -93,9 +95,14 @@ function renderRecord(card, file, record) {
     const img = el("img", { src: url, alt: record.path });
     card.prepend(img);
     if (!REPORT) img.after(explainToggle(img, file));
-    card.append(...record.top.map((t) => el("div", { class: "bar-row prediction" },
+    if (record.labels) card.append(renderLabels(record));
+    const given = new Set((record.labels || []).map((g) => g.index));
+    const thresholds = record.labels && state.model && state.model.thresholds;
+    card.append(...record.top.map((t) => el("div", { class: "bar-row prediction" + (given.has(t.index) ? " given" : "") },
       el("span", { class: "label", title: t.label }, t.label),
-      el("div", { class: "bar" }, el("div", { style: `width:${(100 * t.prob).toFixed(1)}%` })),
+      el("div", { class: "bar" }, el("div", { style: `width:${(100 * t.prob).toFixed(1)}%` }),
+        thresholds ? el("span", { class: "tick", title: `threshold ${thresholds[t.index].toFixed(2)}`,
+          style: `left:${(100 * thresholds[t.index]).toFixed(1)}%` }) : null),
       el("span", { class: "prob" }, pct(t.prob)))));
   } else {
     const canvas = el("canvas", { class: "detections" });
@@ -158,6 +165,13 @@ function errorGallery(box, errors, card) {
   }
 }
 
+// a multi-label record's labels: each one at or above its threshold, as a chip with its score
+function renderLabels(record) {
+  const chips = record.labels.map((g) => el("span", { class: "chip", title: `score ${g.score.toFixed(3)}` },
+    `${g.label} ${g.score.toFixed(2)}`));
+  return el("div", { class: "labels" }, chips.length ? chips : el("span", { class: "hint" }, "no label at or above its threshold"));
+}
+
 function drawDetections(canvas, img, detections) {
   const scale = Math.min(1, 480 / img.naturalWidth);
   canvas.width = Math.round(img.naturalWidth * scale);
@@ -211,7 +225,11 @@ function renderRun(run) {
   const meta = run.meta;
   const m = meta.metrics || {};
   const facts = [["run", run.name], ["kind", run.kind], ["architecture", meta.architecture]];
-  if (run.kind === "classifier") {
+  if (run.kind === "classifier" && meta.thresholds) {
+    facts.push(["labels", `${meta.num_classes} (multi-label: sigmoid outputs, several labels per image): ${meta.classes.join(", ")}`],
+      ["best val mAP", m.val_map !== undefined ? `${m.val_map.toFixed(4)} (epoch ${m.best_epoch} of ${m.epochs_run})` : "-"],
+      ["thresholds", meta.classes.map((c, i) => `${c} ${meta.thresholds[i].toFixed(2)}`).join(", ")]);
+  } else if (run.kind === "classifier") {
     facts.push(["classes", `${meta.num_classes}: ${meta.classes.join(", ")}`],
       ["best val accuracy", m.val_acc !== undefined ? `${m.val_acc.toFixed(4)} (epoch ${m.best_epoch} of ${m.epochs_run})` : "-"]);
   } else {
@@ -229,13 +247,13 @@ function renderCurves(history) {
   const box = $("run-curves");
   box.replaceChildren();
   if (!history.length) { box.append(el("p", { class: "hint" }, "no metrics.csv in this run")); return; }
-  const cols = Object.keys(history[0]).filter((k) => k !== "epoch" && typeof history[0][k] === "number" && !/time|lr|seconds/.test(k));
+  const cols = Object.keys(history[0]).filter((k) => k !== "epoch" && typeof history[0][k] === "number" && !/time|lr|seconds|_s$|per_s/.test(k));
   const groups = [["loss", cols.filter((c) => c.includes("loss"))], ["accuracy / AP", cols.filter((c) => !c.includes("loss"))]];
   for (const [title, names] of groups) if (names.length) box.append(lineChart(title, history, names));
 }
 
-function lineChart(title, rows, names) {
-  const W = 440, H = 250, L = 48, R = 18, T = 24 + 13 * Math.ceil(names.length / 2), B = 34;
+// an empty SVG chart and the function that adds an element to it
+function svgChart(W, H) {
   const NS = "http://www.w3.org/2000/svg";
   const svg = document.createElementNS(NS, "svg");
   svg.setAttribute("width", W); svg.setAttribute("height", H); svg.setAttribute("class", "chart");
@@ -245,6 +263,14 @@ function lineChart(title, rows, names) {
     if (text !== undefined) n.textContent = text;
     svg.append(n); return n;
   };
+  return [svg, add];
+}
+
+const COLORS = ["#2563eb", "#f97316", "#0d9488", "#a855f7", "#dc2626", "#65a30d", "#db2777", "#0891b2", "#ca8a04", "#4b5563"];
+
+function lineChart(title, rows, names) {
+  const W = 440, H = 250, L = 48, R = 18, T = 24 + 13 * Math.ceil(names.length / 2), B = 34;
+  const [svg, add] = svgChart(W, H);
   const xs = rows.map((r) => r.epoch);
   const vals = names.flatMap((n) => rows.map((r) => r[n]).filter((v) => typeof v === "number"));
   let lo = Math.min(...vals), hi = Math.max(...vals);
@@ -267,7 +293,7 @@ function lineChart(title, rows, names) {
       add("line", { x1: x, x2: x, y1: T, y2: H - B, stroke: "#9ca3af", "stroke-dasharray": "3 3" });
     }
   }
-  const colors = ["#2563eb", "#f97316", "#0d9488", "#a855f7"];
+  const colors = COLORS.slice(0, 4);
   names.forEach((n, i) => {
     const pts = rows.filter((r) => typeof r[n] === "number").map((r) => `${px(r.epoch)},${py(r[n])}`);
     add("polyline", { points: pts.join(" "), fill: "none", stroke: colors[i % 4], "stroke-width": 2 });
@@ -290,6 +316,11 @@ function renderEvaluation(ev) {
     return;
   }
   $("run-eval-title").textContent = `Evaluation: ${ev.split} split`;
+  if (ev.kind === "multilabel") { renderMultilabel(ev); return; }
+  $("run-confusion-title").replaceChildren("Confusion matrix ",
+    el("span", { class: "hint" }, "(rows: true, columns: predicted; click a cell)"));
+  $("run-per-class-title").textContent = "Per class";
+  $("run-errors-title").textContent = "Most confidently wrong";
   $("run-eval-summary").textContent = `accuracy ${ev.accuracy.toFixed(4)}, macro F1 ${ev.macro_f1.toFixed(4)} on ${ev.images} images` +
     (ev.unreadable ? `, ${ev.unreadable} unreadable` : "");
   const peak = Math.max(1, ...ev.confusion.flat());
@@ -312,6 +343,51 @@ function renderEvaluation(ev) {
   errorGallery(errors, ev.errors, (w) => errorThumb(w, `${w.true} → ${w.predicted} (${pct(w.confidence)})`,
     [["true", `heatmap: ${w.true} (true)`], ["predicted", `heatmap: ${w.predicted} (predicted)`]]));
   $("cell-gallery-section").hidden = true;
+}
+
+// a multi-label evaluation: its metrics, each label's precision/recall curve and row, the most confidently wrong labels
+function renderMultilabel(ev) {
+  $("run-eval-summary").textContent = `mAP ${ev.map.toFixed(4)}, micro F1 ${ev.micro_f1.toFixed(4)}, ` +
+    `macro F1 ${ev.macro_f1.toFixed(4)}, exact match ${ev.exact_match.toFixed(4)} on ${ev.images} images` +
+    (ev.unreadable ? `, ${ev.unreadable} unreadable` : "") + " (F1 and exact match at the run's thresholds)";
+  $("run-confusion-title").replaceChildren("Precision / recall per label ",
+    el("span", { class: "hint" }, "(AP in the legend)"));
+  $("run-confusion").replaceChildren(ev.pr_curves && ev.pr_curves.length ? prChart(ev.pr_curves)
+    : el("p", { class: "hint" }, "no curves: this evaluation kept no scores"));
+  $("run-per-class-title").textContent = "Per label";
+  const num = (v) => el("td", { class: "num" }, v === null || v === undefined ? "-" : v.toFixed(3));
+  $("run-per-class").replaceChildren(el("table", { class: "per-class per-label" },
+    el("tr", {}, ["label", "AP", "precision", "recall", "F1", "threshold", "n"].map((h) => el("th", {}, h))),
+    ev.per_label.map((r) => el("tr", {}, el("td", {}, r.label),
+      el("td", { class: "ap" }, r.ap === null ? "-" : bar(r.ap, "")), num(r.precision), num(r.recall), num(r.f1),
+      el("td", { class: "num" }, r.threshold.toFixed(2)), el("td", { class: "num" }, r.support)))));
+  $("run-errors-title").textContent = "Most confidently wrong labels";
+  const errors = $("run-errors");
+  errors.replaceChildren();
+  if (!ev.errors.length) errors.append(el("p", { class: "hint" }, "no errors"));
+  errorGallery(errors, ev.errors, (w) => errorThumb(w, `${w.label} ${w.error} (score ${w.score.toFixed(2)})`,
+    [["label", `heatmap: ${w.label}`]]));
+  $("cell-gallery-section").hidden = true;
+}
+
+function prChart(curves) {
+  const W = 440, H = 300, L = 40, R = 130, T = 22, B = 34;
+  const [svg, add] = svgChart(W, H);
+  const px = (x) => L + x * (W - L - R), py = (y) => T + (1 - y) * (H - T - B);
+  for (let i = 0; i <= 4; i++) {
+    add("line", { x1: L, x2: W - R, y1: py(i / 4), y2: py(i / 4), stroke: "#e5e7eb" });
+    add("text", { x: 8, y: py(i / 4) + 4 }, (i / 4).toFixed(2));
+    add("text", { x: px(i / 4) - 8, y: H - 18 }, (i / 4).toFixed(2));
+  }
+  add("text", { x: (W - R) / 2, y: H - 4 }, "recall");
+  add("text", { x: 4, y: 11 }, "precision");
+  curves.forEach((c, i) => {
+    const color = COLORS[i % COLORS.length];
+    add("polyline", { points: c.recall.map((r, k) => `${px(r)},${py(c.precision[k])}`).join(" "), fill: "none",
+      stroke: color, "stroke-width": 2, class: "pr-curve" });
+    add("text", { x: W - R + 8, y: T + 10 + 14 * i, style: `fill:${color}` }, `— ${c.label} ${c.ap.toFixed(3)}`);
+  });
+  return svg;
 }
 
 function bar(value, cls) {
