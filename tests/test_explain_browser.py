@@ -3,7 +3,6 @@ the Try page's toggle shows the class-activation map over an uploaded image and 
 report.html show the most confidently wrong images with their heatmaps for the true and the predicted class."""
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import pytest
@@ -13,19 +12,9 @@ pytest.importorskip("playwright.sync_api", reason="playwright is not installed: 
 
 from test_explain import wrong_run  # noqa: E402,F401  (fixtures; tests/ is on sys.path)
 from test_serve import LiveServer  # noqa: E402
-from test_serve_browser import browser, watch  # noqa: E402,F401
+from test_serve_browser import LOADED, browser, poll, watch  # noqa: E402,F401
 
 
-def _wait(page, locator, script: str, what: str, timeout: float = 60) -> None:
-    """Poll `script` (a function of the matched elements) until it holds; wait_for_function would compile
-    its predicate in the page, which the page's CSP (no 'unsafe-eval') refuses at times."""
-    deadline = time.time() + timeout
-    while not locator.evaluate_all(script):
-        assert time.time() < deadline, what
-        page.wait_for_timeout(100)
-
-
-LOADED = "imgs => imgs.length > 0 && imgs.every(i => i.complete && i.naturalWidth > 0)"
 
 
 def test_the_heatmap_toggle_and_the_wrong_gallery(browser, wrong_run, tmp_path):
@@ -44,7 +33,7 @@ def test_the_heatmap_toggle_and_the_wrong_gallery(browser, wrong_run, tmp_path):
         assert toggle.inner_text() == "show heatmap"
         assert card_img.get_attribute("src").startswith("blob:")
         toggle.click()
-        _wait(page, card_img, "imgs => imgs[0].src.startsWith('data:image/png') && imgs[0].complete", "no heatmap shown")
+        poll(page, card_img, "imgs => imgs[0].src.startsWith('data:image/png') && imgs[0].complete", "no heatmap shown")
         top = page.locator(".card .prediction .label").first.inner_text()
         assert toggle.inner_text() == f"show image (heatmap of {top})"
         page.locator(".card").first.screenshot(path=str(tmp_path / "toggle-heatmap.png"))
@@ -57,7 +46,7 @@ def test_the_heatmap_toggle_and_the_wrong_gallery(browser, wrong_run, tmp_path):
         page.wait_for_selector("#run-errors .error-card")
         cards = page.locator("#run-errors .error-card")
         assert cards.count() > 0
-        _wait(page, page.locator("#run-errors .error-card img"), LOADED, "gallery images did not load")
+        poll(page, page.locator("#run-errors .error-card img"), LOADED, "gallery images did not load")
         first = cards.first.locator(".thumb > div").all_inner_texts()
         assert len(first) == 3 and "(true)" in first[1] and "(predicted)" in first[2], first
         page.locator("#run-errors").screenshot(path=str(tmp_path / "run-errors.png"))
@@ -68,7 +57,7 @@ def test_the_heatmap_toggle_and_the_wrong_gallery(browser, wrong_run, tmp_path):
     problems = watch(page, "")
     page.goto(Path(wrong_run / "report.html").as_uri())
     page.wait_for_selector("#run-errors .error-card")
-    _wait(page, page.locator("#run-errors .error-card img"), LOADED, "report images did not load")
+    poll(page, page.locator("#run-errors .error-card img"), LOADED, "report images did not load")
     assert page.locator("#run-errors .error-card .thumb.heatmap").count() == 2 * page.locator(
         "#run-errors .error-card").count()
     page.locator("#run-errors").screenshot(path=str(tmp_path / "report-errors.png"))

@@ -54,7 +54,7 @@ def test_the_api_lists_the_runs_and_their_histories(runs_dir):
 def test_the_runs_tab_in_a_browser(runs_dir, tmp_path):
     sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")  # noqa: F841
     from test_serve import LiveServer
-    from test_serve_browser import chromium_path, watch
+    from test_serve_browser import chromium_path, poll, watch
 
     from transferlab.serve import create_app
 
@@ -88,8 +88,9 @@ def test_the_runs_tab_in_a_browser(runs_dir, tmp_path):
         # tick two runs: both curves are drawn in each chart
         page.check("input[data-run='lite0-feature-extract']")
         page.check("input[data-run='lite0-4-epochs']")
-        page.wait_for_function("document.querySelectorAll('#runs-curves svg').length === 2 && "
-                               "[...document.querySelectorAll('#runs-curves svg')].every(s => s.querySelectorAll('polyline').length === 2)")
+        poll(page, page.locator("#runs-curves svg"),
+             "svgs => svgs.length === 2 && svgs.every(s => s.querySelectorAll('polyline').length === 2)",
+             "the two runs' curves were not drawn")
         charts = page.locator("#runs-curves svg")
         assert charts.nth(0).locator("text").first.text_content() == "val_acc"
         points = charts.nth(0).locator("polyline").evaluate_all("ls => ls.map(l => l.getAttribute('points').split(' ').length)")
@@ -106,7 +107,7 @@ def test_the_runs_tab_in_a_browser(runs_dir, tmp_path):
         assert page.locator("#run-panel").is_visible()
         assert "lite0-4-epochs" in page.locator("#run-summary").inner_text()
         page.wait_for_selector("#run-confusion table")
-        page.wait_for_function("[...document.querySelectorAll('#run-errors img')].every(i => i.complete)")
+        poll(page, page.locator("#run-errors img"), "imgs => imgs.every(i => i.complete)", "error images did not load")
         page.screenshot(path=str(tmp_path / "run-view.png"), full_page=True)
         assert problems == {"console": [], "outside": []}
         b.close()

@@ -154,13 +154,20 @@ def open_report(browser, run: Path, ready: str):
     return page, problems
 
 
-def _wait_images_loaded(page, selector: str) -> None:
-    """Poll (the page's CSP refuses wait_for_function at times) until every image there has loaded."""
-    images = page.locator(selector)
-    deadline = time.time() + 30
-    while not images.evaluate_all("imgs => imgs.length > 0 && imgs.every(i => i.complete && i.naturalWidth > 0)"):
-        assert time.time() < deadline, f"{selector} did not load"
+LOADED = "imgs => imgs.length > 0 && imgs.every(i => i.complete && i.naturalWidth > 0)"
+
+
+def poll(page, locator, script: str, what: str, timeout: float = 60) -> None:
+    """Poll `script` (a function of the matched elements) until it holds; wait_for_function would compile
+    its predicate in the page, which the page's CSP (no 'unsafe-eval') refuses at times."""
+    deadline = time.time() + timeout
+    while not locator.evaluate_all(script):
+        assert time.time() < deadline, what
         page.wait_for_timeout(100)
+
+
+def _wait_images_loaded(page, selector: str) -> None:
+    poll(page, page.locator(selector), LOADED, f"{selector} did not load", timeout=30)
 
 
 def test_a_multilabel_run_in_the_page_and_its_report(browser, multilabel_run, shape_tables, tmp_path):
