@@ -229,16 +229,16 @@ def timing(n: int, work: Path, cache: Path) -> None:
 
 
 def calibrate(per_class: int, datasets: Path) -> None:
-    """The measurements behind the near-duplicate rule (audit.near_duplicates): for copies of each set's images
+    """The measurements behind the near-duplicate rule (auditing.near_duplicates): for copies of each set's images
     (re-encoded, resized, cropped, as planted) and for distinct candidate pairs (each image's nearest in
     features and in colour thumbnails), the pixel distance over the copies' (copy_tolerance), and over
     the contrast."""
     import torch
 
-    from transferlab.audit.audit import penultimate_features
+    from transferlab.auditing.audit import penultimate_features
     from transferlab.data.folders import scan_dataset
     from transferlab.data.pixels import copy_distances, copy_tolerance, pixel_distance, pixel_view
-    from transferlab.audit.near_duplicates import (NEAR_DUPLICATE_CONTRAST, NEAR_DUPLICATE_COPY_MARGIN,
+    from transferlab.auditing.near_duplicates import (NEAR_DUPLICATE_CONTRAST, NEAR_DUPLICATE_COPY_MARGIN,
                                                    NEAR_DUPLICATE_NEIGHBOURS, nearest_pairs)
 
     for name in CALIBRATION_SETS:

@@ -88,10 +88,10 @@ def test_no_import_cycles():
 
 
 # Each package (or top-level module) imports only those before it. deploy (ONNX export, engines,
-# quantization) sits under inference, whose Classifier runs its engines; audit under tasks, whose
+# quantization) sits under inference, whose Classifier runs its engines; auditing under tasks, whose
 # leakage check is its near-duplicate rule; detect (BlazeFace) on the engine, under tasks, which
 # trains it; advice on tasks; then the front doors: api, serve (over api), cli (over both).
-LAYERS = ["core", "data", "models", "deploy", "inference", "runs", "training", "audit", "detect", "tasks", "advice",
+LAYERS = ["core", "data", "models", "deploy", "inference", "runs", "training", "auditing", "detect", "tasks", "advice",
           "api", "serve", "cli", "__main__"]
 
 

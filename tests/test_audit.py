@@ -15,7 +15,7 @@ from PIL import Image
 
 pytest.importorskip("cleanlab")
 
-from transferlab.audit.audit import audit  # noqa: E402
+from transferlab.auditing.audit import audit  # noqa: E402
 from transferlab.api import train  # noqa: E402
 from transferlab.cli.main import main  # noqa: E402
 from transferlab.core.errors import TransferlabError  # noqa: E402

@@ -188,7 +188,7 @@ def test_audit_finds_planted_multilabel_label_errors_and_leakage(tmp_path):
 
 
 def test_the_multilabel_probe_scores_out_of_fold():
-    from transferlab.audit.audit import out_of_fold_label_scores
+    from transferlab.auditing.audit import out_of_fold_label_scores
     from transferlab.inference.multilabel import mean_average_precision
 
     rng = np.random.default_rng(0)

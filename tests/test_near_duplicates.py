@@ -9,7 +9,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from transferlab.data.pixels import copy_distances, copy_tolerance, pixel_distance, pixel_view
-from transferlab.audit.near_duplicates import NEAR_DUPLICATE_CONTRAST, near_duplicate_pairs
+from transferlab.auditing.near_duplicates import NEAR_DUPLICATE_CONTRAST, near_duplicate_pairs
 
 
 def _save(img: Image.Image, path, quality: int = 92):

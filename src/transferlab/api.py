@@ -157,9 +157,9 @@ def audit(data, model: str = "efficientnet_lite0", out=None, progress: bool = Tr
     """Audit an image folder before training: exact and near duplicates (within and across splits),
     likely label errors (cleanlab), outliers, imbalance, tiny and unreadable images; returns an
     AuditResult, and writes audit.html/csv/json into `out` when given. The data is never modified.
-    Options: see transferlab.audit.audit.audit (cache_dir, threshold, val_split, seed, ...)."""
-    from .audit.audit import audit as run_audit
-    from .audit.near_duplicates import NEAR_DUPLICATE_COSINE
+    Options: see transferlab.auditing.audit.audit (cache_dir, threshold, val_split, seed, ...)."""
+    from .auditing.audit import audit as run_audit
+    from .auditing.near_duplicates import NEAR_DUPLICATE_COSINE
 
     if options.get("threshold") is None:
         options["threshold"] = NEAR_DUPLICATE_COSINE

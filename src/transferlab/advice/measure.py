@@ -118,7 +118,7 @@ def probe_accuracy(features: np.ndarray, labels: np.ndarray) -> float:
 def probe_map(features: np.ndarray, targets: np.ndarray, seed: int = 0) -> float:
     """The probe in its multi-label form: mAP of a one-vs-rest logistic regression on the (unit-length)
     frozen features, each image scored by a probe that did not see it (the audit's out-of-fold probe)."""
-    from ..audit.audit import out_of_fold_label_scores
+    from ..auditing.audit import out_of_fold_label_scores
     from ..inference.multilabel import mean_average_precision
 
     x = np.asarray(features, dtype=np.float64)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 def cmd_audit(args) -> int:
     """Audit a dataset folder; print a summary, write audit.html/csv/json, the exclude list and --json."""
-    from ..audit.report import write_exclude
+    from ..auditing.report import write_exclude
     from ..api import audit
     from ..data.tables import as_table, dataset_name
 

@@ -1,5 +1,5 @@
 """Pixel evidence that two images are copies of one picture: re-encoded, resized or cropped by a few
-pixels. audit.near_duplicates holds the rule built on it and the measurements."""
+pixels. auditing.near_duplicates holds the rule built on it and the measurements."""
 from __future__ import annotations
 
 import io

@@ -111,7 +111,7 @@ class ClassificationTask(Task):
         at freeze point all-but-head, which cost nothing more, confirmed by their pixels); warn once."""
         if self.leakage is None or self.leakage["near"] is not None or prefix != len(self.model.block_names) - 1:
             return
-        from ..audit.near_duplicates import near_duplicate_pairs, normalized_rows
+        from ..auditing.near_duplicates import near_duplicate_pairs, normalized_rows
 
         pairs = near_duplicate_pairs(normalized_rows(val_features), [s.path for s in self.scan.splits["val"]],
                                      normalized_rows(train_features), [s.path for s in self.scan.splits["train"]])
