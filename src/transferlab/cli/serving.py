@@ -28,7 +28,8 @@ def cmd_serve(args) -> int:
         from ..serve.app import create_app
     except ImportError as e:
         raise TransferlabError(f"serving needs the serve extra: FastAPI, uvicorn, python-multipart, "
-                               f"fastapi-offline ({e.name} is missing): pip install 'transferlab[serve]'") from None
+                               f"fastapi-offline, prometheus-client ({e.name} is missing): "
+                               "pip install 'transferlab[serve]'") from None
     if not args.models and not args.runs:
         raise TransferlabError("serve needs a model (registry name or run folder) or --runs DIR")
     if args.runs and not os.path.isdir(args.runs):

@@ -1,11 +1,13 @@
 """The HTTP API and the page: FastAPI (OpenAPI schema at /openapi.json, docs at /docs) under uvicorn.
 
-GET /api/health, GET /api/models, POST /api/models/{name}/predict (multipart, one or many images;
+GET /api/health (the process, each model's state and queue), GET /api/health/live and
+GET /api/health/ready (probes: the process answers; every model is loaded), GET /metrics (Prometheus),
+GET /api/models, POST /api/models/{name}/predict (multipart, one or many images;
 explain=true adds each image's class-activation heatmap as a PNG data URI),
 GET /api/runs/{name} (the Run view's data), GET /api/runs/{name}/images/{id} (an image of the run's own
 index, by id), with --runs DIR: GET /api/runs (every run under DIR, `transferlab runs`'s rows) and
 GET /api/runs/{name}/history (its metrics.csv), and the page at /.
-Safe by default: every /api call needs the bearer token when one is
+Safe by default: every /api call but the two probes, and /metrics, need the bearer token when one is
 set, uploads are limited in bytes and pixels and sniffed by content, no route reads a client-named path,
 CORS is off unless origins are given; a bad request gets a 4xx {"error": "one line"}.
 """
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import logging
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from importlib.resources import files
@@ -32,6 +35,7 @@ from ..runs.html import static_text
 from ..runs.table import list_runs
 from ..runs.view import read_history, run_view, thumbnail_jpeg
 from .batching import DynamicBatcher, QueueFull
+from .metrics import Instrument, Metrics
 from .models import ServedModel, UploadError, load_models
 from .openapi import complete_schema
 
@@ -45,6 +49,9 @@ JS, CSS = "text/javascript; charset=utf-8", "text/css; charset=utf-8"
 PAGE_FILES = {"app.js": JS, "runs.js": JS, "style.css": CSS}
 DOCS_FILES = {"swagger-ui-bundle.js": JS, "swagger-ui.css": CSS, "favicon.png": "image/png"}
 RETRY_AFTER_S = 1
+# the probes answer without the token: a kubelet's httpGet probe cannot send a secret
+PROBES = ("/api/health/live", "/api/health/ready")
+log = logging.getLogger("transferlab.serve")
 
 
 class ApiError(HTTPException):
@@ -104,30 +111,48 @@ def create_app(models, *, token: str | None = None, max_batch: int = 4, max_wait
     backend / max_drop: a classifier run's engine, as `predict --backend` (onnxruntime-int8 needs
     `transferlab export RUN --quantize int8`; auto uses it when its recorded drop is <= max_drop).
     runs_dir: a folder of runs for the page's Runs tab (the runs are read, never loaded as models).
+
+    The models' weights load here; each model's warm-up (a classifier's ONNX export, seconds) runs once
+    the server is up, in its inference thread: /api/health/ready answers 503 until every model is warm,
+    and a prediction sent meanwhile waits for it.
     """
     served: dict[str, ServedModel] = {m.name: m for m in load_models(models, backend, max_drop)}
-    for m in served.values():
-        m.warm_up()
-    batchers = {name: DynamicBatcher(m.forward, max_batch, max_wait_ms, max_queue, name) for name, m in served.items()}
+    state = {name: "loading" for name in served}  # then "ready", or "failed to load (why)"
+    batchers: dict[str, DynamicBatcher] = {}  # filled below: each batcher reports to the metrics
+    metrics = Metrics(state, batchers, max_batch)
+    batchers.update({name: DynamicBatcher(m.forward, max_batch, max_wait_ms, max_queue, name, metrics.on_batch(name))
+                     for name, m in served.items()})
     decoder = ThreadPoolExecutor(decode_threads, thread_name_prefix="decode")
     views: dict[str, tuple[dict, list[str]]] = {}
     index = static_text("index.html")
     assets = {**{n: (static_text(n), t) for n, t in PAGE_FILES.items()},
               **{n: (files(fastapi_offline).joinpath("static", n).read_bytes(), t) for n, t in DOCS_FILES.items()}}
 
+    async def warm_up() -> None:
+        for name, m in served.items():  # one at a time: torch's ONNX export keeps global state
+            try:
+                await batchers[name].run_exclusive(m.warm_up)
+            except Exception as e:  # noqa: BLE001  (the model stays unready and says why; the others serve)
+                state[name] = f"failed to load ({str(e).splitlines()[0][:200] if str(e) else type(e).__name__})"
+                log.error("transferlab: model %s %s", name, state[name])
+            else:
+                state[name] = "ready"
+
     @asynccontextmanager
     async def lifespan(app):
         for b in batchers.values():
             b.start()
+        loading = asyncio.create_task(warm_up())
         yield
+        loading.cancel()
         for b in batchers.values():
             await b.stop()
         decoder.shutdown(wait=False, cancel_futures=True)
 
     app = FastAPI(title="transferlab", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="Pretrained and fine-tuned vision models: labels (classifiers) and faces (detectors).")
-    app.state.models, app.state.batchers = served, batchers
-    app.openapi = lambda: complete_schema(app, token is not None, max_images)  # every answer, as sent
+    app.state.models, app.state.batchers, app.state.model_state = served, batchers, state
+    app.openapi = lambda: complete_schema(app, token is not None, max_images, PROBES)  # every answer, as sent
 
     def authorized(request: Request) -> None:
         if token is None:
@@ -146,10 +171,36 @@ def create_app(models, *, token: str | None = None, max_batch: int = 4, max_wait
 
     @app.get("/api/health", dependencies=api)
     async def health() -> dict:
-        """Liveness, the models served and their queues, and whether a runs folder is served (--runs)."""
-        return {"status": "ok", "version": __version__, "runs": runs_dir is not None,
-                "models": {n: {"kind": m.kind, "queued": batchers[n].queued, "batches": batchers[n].batches,
-                               "images": batchers[n].items} for n, m in served.items()}}
+        """The process answers (status "ok", as before the probes existed), whether every model is ready,
+        each model's state ("loading", "ready", "failed to load (why)") and queue, and whether a runs
+        folder is served (--runs)."""
+        return {"status": "ok", "version": __version__, "runs": runs_dir is not None, "ready": not_ready() == [],
+                "models": {n: {"kind": m.kind, "state": state[n], "queued": batchers[n].queued,
+                               "batches": batchers[n].batches, "images": batchers[n].items}
+                           for n, m in served.items()}}
+
+    def not_ready() -> list[str]:
+        return [f"{n} is loading" if s == "loading" else f"{n} {s}" for n, s in state.items() if s != "ready"]
+
+    @app.get(PROBES[0])
+    async def live() -> dict:
+        """Liveness probe (no token): the process and its event loop answer."""
+        return {"status": "ok"}
+
+    @app.get(PROBES[1])
+    async def ready() -> dict:
+        """Readiness probe (no token): 200 once every model is loaded and warmed up; 503 naming the ones
+        that are not (still loading, or failed to load) until then."""
+        waiting = not_ready()
+        if waiting:
+            raise ApiError(503, f"not ready: {'; '.join(waiting)}", headers={"Retry-After": str(RETRY_AFTER_S)})
+        return {"status": "ready"}
+
+    @app.get("/metrics", dependencies=api, response_class=Response)
+    async def prometheus(request: Request) -> Response:
+        """Prometheus metrics (text format, or OpenMetrics when the scraper asks for it)."""
+        body, content_type = metrics.exposition(request.headers.get("accept"))
+        return Response(body, media_type=content_type)
 
     @app.get("/api/models", dependencies=api)
     async def list_models() -> list[dict]:
@@ -165,6 +216,8 @@ def create_app(models, *, token: str | None = None, max_batch: int = 4, max_wait
         records also hold "labels" ({label, index, score}: every label at or above its threshold, the
         run's tuned ones or `threshold` for all); a detector keeps faces scoring `threshold` or more."""
         m = model(name)
+        if state[name].startswith("failed"):
+            raise ApiError(503, f"model {name} {state[name]}")
         if not 1 <= top <= 1000:
             raise ApiError(422, "top must be between 1 and 1000")
         if explain:  # explain=true: each record gains "heatmap", a PNG data URI (the page's heatmap toggle)
@@ -314,6 +367,7 @@ def create_app(models, *, token: str | None = None, max_batch: int = 4, max_wait
         app.add_middleware(CORSMiddleware, allow_origins=list(cors_origins), allow_methods=["GET", "POST"],
                            allow_headers=["Authorization"])
     app.add_middleware(BodyLimit, max_bytes=int(max_upload_mb * 1024 * 1024))
+    app.add_middleware(Instrument, metrics=metrics, routes=app.router.routes)  # outermost: sees every answer
     return app
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import functools
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable
 
@@ -22,13 +23,16 @@ class DynamicBatcher:
     """Collects submitted items into batches for `forward` (a list of items -> a list of results)."""
 
     def __init__(self, forward: Callable[[list], list], max_batch: int = 16, max_wait_ms: float = 5.0,
-                 max_queue: int = 256, name: str = "model"):
+                 max_queue: int = 256, name: str = "model",
+                 on_batch: Callable[[int, float], None] | None = None):
+        """on_batch(images, seconds) is called after each batch the model ran (the server's metrics)."""
         if max_batch < 1 or max_queue < 1 or max_wait_ms < 0:
             raise ValueError("max_batch and max_queue must be >= 1 and max_wait_ms >= 0")
         self.forward = forward
         self.max_batch = max_batch
         self.max_wait = max_wait_ms / 1000.0
         self.max_queue = max_queue
+        self.on_batch = on_batch
         self.batches = 0
         self.items = 0
         self._pending: collections.deque = collections.deque()
@@ -81,6 +85,12 @@ class DynamicBatcher:
         otherwise than `forward` (a heatmap's backward pass) never runs at the same time as a batch."""
         return await asyncio.get_running_loop().run_in_executor(self._executor, functools.partial(fn, *args))
 
+    def _timed(self, items: list) -> tuple[list, float]:
+        """forward(items) in the inference thread, and its own time (not the wait for the thread)."""
+        start = time.perf_counter()
+        results = self.forward(items)
+        return results, time.perf_counter() - start
+
     async def _work(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
@@ -102,7 +112,7 @@ class DynamicBatcher:
             if not batch:
                 continue
             try:
-                results: list[Any] = await loop.run_in_executor(self._executor, self.forward, [i for i, _ in batch])
+                results, seconds = await loop.run_in_executor(self._executor, self._timed, [i for i, _ in batch])
             except Exception as e:  # noqa: BLE001  (every waiting request gets the error, the server lives on)
                 for _, fut in batch:
                     if not fut.done():
@@ -110,6 +120,8 @@ class DynamicBatcher:
                 continue
             self.batches += 1
             self.items += len(batch)
+            if self.on_batch is not None:
+                self.on_batch(len(batch), seconds)
             for (_, fut), result in zip(batch, results):
                 if not fut.done():
                     fut.set_result(result)

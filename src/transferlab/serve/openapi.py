@@ -2,8 +2,8 @@
 
 FastAPI documents each route's successful answer and its own validation error ({"detail": [...]}).
 This server answers every refusal as {"error": "one line"} with a 4xx (or 503 when busy), reads the
-images of /predict from a multipart body it parses itself, sends thumbnails as JPEG and checks a
-bearer token, so the schema says so: a client generated from it, or a fuzzer checking answers
+images of /predict from a multipart body it parses itself, sends thumbnails as JPEG and /metrics as
+Prometheus text, and checks a bearer token on every route but the two probes, so the schema says so: a client generated from it, or a fuzzer checking answers
 against it (tests/test_fuzz_http.py), sees the server as it is.
 """
 from __future__ import annotations
@@ -20,14 +20,17 @@ RECORD = {"type": "object", "required": ["path", "status"], "additionalPropertie
                          "detections": {"type": "array", "items": {"type": "object"}}}}
 PREDICT = "/api/models/{name}/predict"
 IMAGE = "/api/runs/{name}/images/{image_id}"
+READY = "/api/health/ready"
+METRICS = "/metrics"
 
 
 def _error(description: str) -> dict:
     return {"description": description, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
 
 
-def complete_schema(app: FastAPI, secured: bool, max_images: int) -> dict:
-    """app's OpenAPI schema (built once by FastAPI, then completed in place and cached)."""
+def complete_schema(app: FastAPI, secured: bool, max_images: int, open_paths=()) -> dict:
+    """app's OpenAPI schema (built once by FastAPI, then completed in place and cached); with `secured`,
+    every /api route and /metrics need the token but `open_paths`."""
     if app.openapi_schema is not None:
         return app.openapi_schema
     schema = FastAPI.openapi(app)
@@ -44,7 +47,7 @@ def complete_schema(app: FastAPI, secured: bool, max_images: int) -> dict:
             responses = op.setdefault("responses", {})
             responses.pop("422", None)
             responses["4XX"] = _error("a refused request: bad input, unknown model, missing token, too large, ...")
-            if secured and path.startswith("/api/"):
+            if secured and (path.startswith("/api/") or path == METRICS) and path not in open_paths:
                 op["security"] = [{"bearer": []}]
             for param in op.get("parameters", []):
                 _bound(param)
@@ -53,6 +56,13 @@ def complete_schema(app: FastAPI, secured: bool, max_images: int) -> dict:
             elif path == IMAGE:
                 responses["200"] = {"description": "a JPEG thumbnail",
                                     "content": {"image/jpeg": {"schema": {"type": "string", "format": "binary"}}}}
+            elif path == READY:
+                responses["503"] = {**_error("not ready: which models are still loading or failed to load"),
+                                    "headers": {"Retry-After": {"schema": {"type": "integer"}}}}
+            elif path == METRICS:
+                text = {"schema": {"type": "string"}}
+                responses["200"] = {"description": "Prometheus text format, or OpenMetrics when the Accept header asks",
+                                    "content": {"text/plain": text, "application/openmetrics-text": text}}
     return schema
 
 
