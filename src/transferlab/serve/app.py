@@ -154,7 +154,8 @@ def create_app(models, *, token: str | None = None, max_batch: int = 4, max_wait
     app.state.models, app.state.batchers, app.state.model_state = served, batchers, state
     app.openapi = lambda: complete_schema(app, token is not None, max_images, PROBES)  # every answer, as sent
 
-    def authorized(request: Request) -> None:
+    # async: FastAPI runs a sync dependency in a worker thread, a thread hop on every request
+    async def authorized(request: Request) -> None:
         if token is None:
             return
         scheme, _, given = request.headers.get("authorization", "").partition(" ")
