@@ -152,6 +152,11 @@ def trial_phase(trainer, row: dict):
     return next((p for p in trainer.phases if p.name == row.get("phase") and p.trial), None)
 
 
+def verdict_of(decision: dict) -> str:
+    """A trial decision's verdict: kept, extended or abandoned (runs before extensions: kept or abandoned)."""
+    return decision.get("verdict") or ("kept" if decision.get("kept") else "abandoned")
+
+
 def best_of(trainer, run) -> tuple[str, float, int | None] | None:
     """(metric, value, epoch) the run kept, from its metrics."""
     metric = trainer.task.metric
@@ -209,8 +214,8 @@ class TensorBoardTracker(Tracker):
         for d in trainer.decisions[self.decisions:]:
             self.writer.add_text("decisions", f"{d['event']}: {d['text']}", int(d.get("epoch") or epoch))
             if d["event"] == "trial" and d.get("phase"):
-                self._child(f"trial-{d['phase']}").add_text("verdict", ("kept: " if d.get("kept") else "abandoned: ")
-                                                            + d["text"], int(d.get("epoch") or epoch))
+                self._child(f"trial-{d['phase']}").add_text("verdict", f"{verdict_of(d)}: {d['text']}",
+                                                            int(d.get("epoch") or epoch))
         self.decisions = len(trainer.decisions)
         self.writer.flush()
 
@@ -328,7 +333,7 @@ class MLflowTracker(Tracker):
             self.client.set_tag(self.run_id, f"decision.{i + 1}", f"epoch {d.get('epoch')}, {d['event']}: {d['text']}"[:5000])
             if d["event"] == "trial" and d.get("phase"):
                 child = self._child(trainer, next(p for p in trainer.phases if p.name == d["phase"]))
-                self.client.set_tag(child, "verdict", "kept" if d.get("kept") else "abandoned")
+                self.client.set_tag(child, "verdict", verdict_of(d))
                 self.client.set_tag(child, "decision", d["text"][:5000])
         self.decisions = len(trainer.decisions)
 

@@ -201,7 +201,7 @@ class Trainer:
                     raise
                 # an adaptive phase that diverges has failed its trial: the best model so far stands
                 self._decide("trial", epoch, f"{phase.name} abandoned: {str(e).split(';')[0]}; the best model so far "
-                             "is kept", phase=phase.name, kept=False, best=None, before=before)
+                             "is kept", phase=phase.name, kept=False, verdict="abandoned", best=None, before=before)
                 break
             if row.get("cut_short"):
                 self._decide("budget", epoch, f"epoch {epoch} cut short after {row['cut_short']:.0%} of its batches "
@@ -214,12 +214,11 @@ class Trainer:
                 self.best = row
                 if self.dist.is_main:
                     self.checkpoints.save_best(self.model.state_dict())
-            if phase.trial and e + 1 == phase.trial:
+            if phase.trial and ((e + 1) % phase.trial == 0 or e + 1 == phase.epochs) and self._trial_open(phase):
                 rows = [r for r in self.history if r["epoch"] > epoch_offset]
-                metric = task.metric
-                best = {"val_loss": min(r["val_loss"] for r in rows), metric: max(r[metric] for r in rows)}
-                kept, text = judge_trial(phase, best, before, metric)
-                self._decide("trial", epoch, text, phase=phase.name, kept=kept, best=best, before=before)
+                verdict, best, text = judge_trial(phase, rows, before, task.metric, can_extend=e + 1 < phase.epochs)
+                self._decide("trial", epoch, text, phase=phase.name, kept=verdict != "abandoned", verdict=verdict,
+                             best=best, before=before)
             if self.dist.is_main:
                 self._save_checkpoint(pi, e + 1, optimizer, scheduler, stopping)
                 write_metrics(self.out / "metrics.csv", self.history)
@@ -273,8 +272,13 @@ class Trainer:
             return False
         self._decide("trial", epoch_offset + 1, f"{phase.name} not started: the epochs before it already reach "
                      f"{self.task.metric} {best:.3f} on validation, nothing for it to gain; the best model so far is "
-                     "kept", phase=phase.name, kept=False, best=None, before=self._best_before(epoch_offset))
+                     "kept", phase=phase.name, kept=False, verdict="abandoned", best=None, before=self._best_before(epoch_offset))
         return True
+
+    def _trial_open(self, phase: Phase) -> bool:
+        """No verdict on the phase's trial yet, or only extensions (judged again `trial` epochs on)."""
+        return all(d.get("verdict") == "extended" for d in self.decisions
+                   if d["event"] == "trial" and d.get("phase") == phase.name)
 
     def _trial_failed(self) -> bool:
         return any(d["event"] == "trial" and not d["kept"] for d in self.decisions)
