@@ -165,8 +165,8 @@ def add_train(sub, default_model: str | None = None,
               help: str = "transfer-learn a model: a classifier on an image folder, a face detector on boxes") -> None:
     """`train` on a sub-command group; the model chooses the task (`transferlab detect train` is this
     command with a detector as the default model)."""
-    from ..core.options import (ANNOTATION_FORMATS, AUGMENT_LEVELS, BALANCE, BN_POLICIES, SCHEDULES, STRATEGIES,
-                                LR_SCALINGS, SWITCHES)
+    from ..core.options import (ANNOTATION_FORMATS, AUGMENT_LEVELS, AUGMENT_POLICIES, BALANCE, BN_POLICIES,
+                                SCHEDULES, STRATEGIES, LR_SCALINGS, SWITCHES)
     from ..training.config import TrainConfig
 
     d = TrainConfig()
@@ -199,6 +199,13 @@ def add_train(sub, default_model: str | None = None,
     p.add_argument("--label-smoothing", type=float, default=d.label_smoothing)
     p.add_argument("--patience", type=int, default=d.patience, help="early stopping on val loss; 0 disables")
     p.add_argument("--augment", default=d.augment, choices=AUGMENT_LEVELS)
+    p.add_argument("--augment-policy", default=d.augment_policy, choices=AUGMENT_POLICIES,
+                   help="an automatic augmentation policy on top of --augment (auto: TrivialAugment for strong)")
+    p.add_argument("--mixup", type=float, default=d.mixup, metavar="ALPHA",
+                   help="mixup of image batches (0: off; 0.2 is common); not in phases trained from cached features")
+    p.add_argument("--cutmix", type=float, default=d.cutmix, metavar="ALPHA", help="cutmix of image batches (0: off)")
+    p.add_argument("--ema", type=float, default=d.ema, metavar="DECAY",
+                   help="validate and keep an exponential moving average of the weights (0: off; e.g. 0.999)")
     p.add_argument("--balance", default=d.balance, choices=BALANCE)
     p.add_argument("--bn", default=d.bn, choices=BN_POLICIES,
                    help="BatchNorm statistics: eval (kept everywhere), frozen (kept in frozen blocks), train (updated)")

@@ -7,6 +7,8 @@ STRATEGIES = (FEATURE_EXTRACT, PARTIAL, FINETUNE, SCRATCH, TWO_STAGE, AUTO)
 SCHEDULES = ("cosine", "onecycle", "constant")
 BALANCE = ("none", "weights", "sampler")
 AUGMENT_LEVELS = ("none", "light", "strong")
+# torchvision's automatic augmentation policies; auto: the level's own (TrivialAugment for strong, else none)
+AUGMENT_POLICIES = ("auto", "none", "trivialaugment", "randaugment", "autoaugment")
 # BatchNorm statistics in training:
 # frozen: BatchNorm in frozen blocks keeps ImageNet statistics (eval mode), trainable blocks update theirs;
 # eval:   every BatchNorm keeps its statistics, only its affine weights train (Keras' advice for

@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 from torchvision.transforms import v2 as T
 
-from ..core.options import AUGMENT_LEVELS
+from ..core.options import AUGMENT_LEVELS, AUGMENT_POLICIES
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -78,27 +78,35 @@ class Preprocessing:
             ]
         )
 
-    def train_transform(self, augment: str = "light") -> T.Compose:
-        """Random crop, flip and colour jitter at an augmentation level, then normalisation."""
+    def train_transform(self, augment: str = "light", policy: str = "auto") -> T.Compose:
+        """Random crop and flip at an augmentation level, an automatic augmentation policy (auto: the
+        level's own, TrivialAugment for strong), strong's colour jitter and erasing, then normalisation."""
         if augment not in AUGMENT_LEVELS:
             raise ValueError(f"augment must be one of {AUGMENT_LEVELS}, got {augment!r}")
         if augment == "none":
             return self.eval_transform()
         size, mode = self.input_size, self.interpolation_mode
-        if augment == "light":
-            ops = [T.RandomResizedCrop(size, scale=CROP_SCALES["light"], interpolation=mode, antialias=True),
-                   T.RandomHorizontalFlip()]
-        else:
-            ops = [
-                T.RandomResizedCrop(size, scale=CROP_SCALES["strong"], interpolation=mode, antialias=True),
-                T.RandomHorizontalFlip(),
-                T.TrivialAugmentWide(interpolation=mode),
-                T.ColorJitter(0.2, 0.2, 0.2),
-            ]
+        ops = [T.RandomResizedCrop(size, scale=CROP_SCALES[augment], interpolation=mode, antialias=True),
+               T.RandomHorizontalFlip()]
+        policy = ("trivialaugment" if augment == "strong" else "none") if policy == "auto" else policy
+        if policy != "none":
+            ops.append(augmentation_policy(policy, mode))
+        if augment == "strong":
+            ops.append(T.ColorJitter(0.2, 0.2, 0.2))
         ops.append(self.normalize())
         if augment == "strong":
             ops.append(T.RandomErasing(p=0.25))
         return T.Compose(ops)
+
+
+def augmentation_policy(name: str, mode: T.InterpolationMode) -> T.Transform:
+    """torchvision's policy by its AUGMENT_POLICIES name (RandAugment at its paper's defaults, 2 ops of
+    magnitude 9; AutoAugment's ImageNet policy)."""
+    if name not in AUGMENT_POLICIES or name == "auto":
+        raise ValueError(f"policy must be one of {AUGMENT_POLICIES[1:]}, got {name!r}")
+    return {"trivialaugment": lambda: T.TrivialAugmentWide(interpolation=mode),
+            "randaugment": lambda: T.RandAugment(interpolation=mode),
+            "autoaugment": lambda: T.AutoAugment(interpolation=mode)}[name]()
 
 
 _PIL_FILTERS = {

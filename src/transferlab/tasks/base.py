@@ -14,6 +14,8 @@ from typing import Callable
 import torch
 from torch import nn
 
+from ..core.errors import TransferlabError
+
 
 @dataclass
 class Run:
@@ -120,6 +122,14 @@ class Task:
     def batch_loss(self, loss_fn: nn.Module, outputs, targets) -> torch.Tensor:
         """The mean loss of a batch (or of one pass of it)."""
         return loss_fn(outputs.float(), targets)
+
+    def batch_mixer(self):
+        """What mixes image batches and their targets (training.recipe.BatchMixer), or None. A task whose
+        targets cannot be mixed refuses --mixup/--cutmix."""
+        if self.cfg.mixup > 0 or self.cfg.cutmix > 0:
+            raise TransferlabError(f"--mixup and --cutmix are for classifiers; a {self.name} run cannot mix its "
+                                   "targets: drop them")
+        return None
 
     def batch_correct(self, outputs, targets) -> int | None:
         """Correct predictions in a batch, for a training accuracy; None when the task has none."""

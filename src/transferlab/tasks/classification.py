@@ -14,6 +14,7 @@ from ..models import BlockNet, create_model
 from ..runs.classification import write_run
 from ..training.batches import BatchSource, TrainingCache
 from ..training.loop import TrainForward, build_loss, check_divergence
+from ..training.recipe import create_mixer
 from ..training.strategies import effective_bn_policy, param_groups, plan_phases
 from .base import PhaseData, Run, Task
 
@@ -137,12 +138,17 @@ class ClassificationTask(Task):
     def param_groups(self, phase) -> list[dict]:
         return param_groups(self.model, phase, self.cfg.weight_decay)
 
+    def batch_mixer(self):
+        return create_mixer(self.cfg, len(self.scan.classes))
+
     def batch_correct(self, outputs, targets) -> int:
+        if targets.dim() == 2:  # mixed targets (mixup/cutmix): right when the top class is the larger share
+            targets = targets.argmax(1)
         return (outputs.argmax(1) == targets).sum().item()
 
     def loss_weight_share(self, loss_fn, targets, batch_targets) -> float:
         weight = getattr(loss_fn, "weight", None)  # class weights make the loss a weighted mean
-        if weight is None:
+        if weight is None or targets.dim() == 2:  # with probabilities as targets it is a plain mean
             return len(targets) / len(batch_targets)
         return weight[targets].sum() / weight[batch_targets].sum()
 

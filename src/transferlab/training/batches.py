@@ -88,7 +88,7 @@ class BatchSource:
     def image_loader(self, split: str, train: bool, generator: torch.Generator | None = None,
                      epoch: int = 0) -> DataLoader:
         """Decoded, transformed images of a split (augmented when `train`), sharded across processes."""
-        transform = self.pre.train_transform(self.cfg.augment) if train else self.pre.eval_transform()
+        transform = self.pre.train_transform(self.cfg.augment, self.cfg.augment_policy) if train else self.pre.eval_transform()
         targets = self.labels(split) if self.scan.multilabel else None
         dataset = ImageSamples(self.scan.splits[split], transform, self.decoded.get(split), targets)
         weights = self.sample_weights() if train else None
@@ -130,7 +130,9 @@ class BatchSource:
             # With augmentation, view 0 is the un-augmented image (what validation and prediction see);
             # the others are random augmentations, cycled over the epochs.
             count = self.cfg.cache_views if self.cfg.augment != "none" else 1
-            names = ["eval"] + [f"{self.cfg.augment}-{v}" for v in range(1, count)]
+            policy = self.cfg.augment_policy
+            augment = self.cfg.augment if policy == "auto" else f"{self.cfg.augment}+{policy}"  # the store's key
+            names = ["eval"] + [f"{augment}-{v}" for v in range(1, count)]
             views = [self._cached_prefix(model, "train", prefix, name, v)
                      for v, name in enumerate(tqdm(names, desc="caching features", disable=not self.progress,
                                                    leave=False))]
@@ -166,7 +168,7 @@ class BatchSource:
     def _prefix_features_sharded(self, model, split: str, n: int, augmented: bool) -> torch.Tensor:
         """Each process computes the rows i = rank (mod world); all processes get every row."""
         samples = self.scan.splits[split]
-        transform = self.pre.train_transform(self.cfg.augment) if augmented else self.pre.eval_transform()
+        transform = self.pre.train_transform(self.cfg.augment, self.cfg.augment_policy) if augmented else self.pre.eval_transform()
         rows = list(range(self.dist.rank, len(samples), self.dist.world_size))
         dataset = Subset(ImageSamples(samples, transform, self.decoded.get(split)), rows)
         loader = DataLoader(dataset, batch_size=self.cfg.batch_size, num_workers=self.workers(len(rows)),

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 
 from ..core.errors import TransferlabError
-from ..core.options import AUGMENT_LEVELS, BALANCE, BN_POLICIES, SCHEDULES, STRATEGIES, SWITCHES, TRACKERS
+from ..core.options import AUGMENT_LEVELS, AUGMENT_POLICIES, BALANCE, BN_POLICIES, SCHEDULES, STRATEGIES, SWITCHES, TRACKERS
 
 
 
@@ -31,6 +31,13 @@ class TrainConfig:
     schedule: str = "cosine"
     warmup_epochs: float = 0.5
     label_smoothing: float = 0.0
+    # the recipe (training/recipe.py, data/transforms.py): mixup/cutmix alpha (0: off), for phases that
+    # train from the images; an EMA of the weights (its decay cap; 0: off) that validates and is kept;
+    # the augmentation policy on top of --augment's crops and flips (auto: the level's own)
+    mixup: float = 0.0
+    cutmix: float = 0.0
+    ema: float = 0.0
+    augment_policy: str = "auto"
     patience: int = 5  # early stopping on val loss, per phase; 0 disables
     augment: str = "light"
     balance: str = "none"
@@ -91,6 +98,10 @@ class TrainConfig:
             (self.balance in BALANCE, f"--balance must be one of {', '.join(BALANCE)}"),
             (self.bn in BN_POLICIES, f"--bn must be one of {', '.join(BN_POLICIES)}"),
             (self.augment in AUGMENT_LEVELS, f"--augment must be one of {', '.join(AUGMENT_LEVELS)}"),
+            (self.augment_policy in AUGMENT_POLICIES,
+             f"--augment-policy must be one of {', '.join(AUGMENT_POLICIES)}"),
+            (self.mixup >= 0 and self.cutmix >= 0, "--mixup and --cutmix take an alpha >= 0 (0: off)"),
+            (0 <= self.ema < 1, "--ema takes a decay in [0, 1), such as 0.999 (0: off)"),
             (self.cache_features in SWITCHES, "--cache-features must be auto, on or off"),
             (self.amp in SWITCHES, "--amp must be auto, on or off"),
             (self.batch_size >= 1, "--batch-size must be at least 1"),

@@ -143,11 +143,12 @@ class Loop:
 
     # --- epochs ---------------------------------------------------------------------------------
     def train_epoch(self, batches, net, optimizer, scheduler, loss_fn, scaler, desc: str = "train",
-                    checkpoint_hint: str = "", stop=None) -> dict:
+                    checkpoint_hint: str = "", stop=None, mix=None, after_step=None) -> dict:
         """One pass over `batches` with optimizer steps every accum_steps batches; mean loss and accuracy
         (where the task has one), and where the time went (waiting for data, the steps).
         `stop(images_seen, seconds)`, asked after each optimizer step, ends the epoch early when True
-        (the row then has `cut_short`: the fraction of batches done)."""
+        (the row then has `cut_short`: the fraction of batches done). `mix(x, y)` mixes each batch and its
+        targets (recipe.BatchMixer); `after_step()` follows every optimizer step (the weight average)."""
         self.model.train()
         started = time.perf_counter()
         cut_short = None
@@ -162,6 +163,8 @@ class Loop:
             t_step = time.perf_counter()
             data_s += t_step - waited
             x, y = x.to(self.device, non_blocking=True), self.task.targets_to(y, self.device)
+            if mix is not None:
+                x, y = mix(x, y)
             if i == 0:  # the same for every batch of the epoch: decided once, off the per-batch path
                 chunk = self.micro_batch(x)
                 self.model.checkpointed_blocks = self.checkpointed_blocks(chunk)
@@ -186,6 +189,8 @@ class Loop:
                 scaler.update()
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
+                if after_step is not None:
+                    after_step()
             total_loss += batch_loss
             has_accuracy = batch_correct is not None
             correct += batch_correct or 0

@@ -9,6 +9,7 @@ Trainer only runs concrete plans.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import sys
 import time
@@ -30,6 +31,7 @@ from .checkpoint import Checkpointer
 from .config import TrainConfig
 from .early_stopping import EarlyStopping
 from .loop import Loop, NonFiniteLoss
+from .recipe import WeightAverage
 from .schedules import build_scheduler
 from .strategies import Phase, judge_trial
 from .tracking import Trackers, create_trackers
@@ -75,6 +77,7 @@ class Trainer:
         self.pacer = Pacer(budget, task.val_images, config.batch_size) if budget else None
         task.bind_device(self.device, self.dist, self.progress)
         self.loop = Loop(self.model, config, self.device, self.dist, self.progress, task.input_size, task)
+        self.mixer = task.batch_mixer()
         if self.pacer and self.dist.is_main:
             pyplot()  # its import is the slowest part of writing the run: pay it now, where the clock sees it
         self.checkpoints = Checkpointer(self.out)
@@ -166,6 +169,11 @@ class Trainer:
             torch.manual_seed(cfg.seed)
             phase = self._find_lr(pi, phase, data, loss_fn)
         optimizer = torch.optim.AdamW(task.param_groups(phase))
+        mix = self.mixer if data.start == 0 else None
+        if self.mixer is not None and mix is None:
+            self.log(f"mixup/cutmix: not in the {phase.name} phase, which trains from cached features")
+        # a phase's weights are averaged from its own start (a new head, a new set of trainable blocks)
+        ema = WeightAverage(self.model, cfg.ema) if cfg.ema else None
         scheduler = build_scheduler(optimizer, cfg.schedule, phase.epochs, steps, cfg.warmup_epochs,
                                     task.max_warmup_share)
         scaler = self.loop.grad_scaler()
@@ -174,6 +182,8 @@ class Trainer:
             optimizer.load_state_dict(state["optimizer"])
             scheduler.load_state_dict(state["scheduler"])
             stopping.load_state_dict(state["early_stopping"])
+            if ema is not None and state.get("ema"):
+                ema.restore(state["ema"])
         total_epochs = sum(p.epochs for p in self.phases)
         before = self._best_before(epoch_offset)
         for e in range(first_epoch, phase.epochs):
@@ -189,10 +199,12 @@ class Trainer:
             try:
                 row.update(self.loop.train_epoch(train_batches, net, optimizer, scheduler, loss_fn, scaler,
                                                  f"epoch {epoch}/{total_epochs} [{phase.name}]", self._checkpoint_hint,
-                                                 stop=self.pacer and self.pacer.batch_deadline(data.start == 0)))
+                                                 stop=self.pacer and self.pacer.batch_deadline(data.start == 0),
+                                                 mix=mix, after_step=ema and (lambda: ema.update(self.model))))
                 row["train_time_s"] = round(time.perf_counter() - t0, 3)
                 t_val = time.perf_counter()
-                row.update(task.validate(data.val_batches, data.start, loss_fn))
+                with ema.applied(self.model) if ema else contextlib.nullcontext():
+                    row.update(task.validate(data.val_batches, data.start, loss_fn))
                 if self.pacer and data.start == 0:
                     self.pacer.seconds_per_image = (time.perf_counter() - t_val) / max(1, task.val_images)
                 task.check_row(row, self._checkpoint_hint)
@@ -213,14 +225,14 @@ class Trainer:
             if self.best is None or task.score(row) > task.score(self.best):
                 self.best = row
                 if self.dist.is_main:
-                    self.checkpoints.save_best(self.model.state_dict())
+                    self.checkpoints.save_best(ema.state_dict() if ema else self.model.state_dict())
             if phase.trial and ((e + 1) % phase.trial == 0 or e + 1 == phase.epochs) and self._trial_open(phase):
                 rows = [r for r in self.history if r["epoch"] > epoch_offset]
                 verdict, best, text = judge_trial(phase, rows, before, task.metric, can_extend=e + 1 < phase.epochs)
                 self._decide("trial", epoch, text, phase=phase.name, kept=verdict != "abandoned", verdict=verdict,
                              best=best, before=before)
             if self.dist.is_main:
-                self._save_checkpoint(pi, e + 1, optimizer, scheduler, stopping)
+                self._save_checkpoint(pi, e + 1, optimizer, scheduler, stopping, ema)
                 write_metrics(self.out / "metrics.csv", self.history)
             barrier(self.dist)
             self.log(f"epoch {epoch:>3} {phase.name:<15} {task.epoch_line(row)} | lr {row['lr']:.2e}"
@@ -312,7 +324,8 @@ class Trainer:
         return self.phases[pi]
 
     # --- persistence ---------------------------------------------------------------------------
-    def _save_checkpoint(self, pi, phase_epoch, optimizer, scheduler, stopping: EarlyStopping) -> None:
+    def _save_checkpoint(self, pi, phase_epoch, optimizer, scheduler, stopping: EarlyStopping,
+                         ema: WeightAverage | None) -> None:
         done = phase_epoch >= self.phases[pi].epochs
         self.checkpoints.save({
             "task": self.task.name,
@@ -323,6 +336,7 @@ class Trainer:
             "phase_epoch": 0 if done else phase_epoch,
             "phases": [p.to_dict() for p in self.phases],
             "early_stopping": stopping.state_dict(),
+            "ema": ema.checkpoint() if ema else None,
             "best": self.best,
             "history": self.history,
             "decisions": self.decisions,
