@@ -265,8 +265,8 @@ def run(args, images: list[bytes], paths: list[Path], deadline: float) -> dict:
             parts.append(asyncio.run(soak(server.port, part, args.concurrency, deadline)))
             shares = ""
             if local is not None:  # the server idle meanwhile
-                local.pipeline(args.in_process // args.rounds)
-                local.predict(args.in_process // args.rounds)
+                local.pipeline(-(-args.in_process // args.rounds))
+                local.predict(-(-args.in_process // args.rounds))
                 shares = ", ".join(f"{form} {rate:.1f}" for form, rate in local.rates().items())
             done = sum(x["sent"] for x in parts)
             print(f"  round {r + 1}: {done} requests, {parts[-1]['good_images_per_s']:.1f} good images/s, "

@@ -115,7 +115,8 @@ def test_multilabel_bench_smoke(tmp_path):
 def test_soak_bench_smoke(tmp_path):
     """bench/soak.py at a tiny size: every bad request gets its 4xx, no 5xx, and the figures add up."""
     out = tmp_path / "soak.json"
-    text = bench("soak.py", "--requests", 40, "--concurrency", 8, "--warm-up", 4, "--in-process", 8, "--json", out)
+    text = bench("soak.py", "--requests", 40, "--concurrency", 8, "--warm-up", 4, "--rounds", 2, "--in-process", 8,
+                 "--json", out)
     assert "the server gives" in text
     result = json.loads(out.read_text())
     s = result["soak"]
@@ -123,6 +124,8 @@ def test_soak_bench_smoke(tmp_path):
     assert s["4xx"] == 4 and s["5xx"] == 0 and s["no_answer"] == 0 and not s["unexpected"] and s["good_not_ok"] == 0
     assert s["statuses"]["200"] == 36
     assert 0 < s["p50_ms"] <= s["p99_ms"] and s["req_per_s"] > 0 and s["rss"]["end_mib"] > 100
-    assert result["in_process"]["images"] == 8
-    assert result["server_share_of_in_process"] == pytest.approx(
-        s["good_images_per_s"] / result["in_process"]["images_per_s"])
+    assert [r["sent"] for r in s["rounds"]] == [20, 20]
+    # each round is followed by 4 images through each in-process form
+    assert result["in_process"]["images"] == {"pipeline": 8, "predict": 8}
+    for form, rate in result["in_process"]["images_per_s"].items():
+        assert result["server_share_of_in_process"][form] == pytest.approx(s["good_images_per_s"] / rate)
