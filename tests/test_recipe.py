@@ -16,6 +16,7 @@ from transferlab.core.errors import TransferlabError
 from transferlab.data.transforms import Preprocessing
 from transferlab.training import trainer as trainer_module
 from transferlab.training.config import TrainConfig
+from transferlab.training.presets import PRESETS, quality_settings
 from transferlab.training.recipe import BatchMixer, WeightAverage
 
 TRAIN = dict(image_size=48, batch_size=16, workers=0)
@@ -118,3 +119,29 @@ def test_augmentation_policies_are_torchvisions():
 def test_bad_recipe_options_get_one_line(option, message):
     with pytest.raises(TransferlabError, match=message):
         TrainConfig(**option).validate()
+
+
+# --- --quality presets ------------------------------------------------------------------------------------
+def test_best_takes_the_largest_installed_backbone_and_leaves_given_options_alone():
+    settings, reasons = quality_settings("best", ["efficientnet_lite0", "efficientnet_lite2"], given={"epochs"})
+    assert settings["model"] == "efficientnet_lite2" and "epochs" not in settings and set(reasons) == set(settings)
+    assert quality_settings("best", ["resnet18"], given=set())[0]["model"] == "efficientnet_lite0"
+    assert quality_settings("best", [], given={"model"})[0].get("model") is None
+    with pytest.raises(TransferlabError, match="--quality must be one of fast, default, best"):
+        quality_settings("max", [], set())
+
+
+def test_a_preset_fills_what_the_user_left_and_the_run_says_why(digits_folder, tmp_path):
+    run = train(digits_folder, model="efficientnet_lite0", quality="best", epochs=2, out=tmp_path / "run",
+                progress=False, **TRAIN)
+    cfg = json.loads((run.path / "model.json").read_text())["config"]
+    assert cfg["quality"] == "best" and cfg["epochs"] == 2 and cfg["image_size"] == 48  # given: kept
+    assert cfg["ema"] == PRESETS["best"]["ema"][0] and cfg["tta"] is True  # left unset: the preset's
+    assert set(cfg["quality_reasons"]) == {"ema", "tta"}
+    report = (run.path / "report.md").read_text()
+    assert "Quality preset `best`" in report and PRESETS["best"]["ema"][1] in report
+
+
+def test_quality_is_refused_for_a_detector_in_one_line(tmp_path):
+    with pytest.raises(TransferlabError, match="--quality is for classifiers"):
+        train(tmp_path, model="blazeface_front", quality="fast")

@@ -131,7 +131,9 @@ def train(data, model: str | None = None, strategy: str | None = None, out=None,
         data = as_table(data, cfg) if kind == "classifier" else data  # a table, read as it was first time
     else:
         kind = model_kind(model) if model else "classifier"
-        settings = {**task_class(kind).defaults, **options}
+        given = {k for k, v in (("model", model), ("strategy", strategy)) if v is not None} | set(options)
+        preset = quality_preset(kind, options.get("quality", "default"), given)
+        settings = {**task_class(kind).defaults, **preset, **options}
         settings.update({k: v for k, v in (("model", model), ("strategy", strategy)) if v is not None})
         cfg = TrainConfig(**settings)
         data = as_table(data, cfg) if kind == "classifier" else data  # a table, with its columns and --val
@@ -151,6 +153,19 @@ def train(data, model: str | None = None, strategy: str | None = None, out=None,
         return trainer.fit()
     finally:
         shutdown(trainer.dist)
+
+
+def quality_preset(kind: str, quality: str, given: set[str]) -> dict:
+    """The fields a --quality preset sets (those not `given`), with quality_reasons: why each."""
+    from .models import installed_models
+    from .training.presets import quality_settings
+
+    if quality == "default":
+        return {}
+    if kind != "classifier":
+        raise TransferlabError(f"--quality is for classifiers; train a {kind} with its own options (drop --quality)")
+    settings, reasons = quality_settings(quality, installed_models(), given)
+    return {**settings, "quality_reasons": reasons}
 
 
 def audit(data, model: str = "efficientnet_lite0", out=None, progress: bool = True, **options):

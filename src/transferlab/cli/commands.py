@@ -166,7 +166,7 @@ def add_train(sub, default_model: str | None = None,
     """`train` on a sub-command group; the model chooses the task (`transferlab detect train` is this
     command with a detector as the default model)."""
     from ..core.options import (ANNOTATION_FORMATS, AUGMENT_LEVELS, AUGMENT_POLICIES, BALANCE, BN_POLICIES,
-                                SCHEDULES, STRATEGIES, LR_SCALINGS, SWITCHES)
+                                QUALITIES, SCHEDULES, STRATEGIES, LR_SCALINGS, SWITCHES)
     from ..training.config import TrainConfig
 
     d = TrainConfig()
@@ -187,7 +187,10 @@ def add_train(sub, default_model: str | None = None,
                    help="two-stage: keep fine-tuning only if within N epochs it beats the head's val loss (0: off)")
     p.add_argument("--out", help="run folder (default: runs/DATA-MODEL-STRATEGY)")
     p.add_argument("--resume", metavar="RUN", help="continue RUN from its last checkpoint")
-    p.add_argument("--epochs", type=int, default=d.epochs)
+    p.add_argument("--quality", choices=QUALITIES,
+                   help="presets of backbone, input size, epochs and recipe (default: default); options given "
+                        "explicitly win over the preset's")
+    p.add_argument("--epochs", type=int, help=f"default {d.epochs}")
     p.add_argument("--head-epochs", type=int, help="two-stage: epochs of the head-only phase (default: a third)")
     p.add_argument("--freeze", help="partial: number of leading blocks frozen, or the first trainable block's name")
     p.add_argument("--lr", help="learning rate, or 'find' for a range test (default: the strategy's)")
@@ -196,16 +199,18 @@ def add_train(sub, default_model: str | None = None,
     p.add_argument("--batch-size", type=int, default=d.batch_size)
     p.add_argument("--schedule", default=d.schedule, choices=SCHEDULES)
     p.add_argument("--warmup-epochs", type=float, help=f"default {d.warmup_epochs} for a classifier")
-    p.add_argument("--label-smoothing", type=float, default=d.label_smoothing)
+    p.add_argument("--label-smoothing", type=float, help=f"default {d.label_smoothing}")
     p.add_argument("--patience", type=int, default=d.patience, help="early stopping on val loss; 0 disables")
-    p.add_argument("--augment", default=d.augment, choices=AUGMENT_LEVELS)
-    p.add_argument("--augment-policy", default=d.augment_policy, choices=AUGMENT_POLICIES,
+    p.add_argument("--augment", choices=AUGMENT_LEVELS, help=f"default {d.augment}")
+    p.add_argument("--augment-policy", choices=AUGMENT_POLICIES,
                    help="an automatic augmentation policy on top of --augment (auto: TrivialAugment for strong)")
-    p.add_argument("--mixup", type=float, default=d.mixup, metavar="ALPHA",
+    p.add_argument("--mixup", type=float, metavar="ALPHA",
                    help="mixup of image batches (0: off; 0.2 is common); not in phases trained from cached features")
-    p.add_argument("--cutmix", type=float, default=d.cutmix, metavar="ALPHA", help="cutmix of image batches (0: off)")
-    p.add_argument("--ema", type=float, default=d.ema, metavar="DECAY",
+    p.add_argument("--cutmix", type=float, metavar="ALPHA", help="cutmix of image batches (0: off)")
+    p.add_argument("--ema", type=float, metavar="DECAY",
                    help="validate and keep an exponential moving average of the weights (0: off; e.g. 0.999)")
+    p.add_argument("--tta", action="store_const", const=True,
+                   help="the run predicts with test-time augmentation (the image and its mirror, averaged)")
     p.add_argument("--balance", default=d.balance, choices=BALANCE)
     p.add_argument("--bn", default=d.bn, choices=BN_POLICIES,
                    help="BatchNorm statistics: eval (kept everywhere), frozen (kept in frozen blocks), train (updated)")

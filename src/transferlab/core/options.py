@@ -7,6 +7,7 @@ STRATEGIES = (FEATURE_EXTRACT, PARTIAL, FINETUNE, SCRATCH, TWO_STAGE, AUTO)
 SCHEDULES = ("cosine", "onecycle", "constant")
 BALANCE = ("none", "weights", "sampler")
 AUGMENT_LEVELS = ("none", "light", "strong")
+QUALITIES = ("fast", "default", "best")  # --quality presets (training/presets.py)
 # torchvision's automatic augmentation policies; auto: the level's own (TrivialAugment for strong, else none)
 AUGMENT_POLICIES = ("auto", "none", "trivialaugment", "randaugment", "autoaugment")
 # BatchNorm statistics in training:

@@ -190,6 +190,9 @@ def render_report(meta: dict, history: list[dict], evaluations: dict) -> str:
         lines += ["", "## Why this strategy", "", adv.get("explanation", "")]
         if adv.get("plan"):
             lines += ["", "Adaptive plan (`--strategy auto`): " + "; ".join(adv["plan"]["reasons"]) + "."]
+    quality = meta.get("config", {}).get("quality_reasons")
+    if quality:
+        lines += ["", f"## Quality preset `{meta['config']['quality']}`", ""] + [f"- {why}" for why in quality.values()]
     if meta.get("decisions") or meta.get("budget"):
         lines += ["", "## Decisions during training", ""]
         lines += [f"- epoch {d['epoch']}, {d['event']}: {d['text']}" for d in meta.get("decisions", [])]

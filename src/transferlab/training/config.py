@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 
 from ..core.errors import TransferlabError
-from ..core.options import AUGMENT_LEVELS, AUGMENT_POLICIES, BALANCE, BN_POLICIES, SCHEDULES, STRATEGIES, SWITCHES, TRACKERS
+from ..core.options import AUGMENT_LEVELS, AUGMENT_POLICIES, BALANCE, BN_POLICIES, QUALITIES, SCHEDULES, STRATEGIES, SWITCHES, TRACKERS
 
 
 
@@ -38,6 +38,10 @@ class TrainConfig:
     cutmix: float = 0.0
     ema: float = 0.0
     augment_policy: str = "auto"
+    tta: bool = False  # the run predicts with test-time augmentation (evaluate, predict and serve)
+    # a --quality preset (training/presets.py) and why it chose each field it set
+    quality: str = "default"
+    quality_reasons: dict | None = None
     patience: int = 5  # early stopping on val loss, per phase; 0 disables
     augment: str = "light"
     balance: str = "none"
@@ -98,6 +102,7 @@ class TrainConfig:
             (self.balance in BALANCE, f"--balance must be one of {', '.join(BALANCE)}"),
             (self.bn in BN_POLICIES, f"--bn must be one of {', '.join(BN_POLICIES)}"),
             (self.augment in AUGMENT_LEVELS, f"--augment must be one of {', '.join(AUGMENT_LEVELS)}"),
+            (self.quality in QUALITIES, f"--quality must be one of {', '.join(QUALITIES)}"),
             (self.augment_policy in AUGMENT_POLICIES,
              f"--augment-policy must be one of {', '.join(AUGMENT_POLICIES)}"),
             (self.mixup >= 0 and self.cutmix >= 0, "--mixup and --cutmix take an alpha >= 0 (0: off)"),
