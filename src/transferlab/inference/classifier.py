@@ -3,47 +3,21 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from itertools import islice
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from ..core.device import channels_last_on_cpu, default_workers, forward_in_passes, inference_threads, pick_device
+from ..core.device import available_cpus, channels_last_on_cpu, forward_in_passes, pick_device
 from ..core.errors import ImageReadError, TransferlabError
-from ..data.images import find_images, open_image
+from ..data.images import find_images, map_in_threads, open_image
 from ..models import BlockNet, create_model, get_spec
 from ..data.transforms import EvalTransform, Preprocessing
-from ..deploy.runtime import (OnnxRuntimeForward, QuantizedForward, choose_engine, read_quantization_report,
-                              weights_fingerprint)
+from ..deploy.runtime import (ONNX_CACHED_MIN_IMAGES, OnnxRuntimeForward, QuantizedForward, choose_engine,
+                              onnx_cache_path, read_quantization_report, weights_fingerprint)
 
 PROGRESS_MIN_IMAGES = 8
-
-
-class ImageFiles(Dataset):
-    """Decodes and transforms one file per item; a broken file yields its error instead of failing the batch."""
-
-    def __init__(self, paths, transform, min_size: int | None = None):
-        self.paths = list(paths)
-        self.transform = transform
-        self.min_size = min_size
-
-    def __len__(self):
-        return len(self.paths)
-
-    def __getitem__(self, i):
-        try:
-            return self.transform(open_image(self.paths[i], min_size=self.min_size)), i, ""
-        except ImageReadError as e:
-            return None, i, e.reason
-
-
-def collate_skipping_errors(items):
-    """Stack the good images; keep (index, reason) for the bad ones."""
-    good = [(x, i) for x, i, err in items if not err]
-    errors = [(i, err) for _, i, err in items if err]
-    batch = torch.stack([x for x, _ in good]) if good else None
-    return batch, [i for _, i in good], errors
 
 
 @dataclass
@@ -132,12 +106,11 @@ class Classifier:
                                    max_drop=max_drop, threshold=threshold)
         paths = find_images(images)
         dev = pick_device(device)
-        workers = default_workers(len(paths), batch_size) if num_workers is None else num_workers
+        workers = decode_threads(len(paths)) if num_workers is None else num_workers
         threads = torch.get_num_threads()
-        engine_ready = self._onnx[0] is not None and self._onnx_key(threads) == self._onnx[0]
         self.last_backend, int8 = choose_engine(
             backend, dev, len(paths), lambda required: self.int8_forward(threads, required, max_drop), max_drop,
-            engine_ready)
+            *self._onnx_state(threads, len(paths)))
         if int8 is not None:
             return self._predict(paths, dev, top, batch_size, workers, progress, int8, threshold)
         if self.last_backend == "onnxruntime":
@@ -164,11 +137,21 @@ class Classifier:
             return explain_records(self, records, folder, class_name, method, batch_size=options["batch_size"])
 
     def onnx_forward(self, threads: int) -> OnnxRuntimeForward:
-        """The ONNX Runtime engine for the current weights, rebuilt only when they (or `threads`) change."""
+        """The ONNX Runtime engine for the current weights, rebuilt only when they (or `threads`) change;
+        their export is cached on disk (deploy.runtime.onnx_cache_path) for the next process."""
         key = self._onnx_key(threads)
         if self._onnx[0] != key:
-            self._onnx = (key, OnnxRuntimeForward(self.model, self.preprocessing.input_size, threads))
+            size = self.preprocessing.input_size
+            self._onnx = (key, OnnxRuntimeForward(self.model, size, threads, onnx_cache_path(key[0], size)))
         return self._onnx[1]
+
+    def _onnx_state(self, threads: int, num_images: int) -> tuple[bool, bool]:
+        """(an ONNX Runtime engine is built for these weights, their export is cached on disk); the weights
+        are hashed (~20 ms) only when an engine exists or the job is large enough to open a cached one."""
+        if self._onnx[0] is None and num_images < ONNX_CACHED_MIN_IMAGES:
+            return False, False
+        key = self._onnx_key(threads)
+        return key == self._onnx[0], onnx_cache_path(key[0], self.preprocessing.input_size).is_file()
 
     def int8_forward(self, threads: int, required: bool = True, max_drop: float | None = None):
         """The engine of this run's int8 export (RUN/quantization.json), checked to come from these
@@ -199,27 +182,36 @@ class Classifier:
         return weights_fingerprint(self.model), threads
 
     def _predict(self, paths, dev, top, batch_size, workers, progress, forward, threshold=None) -> list[dict]:
-        loader = DataLoader(
-            ImageFiles(paths, self.transform, min_size=self.preprocessing.resize),
-            batch_size=batch_size,
-            num_workers=workers,
-            collate_fn=collate_skipping_errors,
-            pin_memory=dev.type == "cuda",
-            persistent_workers=False,
-            prefetch_factor=4 if workers else None,
-        )
+        """Decoding threads run ahead of the engine (a pipeline: the next batches decode while this one
+        runs); each batch is stacked and scored in the caller's thread."""
+        images = map_in_threads(self._decoded(), paths, workers, ahead=2 * batch_size)
         show = progress if progress is not None else len(paths) > PROGRESS_MIN_IMAGES
         records: list[dict | None] = [None] * len(paths)
-        with tqdm(total=len(paths), desc="predict", unit="img", disable=not show, leave=False) as bar, \
-                inference_threads(dev, workers):
-            for batch, indices, errors in loader:
-                for i, reason in errors:
-                    records[i] = {"path": str(paths[i]), "status": reason, "top": []}
-                if batch is not None:
-                    for i, scored in zip(indices, self.score_records(forward(batch), top, threshold)):
+        with tqdm(total=len(paths), desc="predict", unit="img", disable=not show, leave=False) as bar:
+            for start in range(0, len(paths), batch_size):
+                chunk = list(islice(images, batch_size))
+                good = [start + j for j, (_, reason) in enumerate(chunk) if not reason]
+                for j, (_, reason) in enumerate(chunk):
+                    if reason:
+                        records[start + j] = {"path": str(paths[start + j]), "status": reason, "top": []}
+                if good:
+                    batch = torch.stack([chunk[i - start][0] for i in good])
+                    batch = batch.pin_memory() if dev.type == "cuda" else batch
+                    for i, scored in zip(good, self.score_records(forward(batch), top, threshold)):
                         records[i] = {"path": str(paths[i]), "status": "ok", **scored}
-                bar.update(len(indices) + len(errors))
+                bar.update(len(chunk))
         return records
+
+    def _decoded(self):
+        """path -> (normalised image tensor, "") or (None, the reason it could not be read)."""
+        transform, min_size = self.transform, self.preprocessing.resize
+
+        def decode(path):
+            try:
+                return transform(open_image(path, min_size=min_size)), ""
+            except ImageReadError as e:
+                return None, e.reason
+        return decode
 
     def score_records(self, logits: torch.Tensor, top: int = 5, threshold: float | None = None) -> list[dict]:
         """What a record holds for each row of logits: {"top": [...]} (softmax, or a multi-label
@@ -253,6 +245,12 @@ class Classifier:
         """Raw outputs for a preprocessed batch."""
         with torch.inference_mode():
             return self.model.eval()(batch)
+
+
+def decode_threads(num_images: int) -> int:
+    """Decoding threads beside the engine: one per core (a large PNG decodes slower than the engine
+    runs), none for a single image."""
+    return 0 if num_images <= 1 else min(8, available_cpus())
 
 
 def read_labels(path) -> list[str]:
