@@ -92,7 +92,10 @@ class Classifier:
         Records: {"path", "status" ("ok" or the reason it could not be read), "top": [{"label",
         "index", "prob"}]}; a multi-label classifier's "prob" is each label's sigmoid score, and its
         records also hold "labels": [{"label", "index", "score"}], every label at or above its
-        threshold (the run's tuned ones, or `threshold` for all). backend: "auto" (ONNX Runtime on CPU when installed, else PyTorch),
+        threshold (the run's tuned ones, or `threshold` for all). num_workers: decoding threads, which
+        run ahead of the engine (default: one per core, none for one image); the engine runs on
+        torch.get_num_threads() threads. backend: "auto" (ONNX Runtime on CPU when installed and worth
+        it, else PyTorch: deploy.runtime.resolve_backend),
         "torch", "onnxruntime" or "onnxruntime-int8" (the run's int8 export); max_drop: with "auto",
         use the int8 export when the accuracy drop it recorded is at most this many points (the rule:
         deploy.runtime.choose_engine).
@@ -108,17 +111,19 @@ class Classifier:
         dev = pick_device(device)
         workers = decode_threads(len(paths)) if num_workers is None else num_workers
         threads = torch.get_num_threads()
+        # the weights' hash (~12 ms) names the ONNX engine and its cached export: only for a job either could run
+        onnx_key = self._onnx_key(threads) if self._onnx[0] is not None or len(paths) >= ONNX_CACHED_MIN_IMAGES \
+            else None
         self.last_backend, int8 = choose_engine(
             backend, dev, len(paths), lambda required: self.int8_forward(threads, required, max_drop), max_drop,
-            *self._onnx_state(threads, len(paths)))
+            engine_ready=onnx_key is not None and onnx_key == self._onnx[0],
+            export_cached=onnx_key is not None and self._onnx_cache(onnx_key).is_file())
         if int8 is not None:
             return self._predict(paths, dev, top, batch_size, workers, progress, int8, threshold)
         if self.last_backend == "onnxruntime":
-            # the engine uses every core while the loader's workers decode: measured as fast as an
-            # engine per worker, and an ONNX Runtime session must not be used across fork() anyway
-            return self._predict(paths, dev, top, batch_size, workers, progress, self.onnx_forward(threads),
+            return self._predict(paths, dev, top, batch_size, workers, progress, self.onnx_forward(threads, onnx_key),
                                  threshold)
-        model = self.model.to(dev).eval()
+        model = self._ready_on(dev)
         with channels_last_on_cpu(model, dev):
             return self._predict(paths, dev, top, batch_size, workers, progress,
                                  lambda batch: forward_in_passes(model, batch.to(dev, non_blocking=True), dev),
@@ -136,22 +141,25 @@ class Classifier:
         with torch.inference_mode(False):
             return explain_records(self, records, folder, class_name, method, batch_size=options["batch_size"])
 
-    def onnx_forward(self, threads: int) -> OnnxRuntimeForward:
+    def onnx_forward(self, threads: int, key: tuple | None = None) -> OnnxRuntimeForward:
         """The ONNX Runtime engine for the current weights, rebuilt only when they (or `threads`) change;
-        their export is cached on disk (deploy.runtime.onnx_cache_path) for the next process."""
-        key = self._onnx_key(threads)
+        their export is cached on disk (deploy.runtime.onnx_cache_path) for the next process. key: the
+        weights' _onnx_key when the caller has just computed it."""
+        key = key or self._onnx_key(threads)
         if self._onnx[0] != key:
-            size = self.preprocessing.input_size
-            self._onnx = (key, OnnxRuntimeForward(self.model, size, threads, onnx_cache_path(key[0], size)))
+            self._onnx = (key, OnnxRuntimeForward(self.model, self.preprocessing.input_size, threads,
+                                                  self._onnx_cache(key)))
         return self._onnx[1]
 
-    def _onnx_state(self, threads: int, num_images: int) -> tuple[bool, bool]:
-        """(an ONNX Runtime engine is built for these weights, their export is cached on disk); the weights
-        are hashed (~20 ms) only when an engine exists or the job is large enough to open a cached one."""
-        if self._onnx[0] is None and num_images < ONNX_CACHED_MIN_IMAGES:
-            return False, False
-        key = self._onnx_key(threads)
-        return key == self._onnx[0], onnx_cache_path(key[0], self.preprocessing.input_size).is_file()
+    def _onnx_cache(self, key: tuple) -> Path:
+        return onnx_cache_path(key[0], self.preprocessing.input_size)
+
+    def _ready_on(self, dev: torch.device) -> BlockNet:
+        """The model on `dev` in eval mode; both walk every module, so only when needed (~4 ms a call)."""
+        model = self.model
+        if next(model.parameters()).device != dev:
+            model = model.to(dev)
+        return model.eval() if model.training else model
 
     def int8_forward(self, threads: int, required: bool = True, max_drop: float | None = None):
         """The engine of this run's int8 export (RUN/quantization.json), checked to come from these
