@@ -32,12 +32,14 @@ def add_predict(sub, name: str = "predict", default_model: str = "efficientnet_l
                    help="detector: minimum face score; multi-label classifier: one decision threshold for every "
                         "label (default: the model's own)")
     p.add_argument("--draw", metavar="DIR", help="detector: save copies of the images with faces drawn")
+    add_tta_option(p, "classifier; default: as the run was trained")
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--workers", type=int, default=None, help="decoding processes (default: from the machine)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="decoding threads, running ahead of the network (default: one per core)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
     p.add_argument("--backend", default="auto", choices=BACKENDS,
-                   help="classifier engine; auto: ONNX Runtime on CPU for 128 images or more (about "
-                        "twice as fast once exported), PyTorch otherwise; onnxruntime-int8: the run's int8 "
+                   help="classifier engine; auto: ONNX Runtime on CPU (about twice as fast) for 128 images "
+                        "or more, or 8 once its export is cached, PyTorch otherwise; onnxruntime-int8: the run's int8 "
                         "export (transferlab export RUN --quantize int8)")
     p.add_argument("--max-drop", type=_points, metavar="POINTS",
                    help="classifier, --backend auto: use the run's int8 export when the accuracy drop it "
@@ -115,6 +117,17 @@ def add_log_option(p) -> None:
                         "(pip install 'transferlab[track]')")
 
 
+def add_tta_option(p, what: str) -> None:
+    """--tta on|off: a classifier's test-time augmentation (each image and its mirror, averaged)."""
+    p.add_argument("--tta", choices=("on", "off"),
+                   help=f"test-time augmentation: each image and its mirror, averaged ({what})")
+
+
+def tta_setting(args) -> bool | None:
+    """--tta as the API takes it: True, False, or None (not given)."""
+    return None if getattr(args, "tta", None) is None else args.tta == "on"
+
+
 def add_evaluate(sub, name: str = "evaluate"):
     """The evaluate command (also `detect evaluate`)."""
     p = sub.add_parser(name, help="evaluate a model on labelled data: accuracy and confusion matrix "
@@ -132,6 +145,7 @@ def add_evaluate(sub, name: str = "evaluate"):
                         "default RUN/eval_confusion.png or RUN/eval_pr_curve.png")
     p.add_argument("--threshold", type=_probability,
                    help="multi-label classifier: one decision threshold for every label (default: the run's tuned ones)")
+    add_tta_option(p, "classifier; default: as the run was trained")
     add_table_options(p)
     p.set_defaults(func=lazy_handler("evaluating", "cmd_evaluate"))
 
@@ -209,8 +223,7 @@ def add_train(sub, default_model: str | None = None,
     p.add_argument("--cutmix", type=float, metavar="ALPHA", help="cutmix of image batches (0: off)")
     p.add_argument("--ema", type=float, metavar="DECAY",
                    help="validate and keep an exponential moving average of the weights (0: off; e.g. 0.999)")
-    p.add_argument("--tta", action="store_const", const=True,
-                   help="the run predicts with test-time augmentation (the image and its mirror, averaged)")
+    add_tta_option(p, "the run's evaluations and every later predict and serve; default off")
     p.add_argument("--balance", default=d.balance, choices=BALANCE)
     p.add_argument("--bn", default=d.bn, choices=BN_POLICIES,
                    help="BatchNorm statistics: eval (kept everywhere), frozen (kept in frozen blocks), train (updated)")

@@ -9,11 +9,12 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from ..core.device import available_cpus, channels_last_on_cpu, forward_in_passes, pick_device
+from ..core.device import CPU_PASS_IMAGES, available_cpus, channels_last_on_cpu, forward_in_passes, pick_device
 from ..core.errors import ImageReadError, TransferlabError
 from ..data.images import find_images, map_in_threads, open_image
 from ..models import BlockNet, create_model, get_spec
 from ..data.transforms import EvalTransform, Preprocessing
+from .tta import mirrored
 from ..deploy.runtime import (ONNX_CACHED_MIN_IMAGES, OnnxRuntimeForward, QuantizedForward, choose_engine,
                               onnx_cache_path, read_quantization_report, weights_fingerprint)
 
@@ -31,6 +32,7 @@ class Classifier:
     meta: dict = field(default_factory=dict)
     # a multi-label classifier's per-label decision thresholds on sigmoid scores (None: single-label, softmax)
     thresholds: list[float] | None = None
+    tta: bool = False  # test-time augmentation: each image and its mirror, averaged (inference/tta.py)
     _onnx: tuple = field(default=(None, None), init=False, repr=False, compare=False)  # (key, engine)
     _int8: tuple = field(default=(None, None), init=False, repr=False, compare=False)  # (key, engine)
     # the engine the last predict() ran on: "torch", "onnxruntime" or "onnxruntime-int8"
@@ -54,7 +56,12 @@ class Classifier:
 
     def with_labels(self, path) -> "Classifier":
         """The same model with class names read from a labels file."""
-        return Classifier(self.model, read_labels(path), self.preprocessing, self.name, self.meta, self.thresholds)
+        return Classifier(self.model, read_labels(path), self.preprocessing, self.name, self.meta, self.thresholds,
+                          self.tta)
+
+    def with_tta(self, forward):
+        """The engine's forward as every verb runs it: averaged with the mirrored batch when `tta` is on."""
+        return mirrored(forward) if self.tta else forward
 
     @property
     def multilabel(self) -> bool:
@@ -191,13 +198,16 @@ class Classifier:
 
     def _predict(self, paths, dev, top, batch_size, workers, progress, forward, threshold=None) -> list[dict]:
         """Decoding threads run ahead of the engine (a pipeline: the next batches decode while this one
-        runs); each batch is stacked and scored in the caller's thread."""
+        runs); each batch is stacked and scored in the caller's thread. On CPU a batch is one engine
+        pass: the engine starts after 8 images, not 32, and a 30-image job overlaps too."""
+        forward = self.with_tta(forward)
+        step = min(batch_size, CPU_PASS_IMAGES) if dev.type == "cpu" else batch_size
         images = map_in_threads(self._decoded(), paths, workers, ahead=2 * batch_size)
         show = progress if progress is not None else len(paths) > PROGRESS_MIN_IMAGES
         records: list[dict | None] = [None] * len(paths)
         with tqdm(total=len(paths), desc="predict", unit="img", disable=not show, leave=False) as bar:
-            for start in range(0, len(paths), batch_size):
-                chunk = list(islice(images, batch_size))
+            for start in range(0, len(paths), step):
+                chunk = list(islice(images, step))
                 good = [start + j for j, (_, reason) in enumerate(chunk) if not reason]
                 for j, (_, reason) in enumerate(chunk):
                     if reason:
