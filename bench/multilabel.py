@@ -100,9 +100,11 @@ def probe_scores(train_csv: Path, val_csv: Path, image_size: int | None):
     return clf.predict_proba(scaler.transform(x_val)), y_val, scan.classes, scan
 
 
-def run_scores(run_path: Path, scan) -> np.ndarray:
-    """A run's val scores, in the order of the scan's val samples (sigmoid, or softmax for one label)."""
+def run_scores(run_path: Path, scan, tta: bool = False) -> np.ndarray:
+    """A run's val scores, in the order of the scan's val samples (sigmoid, or softmax for one label);
+    tta: with test-time augmentation."""
     clf = load(str(run_path))
+    clf.tta = tta
     records, readable = predicted_scores(clf, scan.splits["val"], progress=False)
     assert len(readable) == len(scan.splits["val"])
     order = [clf.classes.index(c) for c in scan.classes]

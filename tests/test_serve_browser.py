@@ -220,3 +220,16 @@ def test_a_multilabel_run_in_the_page_and_its_report(browser, multilabel_run, sh
     page.close()
     assert problems["console"] == [] and problems["outside"] == []
     print(f"screenshots: {tmp_path / 'ml-try.png'} {tmp_path / 'ml-run.png'} {tmp_path / 'ml-report.png'}")
+
+
+def test_the_page_says_when_test_time_augmentation_is_on(browser, trained_run, tmp_path):
+    from transferlab.serve import create_app
+
+    with LiveServer(create_app([trained_run], tta=True)) as live:
+        page = browser.new_page(viewport={"width": 1280, "height": 700})
+        page.goto(live.url + "/")
+        poll(page, page.locator("#model-info"), "els => els.some(el => el.textContent.includes('test-time augmentation on'))",
+             "the model line names test-time augmentation")
+        page.screenshot(path=str(tmp_path / "tta.png"))
+        page.close()
+    print(f"screenshot: {tmp_path / 'tta.png'}")

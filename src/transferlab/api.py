@@ -24,15 +24,18 @@ def model_kind(model) -> str:
     return "detector" if str(model) in CONFIGS else "classifier"
 
 
-def load(model: str = "efficientnet_lite0", weights="default", labels=None):
+def load(model: str = "efficientnet_lite0", weights="default", labels=None, tta: bool | None = None):
     """A Classifier or a Detector from a registry name or a run folder of either kind.
 
     labels: a file of class names (one per line, or a JSON list) for a classifier's outputs.
+    tta: a classifier's test-time augmentation on or off (default: as its run was trained, else off).
     """
     kind = model_kind(model)
     if kind == "detector":
         if labels is not None:
             raise TransferlabError("--labels applies to classifiers; a face detector has no class names")
+        if tta:
+            raise TransferlabError("--tta applies to classifiers; a face detector has no test-time augmentation")
         from .detect.detector import load_detector
 
         return load_detector(model)
@@ -44,18 +47,21 @@ def load(model: str = "efficientnet_lite0", weights="default", labels=None):
         from .inference.classifier import Classifier
 
         clf = Classifier.pretrained(str(model), weights=weights)
+    if tta is not None:
+        clf.tta = bool(tta)
     return clf.with_labels(labels) if labels is not None else clf
 
 
 def predict(images, model="efficientnet_lite0", top: int = 5, labels=None, weights="default",
-            threshold: float | None = None, **options) -> list[dict]:
+            threshold: float | None = None, tta: bool | None = None, **options) -> list[dict]:
     """Label (classifier) or find faces in (detector) files, folders or globs: one record per image,
     {"path", "status", "top" | "detections"}; a multi-label classifier's records also hold "labels".
     threshold: a detector's score threshold, or one decision threshold for every label of a
     multi-label classifier (default: the run's tuned ones). explain=DIR (classifiers): a class-activation
     heatmap per image, its path in the record's "heatmap" (explain_class, explain_method: see
-    Classifier.predict). See Classifier.predict and Detector.predict."""
-    net = model if hasattr(model, "kind") else load(model, weights=weights, labels=labels)
+    Classifier.predict). tta: test-time augmentation on or off (default: the run's). See Classifier.predict
+    and Detector.predict."""
+    net = model if hasattr(model, "kind") else load(model, weights=weights, labels=labels, tta=tta)
     if net.kind == "detector":
         if options.get("explain") is not None:
             raise TransferlabError(EXPLAIN_DETECTOR)
@@ -65,13 +71,14 @@ def predict(images, model="efficientnet_lite0", top: int = 5, labels=None, weigh
 
 
 def evaluate(model, data, device=None, progress: bool = True, format: str = "auto", plot=None,
-             threshold: float | None = None) -> dict:
+             threshold: float | None = None, tta: bool | None = None) -> dict:
     """Evaluate on labelled data. A classifier: accuracy, per-class report, confusion matrix on a class
     folder or a table; a multi-label one: mAP, micro/macro F1, per-label AP/precision/recall at its
     thresholds (or `threshold` for every label). A detector: AP@0.5 on annotated faces (format: one of
     core.options.ANNOTATION_FORMATS), next to the pretrained architecture's, with its precision/recall
-    curve at `plot` (default: in the run)."""
-    net = model if hasattr(model, "kind") else load(model)
+    curve at `plot` (default: in the run). tta: a classifier's test-time augmentation on or off (default:
+    the run's)."""
+    net = model if hasattr(model, "kind") else load(model, tta=tta)
     if net.kind == "detector":
         from .detect.evaluate import evaluate_faces
 

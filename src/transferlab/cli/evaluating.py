@@ -6,13 +6,14 @@ from pathlib import Path
 
 from ..core.io import atomic_write_json
 from ..runs.folder import is_run_folder
+from .commands import tta_setting
 
 
 def cmd_evaluate(args) -> int:
     """Evaluate and print (or write) the result; a classifier's confusion matrix is also drawn."""
     from ..api import evaluate, load
 
-    net = load(args.model)
+    net = load(args.model, tta=tta_setting(args))
     if net.kind == "detector":
         if any(getattr(args, k, None) is not None for k in ("val_data", "image_col", "label_col", "label_delim")):
             from ..core.errors import TransferlabError

@@ -10,7 +10,7 @@ import sys
 
 from .. import __version__
 from ..core.errors import TransferlabError
-from .commands import (add_evaluate, add_export, add_log_option, add_predict, add_table_options, add_train,
+from .commands import (add_evaluate, add_export, add_log_option, add_predict, add_table_options, add_train, add_tta_option,
                        lazy_handler)
 from .detect import register
 from .listing import add_runs
@@ -156,6 +156,7 @@ def _add_serve(sub) -> None:
     p.add_argument("--runs", metavar="DIR", help="a folder of runs for the page's Runs tab: every run, sortable by "
                                                  "its metric, their curves overlaid, each opening its Run view")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
+    add_tta_option(p, "the classifiers; default: as each run was trained; the page says when it is on")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--token", help="require Authorization: Bearer TOKEN on every /api call "
                                    "(default: $TRANSFERLAB_TOKEN)")

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from ..core.io import atomic_path, atomic_write_json
+from .commands import tta_setting
 
 KEYPOINTS = ("right_eye", "left_eye", "nose", "mouth", "right_ear", "left_ear")
 
@@ -16,7 +17,7 @@ def cmd_predict(args) -> int:
     from ..api import load
 
     explain = _explain_folder(args)
-    net = load(args.model, weights=args.weights, labels=args.labels)
+    net = load(args.model, weights=args.weights, labels=args.labels, tta=tta_setting(args))
     if net.kind == "detector":
         records = net.predict(args.images, args.threshold, batch_size=args.batch_size)
         if args.draw:

@@ -6,6 +6,7 @@ import os
 import sys
 
 from ..core.errors import TransferlabError
+from .commands import tta_setting
 
 LOOPBACK_NAMES = ("localhost",)
 
@@ -41,7 +42,7 @@ def cmd_serve(args) -> int:
     app = create_app(args.models, token=token, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
                      max_queue=args.max_queue, max_upload_mb=args.max_upload_mb, max_pixels=args.max_pixels,
                      max_images=args.max_images, cors_origins=args.cors or (), backend=args.backend,
-                     max_drop=args.max_drop, runs_dir=args.runs)
+                     max_drop=args.max_drop, runs_dir=args.runs, tta=tta_setting(args))
     names = ", ".join([f"{m.name} ({m.kind})" for m in app.state.models.values()] +
                       ([f"the runs in {args.runs}"] if args.runs else []))
     host = f"[{args.host}]" if ":" in args.host else args.host

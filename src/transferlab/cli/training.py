@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from ..core.errors import TransferlabError
+from .commands import tta_setting
 
 
 def train_options(args) -> dict:
@@ -17,6 +18,8 @@ def train_options(args) -> dict:
             options["lr"] = float(options["lr"])
         except ValueError:
             raise TransferlabError(f"--lr must be a number or 'find', got {options['lr']!r}") from None
+    if "tta" in options:
+        options["tta"] = tta_setting(args)
     if isinstance(options.get("freeze"), str) and options["freeze"].lstrip("-").isdigit():
         options["freeze"] = int(options["freeze"])
     return options

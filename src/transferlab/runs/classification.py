@@ -43,7 +43,9 @@ def write_run(out: Path, model: BlockNet, scan, cfg, phases, metrics: dict, hist
         meta["advice"] = cfg.advice
     if thresholds is not None:
         meta["thresholds"] = thresholds
-    clf = Classifier(model, list(scan.classes), model.preprocessing, name=str(out), meta=meta, thresholds=thresholds)
+    meta["tta"] = cfg.tta  # the run's evaluations below, and every later predict, average with the mirror
+    clf = Classifier(model, list(scan.classes), model.preprocessing, name=str(out), meta=meta, thresholds=thresholds,
+                     tta=cfg.tta)
     evaluations = {}
     for split in ("val", "test"):
         if scan.splits.get(split):
@@ -72,4 +74,4 @@ def load_run(run) -> Classifier:
     load_user_weights(model, load_state_dict_file(run / "model.safetensors"), str(run / "model.safetensors"))
     model.eval()
     return Classifier(model, list(meta["classes"]), model.preprocessing, name=str(run), meta=meta,
-                      thresholds=meta.get("thresholds"))
+                      thresholds=meta.get("thresholds"), tta=meta.get("tta", False))

@@ -98,7 +98,7 @@ def create_app(models, *, token: str | None = None, max_batch: int = 4, max_wait
                max_queue: int = 256, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB,
                max_pixels: int = DEFAULT_MAX_PIXELS, max_images: int = DEFAULT_MAX_IMAGES,
                cors_origins=(), decode_threads: int = 2, backend: str = "auto",
-               max_drop: float | None = None, runs_dir=None) -> FastAPI:
+               max_drop: float | None = None, runs_dir=None, tta: bool | None = None) -> FastAPI:
     """The app serving `models` (registry names, run folders of either kind, or loaded models).
 
     max_batch / max_wait_ms: dynamic batching (max_batch 1 turns it off). On 2 CPU cores ONNX Runtime
@@ -111,12 +111,13 @@ def create_app(models, *, token: str | None = None, max_batch: int = 4, max_wait
     backend / max_drop: a classifier run's engine, as `predict --backend` (onnxruntime-int8 needs
     `transferlab export RUN --quantize int8`; auto uses it when its recorded drop is <= max_drop).
     runs_dir: a folder of runs for the page's Runs tab (the runs are read, never loaded as models).
+    tta: the classifiers' test-time augmentation on or off (default: each run's); /api/models says which.
 
     The models' weights load here; each model's warm-up (a classifier's ONNX export, seconds) runs once
     the server is up, in its inference thread: /api/health/ready answers 503 until every model is warm,
     and a prediction sent meanwhile waits for it.
     """
-    served: dict[str, ServedModel] = {m.name: m for m in load_models(models, backend, max_drop)}
+    served: dict[str, ServedModel] = {m.name: m for m in load_models(models, backend, max_drop, tta)}
     state = {name: "loading" for name in served}  # then "ready", or "failed to load (why)"
     batchers: dict[str, DynamicBatcher] = {}  # filled below: each batcher reports to the metrics
     metrics = Metrics(state, batchers, max_batch)

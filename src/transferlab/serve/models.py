@@ -88,7 +88,8 @@ class ServedModel:
 
     def describe(self) -> dict:
         """name, kind, classes, preprocessing, metrics (from model.json for a run), source; a classifier's
-        multilabel (several labels per image) and thresholds (each label's decision threshold, or None)."""
+        multilabel (several labels per image), thresholds (each label's decision threshold, or None) and tta
+        (whether its records average each image with its mirror)."""
         meta = getattr(self.net, "meta", None) or {}
         if self.kind == "classifier":
             pre = self.net.preprocessing.to_dict()
@@ -104,6 +105,7 @@ class ServedModel:
         return {"name": self.name, "kind": self.kind, "source": self.source if self.run is None else self.run.name,
                 "run": self.run is not None, "classes": classes, "num_classes": len(classes),
                 "multilabel": thresholds is not None, "thresholds": thresholds,
+                "tta": bool(getattr(self.net, "tta", False)),
                 "preprocessing": pre, "metrics": meta.get("metrics", {}),
                 "architecture": meta.get("architecture", self.source)}
 
@@ -139,8 +141,8 @@ class ServedModel:
 
             backend, engine = choose_engine(self.backend, torch.device("cpu"), 1, int8, self.max_drop,
                                             engine_ready=True)  # a server runs many images: export once
-            self._engine = engine if engine is not None else (
-                self.net.onnx_forward(self.threads) if backend == "onnxruntime" else self.net.logits)
+            self._engine = self.net.with_tta(engine if engine is not None else (
+                self.net.onnx_forward(self.threads) if backend == "onnxruntime" else self.net.logits))
         return self._engine
 
     def _classify(self, items: list) -> list[dict]:
@@ -180,13 +182,17 @@ class ServedModel:
         return records
 
 
-def load_models(models, backend: str = "auto", max_drop: float | None = None) -> list[ServedModel]:
-    """Registry names, run folders (either kind) or loaded models -> ServedModels with unique names."""
+def load_models(models, backend: str = "auto", max_drop: float | None = None,
+                tta: bool | None = None) -> list[ServedModel]:
+    """Registry names, run folders (either kind) or loaded models -> ServedModels with unique names.
+    tta: test-time augmentation on or off for every classifier loaded here (default: each run's)."""
     from ..api import load
 
     served, names = [], set()
     for m in models:
         net = m if hasattr(m, "kind") else load(str(m))
+        if tta is not None and net.kind == "classifier":
+            net.tta = tta
         source = str(getattr(net, "source", "") or getattr(net, "name", "") or m) if hasattr(m, "kind") else str(m)
         base = Path(source).name if is_run_folder(source) else source
         base = "".join(c if c.isalnum() or c in "-_." else "_" for c in base).strip(".") or "model"

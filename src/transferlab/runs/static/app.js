@@ -58,7 +58,8 @@ function chooseModel(name) {
   const metric = m.kind !== "classifier" ? "AP@0.5" : (m.multilabel ? "mAP" : "accuracy");
   $("model-info").textContent = (m.multilabel ? `multi-label classifier, ${m.num_classes} labels` :
     `${m.kind}, ${m.num_classes} class${m.num_classes === 1 ? "" : "es"}`) +
-    (m.run ? `, run folder` : "") + (acc !== undefined ? `, validation ${metric} ${acc.toFixed(3)}` : "");
+    (m.run ? `, run folder` : "") + (acc !== undefined ? `, validation ${metric} ${acc.toFixed(3)}` : "") +
+    (m.tta ? ", test-time augmentation on (each image and its mirror, averaged)" : "");
   $("tab-run").hidden = !m.run;
   $("results").replaceChildren();
   state.run = null;
