@@ -60,6 +60,27 @@ def first_rows(table: Path, out: Path, n: int) -> Path:
     return out
 
 
+def dataset_tables(root: Path, folder: Path, per_class: int | None, seed: int, limit: int | None) -> tuple[Path, Path]:
+    """(train, val) tables of a shared set: a table set's own train.csv/val.csv (its first `limit` training
+    rows and a quarter as many validation rows, written into `folder`), or a class-per-folder set written
+    as tables with a seeded split."""
+    if not (root / "train.csv").is_file():
+        return folder_as_tables(root, folder, per_class, seed)
+    if not limit:
+        return root / "train.csv", root / "val.csv"
+    return (first_rows(root / "train.csv", folder / "train.csv", limit),
+            first_rows(root / "val.csv", folder / "val.csv", max(4, limit // 4)))
+
+
+def add_dataset_options(ap, datasets: str) -> None:
+    """--datasets and --datasets-dir, --per-class and --limit: which shared sets a bench reads, and how much."""
+    ap.add_argument("--datasets", default=datasets)
+    ap.add_argument("--datasets-dir", type=Path, default=SHARED_DATASETS,
+                    help="the folder that holds the photo sets (default: ../shared/datasets beside the project)")
+    ap.add_argument("--per-class", type=int, default=40, help="images per class of a class-per-folder set")
+    ap.add_argument("--limit", type=int, help="a table set's first N training rows and N/4 validation rows (smoke)")
+
+
 def targets_of(samples, k: int) -> np.ndarray:
     t = np.zeros((len(samples), k), dtype=bool)
     for row, s in enumerate(samples):
@@ -125,16 +146,12 @@ def cross_fitted_f1(scores: np.ndarray, targets: np.ndarray, classes) -> tuple[f
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--datasets", default="aquarium,clothing")
-    ap.add_argument("--datasets-dir", type=Path, default=SHARED_DATASETS,
-                    help="the folder that holds the photo sets (default: ../shared/datasets beside the project)")
+    add_dataset_options(ap, "aquarium,clothing")
     ap.add_argument("--image-size", type=int, default=160, help="training and probe input size")
     ap.add_argument("--epochs", type=int, default=10)
-    ap.add_argument("--per-class", type=int, default=40, help="images per class of a single-label folder set")
     ap.add_argument("--strategies", default="two-stage,auto")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--keep", type=Path, help="keep the tables and runs here")
-    ap.add_argument("--limit", type=int, help="a table set's first N training rows and N/4 validation rows (smoke)")
     args = ap.parse_args()
     names = [d.strip() for d in args.datasets.split(",") if d.strip()]
     for name in names:
@@ -145,13 +162,7 @@ def main() -> None:
         for name in names:
             root = args.datasets_dir / name
             (work / name).mkdir(parents=True, exist_ok=True)
-            if (root / "train.csv").is_file():
-                train_csv, val_csv = root / "train.csv", root / "val.csv"
-                if args.limit:
-                    train_csv = first_rows(train_csv, work / name / "train.csv", args.limit)
-                    val_csv = first_rows(val_csv, work / name / "val.csv", max(4, args.limit // 4))
-            else:
-                train_csv, val_csv = folder_as_tables(root, work / name, args.per_class, args.seed)
+            train_csv, val_csv = dataset_tables(root, work / name, args.per_class, args.seed, args.limit)
             t0 = time.perf_counter()
             probe, targets, classes, scan = probe_scores(train_csv, val_csv, args.image_size)
             row = {"dataset": name, "multilabel": scan.multilabel, "train": len(scan.splits["train"]),

@@ -21,8 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from multilabel import first_rows, folder_as_tables, run_scores
-from shared_data import SHARED_DATASETS, require_folder
+from multilabel import add_dataset_options, dataset_tables, run_scores
+from shared_data import require_folder
 from transferlab.api import train
 from transferlab.data.folders import scan_dataset
 from transferlab.data.tables import Table
@@ -66,11 +66,7 @@ def variant_options(name: str, args) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--datasets", default="flowers,eurosat,clothing")
-    ap.add_argument("--datasets-dir", type=Path, default=SHARED_DATASETS,
-                    help="the folder that holds the photo sets (default: ../shared/datasets beside the project)")
-    ap.add_argument("--per-class", type=int, default=40, help="images per class of a class-per-folder set")
-    ap.add_argument("--limit", type=int, help="a table set's first N training rows and N/4 validation rows")
+    add_dataset_options(ap, "flowers,eurosat,clothing")
     ap.add_argument("--image-size", type=int, default=128, help="input size of every variant but the presets")
     ap.add_argument("--epochs", type=int, default=6)
     ap.add_argument("--seeds", default="0")
@@ -98,13 +94,7 @@ def main() -> None:
             for seed in seeds:
                 folder = work / f"{name}-{seed}"
                 folder.mkdir(parents=True)
-                if (root / "train.csv").is_file():
-                    train_csv, val_csv = root / "train.csv", root / "val.csv"
-                    if args.limit:
-                        train_csv = first_rows(train_csv, folder / "train.csv", args.limit)
-                        val_csv = first_rows(val_csv, folder / "val.csv", max(4, args.limit // 4))
-                else:
-                    train_csv, val_csv = folder_as_tables(root, folder, args.per_class, seed)
+                train_csv, val_csv = dataset_tables(root, folder, args.per_class, seed, args.limit)
                 scan = scan_dataset(Table(train_csv, val=val_csv), multilabel=True)
                 for variant in variants:
                     t0, cpu0 = time.perf_counter(), time.process_time()

@@ -45,22 +45,6 @@ def default_workers(num_items: int, batch_size: int) -> int:
     return max(1, min(8, available_cpus() - 1))
 
 
-@contextmanager
-def inference_threads(device: torch.device, workers: int):
-    """Intra-op threads for CPU inference while `workers` decoding processes share the cores.
-
-    The workers need a core each to keep the model fed; giving torch the rest avoids
-    oversubscription (threads waiting on each other's preempted work). Restored afterwards.
-    """
-    before = torch.get_num_threads()
-    if device.type == "cpu" and workers > 0:
-        torch.set_num_threads(max(1, min(before, available_cpus() - workers)))
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 def cpu_layout(x: torch.Tensor) -> torch.Tensor:
     """Channels-last for image-shaped tensors (the fast path of CPU convolutions); others unchanged."""
     return x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x
