@@ -119,7 +119,9 @@ def add_log_option(p) -> None:
 
 def add_tta_option(p, what: str) -> None:
     """--tta on|off: a classifier's test-time augmentation (each image and its mirror, averaged)."""
-    p.add_argument("--tta", choices=("on", "off"),
+    from ..core.options import TOGGLES
+
+    p.add_argument("--tta", choices=TOGGLES,
                    help=f"test-time augmentation: each image and its mirror, averaged ({what})")
 
 

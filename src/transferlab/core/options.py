@@ -17,6 +17,7 @@ AUGMENT_POLICIES = ("auto", "none", "trivialaugment", "randaugment", "autoaugmen
 # train:  every BatchNorm updates its statistics, frozen blocks included.
 BN_POLICIES = ("frozen", "eval", "train")
 SWITCHES = ("auto", "on", "off")  # --amp, --cache-features
+TOGGLES = ("on", "off")  # an option with no auto (--tta)
 LR_SCALINGS = ("relative", "none")  # --lr-scaling: see detect/training.py
 EXPORT_FORMATS = ("torchscript", "onnx")
 QUANTIZE_MODES = ("int8", "fp16")  # ONNX only: int8 for CPUs and phones, fp16 for GPUs
