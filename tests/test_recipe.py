@@ -124,7 +124,7 @@ def test_bad_recipe_options_get_one_line(option, message):
 # --- --quality presets ------------------------------------------------------------------------------------
 def test_best_takes_the_largest_installed_backbone_and_leaves_given_options_alone():
     settings, reasons = quality_settings("best", ["efficientnet_lite0", "efficientnet_lite2"], given={"epochs"})
-    assert settings["model"] == "efficientnet_lite2" and "epochs" not in settings and set(reasons) == set(settings)
+    assert settings == {"model": "efficientnet_lite2"} and set(reasons) == {"model"}
     assert quality_settings("best", ["resnet18"], given=set())[0]["model"] == "efficientnet_lite0"
     assert quality_settings("best", [], given={"model"})[0].get("model") is None
     with pytest.raises(TransferlabError, match="--quality must be one of fast, default, best"):
@@ -132,14 +132,13 @@ def test_best_takes_the_largest_installed_backbone_and_leaves_given_options_alon
 
 
 def test_a_preset_fills_what_the_user_left_and_the_run_says_why(digits_folder, tmp_path):
-    run = train(digits_folder, model="efficientnet_lite0", quality="best", epochs=2, out=tmp_path / "run",
-                progress=False, **TRAIN)
+    run = train(digits_folder, strategy="feature-extract", quality="fast", out=tmp_path / "run", progress=False,
+                **TRAIN)
     cfg = json.loads((run.path / "model.json").read_text())["config"]
-    assert cfg["quality"] == "best" and cfg["epochs"] == 2 and cfg["image_size"] == 48  # given: kept
-    assert cfg["ema"] == PRESETS["best"]["ema"][0] and cfg["tta"] is True  # left unset: the preset's
-    assert set(cfg["quality_reasons"]) == {"ema", "tta"}
+    assert cfg["quality"] == "fast" and cfg["image_size"] == 48  # given: kept
+    assert cfg["epochs"] == PRESETS["fast"]["epochs"][0] and set(cfg["quality_reasons"]) == {"epochs"}  # left: the preset's
     report = (run.path / "report.md").read_text()
-    assert "Quality preset `best`" in report and PRESETS["best"]["ema"][1] in report
+    assert "Quality preset `fast`" in report and PRESETS["fast"]["epochs"][1] in report
 
 
 def test_quality_is_refused_for_a_detector_in_one_line(tmp_path):
