@@ -33,8 +33,10 @@ def log(*a, **k):
     print(*a, **{"file": sys.stderr, "flush": True, **k})
 
 
-def run_predict(images: int, keep: Path | None, repeats: int = 3) -> str:
+def run_predict(images: int, keep: Path | None, repeats: int = 3, quick: bool = False) -> str:
     cmd = [sys.executable, str(HERE / "predict.py"), "--images", str(images), "--repeats", str(repeats)]
+    if quick:  # one kind of image and a small int8 calibration: a smoke run of every backend
+        cmd += ["--kinds", "small-jpeg", "--calibration", "8"]
     if keep:
         cmd += ["--keep", str(keep / "photos")]
     proc = subprocess.run(cmd, capture_output=True, text=True)
@@ -143,7 +145,7 @@ def main(argv=None) -> int:
     if a.what in ("all", "predict"):
         log("predict ...")
         sections.append(("predict (efficientnet_lite0, real-size JPEGs)",
-                         run_predict(a.predict_images or (64 if quick else 200), a.keep, a.predict_repeats)))
+                         run_predict(a.predict_images or (64 if quick else 200), a.keep, a.predict_repeats, quick)))
     if a.what in ("all", "train"):
         import train as bt
 

@@ -14,6 +14,8 @@ from transferlab.detect.weights import load_pretrained
 from transferlab.core.errors import TransferlabError
 from transferlab.core.io import load_state_dict_file
 
+from .conftest import TRAINED_EPOCHS
+
 
 
 def test_fine_tuning_beats_pretrained_on_held_out_faces(trained_run, synthetic_test):
@@ -37,14 +39,14 @@ def test_run_folder_contents(trained_run):
     assert meta["kind"] == "detector" and meta["architecture"] == "blazeface_front"
     assert meta["input_size"] == 128 and meta["anchors"]["strides"] == [8, 16, 16, 16]
     assert meta["thresholds"] == {"score": 0.5, "iou": 0.3}
-    assert meta["config"]["epochs"] == 8
+    assert meta["config"]["epochs"] == TRAINED_EPOCHS
     assert meta["metrics"]["val_ap50"] > meta["metrics"]["pretrained_val_ap50"]
     rows = list(csv.DictReader(open(run / "metrics.csv")))
-    assert [int(r["epoch"]) for r in rows] == list(range(0, 9))  # epoch 0: the pretrained model
+    assert [int(r["epoch"]) for r in rows] == list(range(0, TRAINED_EPOCHS + 1))  # epoch 0: the pretrained model
     assert "AP@0.5" in (run / "report.md").read_text()
     # the checkpoint holds only tensors and plain types: it loads with weights_only=True
     state = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
-    assert state["task"] == "detector" and state["history"][-1]["epoch"] == 8 and state["phase"] == 1
+    assert state["task"] == "detector" and state["history"][-1]["epoch"] == TRAINED_EPOCHS and state["phase"] == 1
     assert set(load_state_dict_file(run / "model.safetensors")) == set(load_pretrained("blazeface_front").state_dict())
 
 
