@@ -138,11 +138,9 @@ def train(data, model: str | None = None, strategy: str | None = None, out=None,
         data = as_table(data, cfg) if kind == "classifier" else data  # a table, read as it was first time
     else:
         kind = model_kind(model) if model else "classifier"
-        given = {k for k, v in (("model", model), ("strategy", strategy)) if v is not None} | set(options)
-        preset = quality_preset(kind, options.get("quality", "default"), given)
-        settings = {**task_class(kind).defaults, **preset, **options}
-        settings.update({k: v for k, v in (("model", model), ("strategy", strategy)) if v is not None})
-        cfg = TrainConfig(**settings)
+        explicit = {k: v for k, v in (("model", model), ("strategy", strategy)) if v is not None}
+        preset = quality_preset(kind, options.get("quality", "default"), set(explicit) | set(options))
+        cfg = TrainConfig(**{**task_class(kind).defaults, **preset, **options, **explicit})
         data = as_table(data, cfg) if kind == "classifier" else data  # a table, with its columns and --val
         if kind == "classifier" and cfg.strategy == "auto":
             from .advice.plan import advise_for_training
