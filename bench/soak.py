@@ -238,11 +238,12 @@ def run(args, images: list[bytes], paths: list[Path], deadline: float) -> dict:
                "images": {"count": len(images), "mean_kib": sum(map(len, images)) / len(images) / 1024}}
     local = InProcess(args.model, images, paths, args.max_batch) if args.in_process else None
     server = Server(args.model, args.max_batch, 0.0)
+    name = Path(args.model).name if Path(args.model).is_dir() else args.model  # a run folder is served by its name
     try:
         server.wait()
         wait_ready(server)
-        good = [http_request(args.model, multipart([(f"p{i}.jpg", im)])) for i, im in enumerate(images)]
-        bad = bad_requests(args.model, next((im for im in images if im[:2] == b"\xff\xd8"), images[0]))
+        good = [http_request(name, multipart([(f"p{i}.jpg", im)])) for i, im in enumerate(images)]
+        bad = bad_requests(name, next((im for im in images if im[:2] == b"\xff\xd8"), images[0]))
         # the warm-up at the soak's concurrency: the RSS baseline then holds as many requests in flight
         warm = [("good", good[i % len(good)], 200) for i in range(args.warm_up)]
         warm += [(k, r, s) for k, (r, s) in bad.items()]
