@@ -32,6 +32,7 @@ from transferlab.inference.multilabel import mean_average_precision
 VARIANTS = {
     "default": {},
     "ema": {"ema": 0.999},
+    "progressive": {"progressive": 0.6},
     "mixup": {"mixup": 0.2},
     "cutmix": {"cutmix": 1.0},
     "randaugment": {"augment_policy": "randaugment"},

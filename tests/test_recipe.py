@@ -1,5 +1,5 @@
 """The training recipe's ingredients (issue 29): mixup/cutmix, the weight average (EMA), augmentation
-policies; each on real tensors and a real training run."""
+policies, progressive resizing; each on real tensors and a real training run."""
 from __future__ import annotations
 
 import json
@@ -12,12 +12,14 @@ from torch import nn
 from torchvision.transforms import v2 as T
 
 from transferlab.api import train
+from transferlab.cli.main import main
 from transferlab.core.errors import TransferlabError
 from transferlab.data.transforms import Preprocessing
 from transferlab.training import trainer as trainer_module
 from transferlab.training.config import TrainConfig
+from transferlab.training.loop import TrainForward
 from transferlab.training.presets import PRESETS, quality_settings
-from transferlab.training.recipe import BatchMixer, WeightAverage
+from transferlab.training.recipe import BatchMixer, WeightAverage, progressive_side
 
 TRAIN = dict(image_size=48, batch_size=16, workers=0)
 
@@ -115,10 +117,84 @@ def test_augmentation_policies_are_torchvisions():
 
 
 @pytest.mark.parametrize("option,message", [(dict(ema=1.0), "--ema"), (dict(mixup=-1), "--mixup"),
-                                            (dict(augment_policy="cutout"), "--augment-policy")])
+                                            (dict(augment_policy="cutout"), "--augment-policy"),
+                                            (dict(progressive=1.0), "--progressive"),
+                                            (dict(progressive=-0.5), "--progressive")])
 def test_bad_recipe_options_get_one_line(option, message):
     with pytest.raises(TransferlabError, match=message):
         TrainConfig(**option).validate()
+
+
+# --- progressive resizing -------------------------------------------------------------------------------
+def test_progressive_side_ramps_linearly_to_the_full_size_for_the_last_third():
+    assert [progressive_side(224, 0.6, e, 10) for e in range(10)] == [128, 160, 160, 160, 192, 192, 224, 224, 224, 224]
+    for n in range(1, 13):
+        sides = [progressive_side(224, 0.5, e, n) for e in range(n)]
+        assert sides == sorted(sides) and all(s % 32 == 0 and 32 <= s <= 224 for s in sides)
+        assert sides[n - max(1, n // 3):] == [224] * max(1, n // 3)  # the last third, at least one epoch
+        assert n == 1 or sides[0] == 128  # the first epoch at scale x size
+    assert [progressive_side(224, 0.0, e, 10) for e in range(10)] == [224] * 10  # 0: off
+    assert progressive_side(64, 0.1, 0, 10) == 32  # never below 32
+    assert progressive_side(250, 0.9, 6, 10) == 250  # 246 px would round to 256: never above the size
+
+
+@pytest.fixture
+def input_sides(monkeypatch):
+    """(epochs, callback): per finished epoch, the sides of the images the trained net saw in training and in
+    validation (cached features are not images: not counted)."""
+    seen, epochs = {"train": set(), "val": set()}, []
+    real = TrainForward.forward
+
+    def recorded(self, x):
+        if self.start == 0:
+            seen["train" if self.model.training else "val"].add(x.shape[-1])
+        return real(self, x)
+
+    def epoch_done(trainer, row):
+        epochs.append({split: sorted(sides) for split, sides in seen.items()})
+        for sides in seen.values():
+            sides.clear()
+
+    monkeypatch.setattr(TrainForward, "forward", recorded)
+    return epochs, epoch_done
+
+
+def test_progressive_resizing_trains_the_image_phase_small_first_and_validates_at_full_size(
+        digits_folder, tmp_path, capsys, input_sides):
+    epochs, record = input_sides
+    run = train(digits_folder, strategy="two-stage", epochs=4, head_epochs=1, progressive=0.5, out=tmp_path / "run",
+                progress=True, callbacks=[record], **dict(TRAIN, image_size=64))
+    # the head trains from cached features; fine-tuning (epochs 2-4) from the images, 32 px, then its last third at 64
+    assert [e["train"] for e in epochs] == [[], [32], [64], [64]]
+    assert [e["val"] for e in epochs] == [[], [64], [64], [64]]
+    err = capsys.readouterr().err
+    assert "progressive resizing: not in the head phase, which trains from cached features" in err
+    assert "progressive resizing: 32 -> 64 px over epochs 2-4 (64 px from epoch 3)" in err
+    assert json.loads((run.path / "model.json").read_text())["config"]["progressive"] == 0.5
+
+
+def test_a_resumed_run_trains_at_the_progressive_sides_it_would_have(digits_folder, tmp_path, input_sides):
+    epochs, record = input_sides
+
+    def stop_after_epoch_2(trainer, row):
+        if row["epoch"] == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(digits_folder, strategy="finetune", epochs=4, progressive=0.5, out=tmp_path / "run", progress=False,
+              callbacks=[record, stop_after_epoch_2], **dict(TRAIN, image_size=64))
+    train(digits_folder, out=tmp_path / "run", resume=True, progress=False, callbacks=[record])
+    assert [e["train"] for e in epochs] == [[progressive_side(64, 0.5, e, 4)] for e in range(4)] == [[32], [32], [64], [64]]
+
+
+def test_a_bad_progressive_scale_is_one_line_on_the_command_line(digits_folder, tmp_path, capsys):
+    assert main(["train", str(digits_folder), "--progressive", "1.5", "--out", str(tmp_path / "run")]) == 2
+    assert capsys.readouterr().err == "transferlab: error: --progressive must be between 0 (off) and 1, e.g. 0.6\n"
+
+
+def test_progressive_is_refused_for_a_detector_in_one_line(tmp_path):
+    with pytest.raises(TransferlabError, match="--progressive is for classifiers"):
+        train(tmp_path, model="blazeface_front", progressive=0.6, out=tmp_path / "run", progress=False)
 
 
 # --- --quality presets ------------------------------------------------------------------------------------

@@ -225,6 +225,9 @@ def add_train(sub, default_model: str | None = None,
     p.add_argument("--cutmix", type=float, metavar="ALPHA", help="cutmix of image batches (0: off)")
     p.add_argument("--ema", type=float, metavar="DECAY",
                    help="validate and keep an exponential moving average of the weights (0: off; e.g. 0.999)")
+    p.add_argument("--progressive", type=float, metavar="SCALE",
+                   help="progressive resizing: image phases start at SCALE x the input side and ramp up to it "
+                        "(0: off; e.g. 0.6); validation stays at full size")
     add_tta_option(p, "the run's evaluations and every later predict and serve; default off")
     p.add_argument("--balance", default=d.balance, choices=BALANCE)
     p.add_argument("--bn", default=d.bn, choices=BN_POLICIES,

@@ -36,10 +36,12 @@ class Run:
 @dataclass
 class PhaseData:
     """Where a phase's batches come from: the first block the trained net runs (0: images; more:
-    cached features of the frozen prefix), train batches per epoch, and the validation batches."""
+    cached features of the frozen prefix), train batches per epoch, and the validation batches.
+    train_batches(epoch, generator, side): side is the training images' side under --progressive (None:
+    the input size; only phases that train from images get one)."""
 
     start: int
-    train_batches: Callable[[int, torch.Generator | None], object]
+    train_batches: Callable[[int, torch.Generator | None, int | None], object]
     val_batches: object
     cached_train_features: torch.Tensor | None = None
 

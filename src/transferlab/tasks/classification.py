@@ -92,7 +92,7 @@ class ClassificationTask(Task):
         """From cached prefix features when the frozen prefix fits in memory, else from the images."""
         prefix, pacer = self.model.frozen_blocks, self.trainer.pacer
         if not self.batches.features_fit(self.model, prefix):
-            return PhaseData(0, lambda epoch, g: self.batches.image_loader("train", True, g, epoch),
+            return PhaseData(0, lambda epoch, g, side: self.batches.image_loader("train", True, g, epoch, side),
                              self.batches.image_loader("val", train=False))
         t0 = time.perf_counter()
         views, val_features = self.batches.cached_features(self.model, prefix)
@@ -104,7 +104,8 @@ class ClassificationTask(Task):
         self._check_near_duplicates(prefix, views[0], val_features)
         val = self.batches.feature_batches(val_features, shuffle=False, batch_size=self.cfg.batch_size * 4,
                                            split="val")
-        return PhaseData(prefix, lambda epoch, g: self.batches.feature_batches(views[(epoch - 1) % len(views)], True, g),
+        return PhaseData(prefix,
+                         lambda epoch, g, _: self.batches.feature_batches(views[(epoch - 1) % len(views)], True, g),
                          val, views[0])
 
     def _check_near_duplicates(self, prefix: int, train_features, val_features) -> None:

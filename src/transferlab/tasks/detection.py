@@ -61,6 +61,9 @@ class DetectionTask(Task):
         if cfg.strategy not in DETECTION_STRATEGIES:
             raise TransferlabError(f"a detector trains with --strategy {', '.join(DETECTION_STRATEGIES)} "
                                    f"(got {cfg.strategy}); --freeze N keeps the first N backbone blocks")
+        if cfg.progressive:  # its anchors are laid out for one input size
+            raise TransferlabError("--progressive is for classifiers; a detector trains at its anchors' input size: "
+                                   "drop it")
         self.dataset = load_faces(data, cfg.data_format)
         if cfg.val_data:
             self.train_samples, self.val_samples = self.dataset.samples, load_faces(cfg.val_data, cfg.data_format).samples
@@ -114,7 +117,8 @@ class DetectionTask(Task):
     def start_phase(self, phase, resumed: bool) -> PhaseData:
         self.model.requires_grad_(True)
         freeze_blocks(self.model, phase.freeze)
-        return PhaseData(0, self._loader, None)
+        # no training side to take: setup refuses --progressive
+        return PhaseData(0, lambda epoch, g, _: self._loader(epoch, g), None)
 
     def _loader(self, epoch: int, generator: torch.Generator | None) -> DataLoader:
         """Augmented batches (augmentations seeded by run seed, epoch and image), sharded across processes."""

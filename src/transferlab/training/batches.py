@@ -86,9 +86,11 @@ class BatchSource:
 
     # --- image batches -----------------------------------------------------------------------
     def image_loader(self, split: str, train: bool, generator: torch.Generator | None = None,
-                     epoch: int = 0) -> DataLoader:
-        """Decoded, transformed images of a split (augmented when `train`), sharded across processes."""
-        transform = self.pre.train_transform(self.cfg.augment, self.cfg.augment_policy) if train else self.pre.eval_transform()
+                     epoch: int = 0, side: int | None = None) -> DataLoader:
+        """Decoded, transformed images of a split (augmented when `train`, at `side` when given: --progressive),
+        sharded across processes."""
+        pre = self.pre.resized(side) if side else self.pre
+        transform = pre.train_transform(self.cfg.augment, self.cfg.augment_policy) if train else self.pre.eval_transform()
         targets = self.labels(split) if self.scan.multilabel else None
         dataset = ImageSamples(self.scan.splits[split], transform, self.decoded.get(split), targets)
         weights = self.sample_weights() if train else None

@@ -37,6 +37,7 @@ class TrainConfig:
     mixup: float = 0.0
     cutmix: float = 0.0
     ema: float = 0.0
+    progressive: float = 0.0  # image phases start at this share of the input side, for faster early epochs (0: off)
     augment_policy: str = "auto"
     tta: bool = False  # the run predicts with test-time augmentation (evaluate, predict and serve)
     # a --quality preset (training/presets.py) and why it chose each field it set
@@ -107,6 +108,7 @@ class TrainConfig:
              f"--augment-policy must be one of {', '.join(AUGMENT_POLICIES)}"),
             (self.mixup >= 0 and self.cutmix >= 0, "--mixup and --cutmix take an alpha >= 0 (0: off)"),
             (0 <= self.ema < 1, "--ema takes a decay in [0, 1), such as 0.999 (0: off)"),
+            (0 <= self.progressive < 1, "--progressive must be between 0 (off) and 1, e.g. 0.6"),
             (self.cache_features in SWITCHES, "--cache-features must be auto, on or off"),
             (self.amp in SWITCHES, "--amp must be auto, on or off"),
             (self.batch_size >= 1, "--batch-size must be at least 1"),

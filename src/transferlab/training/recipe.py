@@ -1,6 +1,7 @@
-"""The recipe's ingredients that act on batches and weights rather than on single images: mixup/cutmix
-(torchvision's v2 MixUp and CutMix) and an exponential moving average of the weights (timm's ModelEmaV3).
-Per-image augmentation lives with the preprocessing (data/transforms.py)."""
+"""The recipe's ingredients that act on batches, weights and epochs rather than on single images: mixup/cutmix
+(torchvision's v2 MixUp and CutMix), an exponential moving average of the weights (timm's ModelEmaV3) and
+progressive resizing (fastai's, with FFCV's linear ramp). Per-image augmentation lives with the
+preprocessing (data/transforms.py)."""
 from __future__ import annotations
 
 import contextlib
@@ -33,6 +34,20 @@ def create_mixer(cfg, num_classes: int) -> BatchMixer | None:
     if cfg.mixup <= 0 and cfg.cutmix <= 0:
         return None
     return BatchMixer(cfg.mixup, cfg.cutmix, num_classes)
+
+
+def progressive_side(size: int, scale: float, epoch_in_phase: int, phase_epochs: int) -> int:
+    """The side of the training images in an epoch of a phase (0-based) under --progressive SCALE.
+
+    FFCV's linear ramp: the first epoch at scale * size, growing linearly to the full size at the start of
+    the phase's last third (at least one epoch), which trains at the full size; rounded to a multiple of 32
+    (at least 32, at most size). scale 0, or a phase of one epoch: the full size. A pure function of the
+    epoch, so a resumed phase trains at the sides it would have."""
+    full_from = phase_epochs - max(1, phase_epochs // 3)
+    if scale <= 0 or epoch_in_phase >= full_from:
+        return size
+    side = size * (scale + (1 - scale) * epoch_in_phase / full_from)
+    return min(size, max(32, round(side / 32) * 32))
 
 
 class WeightAverage:

@@ -31,7 +31,7 @@ from .checkpoint import Checkpointer
 from .config import TrainConfig
 from .early_stopping import EarlyStopping
 from .loop import Loop, NonFiniteLoss
-from .recipe import WeightAverage
+from .recipe import WeightAverage, progressive_side
 from .schedules import build_scheduler
 from .strategies import Phase, judge_trial
 from .tracking import Trackers, create_trackers
@@ -163,7 +163,7 @@ class Trainer:
         if phase.trial and state is None and self._nothing_to_gain(phase, epoch_offset):
             return
         data = task.start_phase(phase, resumed=state is not None)
-        steps = math.ceil(len(data.train_batches(1, None)) / cfg.accum_steps)
+        steps = math.ceil(len(data.train_batches(1, None, None)) / cfg.accum_steps)
         net = self.loop.training_net(data.start)
         if cfg.lr == "find" and state is None:
             torch.manual_seed(cfg.seed)
@@ -172,6 +172,7 @@ class Trainer:
         mix = self.mixer if data.start == 0 else None
         if self.mixer is not None and mix is None:
             self.log(f"mixup/cutmix: not in the {phase.name} phase, which trains from cached features")
+        sides = self._progressive_sides(phase, data.start, epoch_offset)
         # a phase's weights are averaged from its own start (a new head, a new set of trainable blocks)
         ema = WeightAverage(self.model, cfg.ema) if cfg.ema else None
         scheduler = build_scheduler(optimizer, cfg.schedule, phase.epochs, steps, cfg.warmup_epochs,
@@ -191,7 +192,8 @@ class Trainer:
             if stopping.should_stop or self._trial_failed() or not self._epoch_fits(epoch, phase, epoch_offset):
                 break
             torch.manual_seed(cfg.seed * 100_003 + epoch)  # same augmentations and dropout after a resume
-            train_batches = data.train_batches(epoch, torch.Generator().manual_seed(cfg.seed * 100_003 + epoch))
+            generator = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
+            train_batches = data.train_batches(epoch, generator, sides[e])
             t0 = time.perf_counter()
             # the phase's lr on its schedule (groups may scale it: per block, or per tensor for a detector)
             group = optimizer.param_groups[-1]
@@ -244,6 +246,20 @@ class Trainer:
                 self.log(f"early stopping: {task.metric} has not improved for {cfg.patience} epochs")
             if self.out_of_time:
                 break
+
+    def _progressive_sides(self, phase: Phase, start: int, epoch_offset: int) -> list[int | None]:
+        """The training images' side in each epoch of a phase under --progressive (None: the input size).
+        Validation keeps the input size, so every epoch's metrics stay comparable."""
+        if not self.cfg.progressive:
+            return [None] * phase.epochs
+        if start > 0:
+            self.log(f"progressive resizing: not in the {phase.name} phase, which trains from cached features")
+            return [None] * phase.epochs
+        size = self.task.input_size
+        sides = [progressive_side(size, self.cfg.progressive, e, phase.epochs) for e in range(phase.epochs)]
+        self.log(f"progressive resizing: {sides[0]} -> {size} px over epochs {epoch_offset + 1}-"
+                 f"{epoch_offset + phase.epochs} ({size} px from epoch {epoch_offset + sides.index(size) + 1})")
+        return sides
 
     def _best_before(self, epoch_offset: int) -> dict:
         """The best validation loss and metric of the epochs before a phase (what a trial must beat)."""
