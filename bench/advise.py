@@ -65,15 +65,15 @@ def _arrays(name: str):
 
 PHOTO_SETS = ("flowers", "eurosat", "clothing")
 ARRAY_SETS = ("mnist", "digits")
-# an easy set where the head alone is perfect on validation (issue 29: auto must then cost at most
-# 1.2x feature extraction): a class per photo set (flowers, satellite tiles, clothing), pooled
-SOURCES = "sources"
+# easy sets where the head alone can be perfect on validation (issue 29: auto must then cost at most
+# 1.2x feature extraction): a class per photo set, its images pooled
+POOLED_SETS = {"sources": PHOTO_SETS, "twosets": ("flowers", "eurosat")}
 # Training images per class of each variant, and the fixed validation images per class. "xl" is past
 # the advisor's SMALL_PER_CLASS (80), where auto fine-tunes every layer; flowers has 40 per class.
 SIZES = {"flowers": {"small": 8, "large": 30}, "eurosat": {"small": 10, "large": 60, "xl": 120},
          "clothing": {"small": 10, "large": 60, "xl": 100}, "mnist": {"small": 10, "large": 60, "xl": 120},
-         "digits": {"small": 10, "large": 60, "xl": 120}, SOURCES: {"small": 10, "large": 60, "xl": 120}}
-VAL_PER_CLASS = {"flowers": 10, "eurosat": 30, "clothing": 30, "mnist": 30, "digits": 30, SOURCES: 30}
+         "digits": {"small": 10, "large": 60, "xl": 120}, **{pooled: {"small": 10, "large": 60, "xl": 120} for pooled in POOLED_SETS}}
+VAL_PER_CLASS = {"flowers": 10, "eurosat": 30, "clothing": 30, "mnist": 30, "digits": 30, **{pooled: 30 for pooled in POOLED_SETS}}
 
 
 def _items(name: str, datasets: Path) -> dict[str, list]:
@@ -81,8 +81,9 @@ def _items(name: str, datasets: Path) -> dict[str, list]:
     if name in PHOTO_SETS:
         root = datasets / name
         return {d.name: sorted(d.iterdir()) for d in sorted(root.iterdir()) if d.is_dir()}
-    if name == SOURCES:
-        return {photos: sorted(p for files in _items(photos, datasets).values() for p in files) for photos in PHOTO_SETS}
+    if name in POOLED_SETS:
+        return {photos: sorted(p for files in _items(photos, datasets).values() for p in files)
+                for photos in POOLED_SETS[name]}
     x, y = _arrays(name)
     return {f"class_{k}": [x[i] for i in np.flatnonzero(y == k)] for k in np.unique(y)}
 
@@ -286,7 +287,7 @@ def print_table(rows: list[dict]) -> None:
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--datasets", default=",".join((*PHOTO_SETS, "mnist")),
-                        help=f"comma-separated: {', '.join((*PHOTO_SETS, *ARRAY_SETS, SOURCES))}")
+                        help=f"comma-separated: {', '.join((*PHOTO_SETS, *ARRAY_SETS, *POOLED_SETS))}")
     parser.add_argument("--sizes", default="small,large", help="comma-separated: small, large, xl (a dataset without a size is skipped)")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--only", help="comma-separated strategies to run (auto included); default: all and auto")
@@ -303,8 +304,8 @@ def main(argv=None) -> None:
     parser.add_argument("--datasets-dir", type=Path, default=SHARED_DATASETS,
                         help="the folder that holds the photo sets (default: ../shared/datasets beside the project)")
     args = parser.parse_args(argv)
-    for name in set(args.datasets.split(",")) & {*PHOTO_SETS, SOURCES}:
-        for photos in PHOTO_SETS if name == SOURCES else (name,):
+    for name in set(args.datasets.split(",")) & {*PHOTO_SETS, *POOLED_SETS}:
+        for photos in POOLED_SETS.get(name, (name,)):
             require_folder(args.datasets_dir / photos, f"the {photos} photo set", "--datasets-dir")
     TRAIN.update(epochs=args.epochs, image_size=args.image_size)
     if args.per_class or args.val_per_class:
