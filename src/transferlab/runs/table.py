@@ -72,7 +72,8 @@ def run_row(folder, root=None) -> dict:
     trained = [r for r in history if isinstance(r.get("epoch"), int) and r["epoch"] > 0]
     if trained:
         row["epochs"] = len(trained)
-        row["wall_s"] = round(sum(r.get("time_s") or 0.0 for r in trained), 1)
+        # to the millisecond: a cached head's epochs take milliseconds, and the table and page round for display
+        row["wall_s"] = round(sum(r.get("time_s") or 0.0 for r in trained), 3)
     if is_run_folder(folder):
         try:
             meta = read_meta(folder)
