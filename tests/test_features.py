@@ -99,3 +99,51 @@ def test_tensor_batches_shard_evenly_across_processes():
         seen += [int(v) for _, y in batches for v in y]
     assert lengths == {4}  # padded to equal work per process
     assert set(seen) == set(range(10))
+
+
+def test_auto_reuses_the_advisors_features_each_at_its_images_row(digits_folder, tmp_path, monkeypatch):
+    """train --strategy auto: the measuring pass's features stand in the clean view's rows of the images it
+    measured, so the feature pass runs only over the others; the assembled view equals computing it all."""
+    from torch.utils.data import DataLoader
+
+    from transferlab.advice import measure
+    from transferlab.data.folders import ImageSamples
+    from transferlab.training import batches
+    from transferlab.training.features import prefix_features
+
+    sample = measure.sample_per_class
+    monkeypatch.setattr(measure, "sample_per_class", lambda *a, **k: sample(*a, **{**k, "per_class": 20}))
+    original, seen = batches.BatchSource.cached_features, {}
+
+    def spy(self, model, prefix):
+        views, val = original(self, model, prefix)
+        if not seen:
+            train_samples = self.scan.splits["train"]
+            loader = DataLoader(ImageSamples(train_samples, self.pre.eval_transform()), batch_size=16)
+            seen.update(computed=self.features_computed, train=len(train_samples), val=len(val),
+                        clean=views[0], direct=prefix_features(model, prefix, loader, torch.device("cpu")))
+        return views, val
+
+    monkeypatch.setattr(batches.BatchSource, "cached_features", spy)
+    run = train(digits_folder, strategy="auto", out=tmp_path / "auto", progress=False, **FAST)
+    sampled = run.predictor.meta["advice"]["measurements"]["sampled"]
+    assert sampled == 4 * 20 < seen["train"]
+    assert seen["computed"] == seen["train"] - sampled + seen["val"]  # augment none: one view
+    torch.testing.assert_close(seen["clean"], seen["direct"], atol=1e-4, rtol=1e-4)
+
+
+def test_kept_features_are_only_for_the_same_blocks_and_preprocessing(digits_folder):
+    from transferlab.advice.measure import measure
+    from transferlab.data.folders import scan_dataset
+    from transferlab.training.features import CleanFeatures
+
+    kept = CleanFeatures()
+    m = measure(digits_folder, image_size=48, reuse=kept)
+    paths = [s.path for s in scan_dataset(digits_folder).splits["train"]]
+    model = create_model("efficientnet_lite0", num_classes=4)  # a new head: the blocks before it are the same
+    n = len(model.block_names) - 1
+    assert len(kept.rows(model, n, model.preprocessing.resized(48), paths)) == m.sampled > 0
+    assert kept.rows(model, n, model.preprocessing.resized(64), paths) == {}
+    assert kept.rows(model, n - 1, model.preprocessing.resized(48), paths) == {}
+    other = create_model("efficientnet_lite0", num_classes=4, weights="none")
+    assert kept.rows(other, n, other.preprocessing.resized(48), paths) == {}

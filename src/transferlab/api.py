@@ -129,6 +129,7 @@ def train(data, model: str | None = None, strategy: str | None = None, out=None,
     if options.get("budget") is not None:
         options["budget"] = parse_duration(options["budget"])
     budget = Budget(options["budget"]) if options.get("budget") else None  # the clock starts now
+    cache = None
     if resume:
         saved = read_config(out)
         saved.update(options)
@@ -145,14 +146,17 @@ def train(data, model: str | None = None, strategy: str | None = None, out=None,
         if kind == "classifier" and cfg.strategy == "auto":
             from .advice.plan import advise_for_training
             from .models import installed_models
+            from .training.batches import TrainingCache
 
             candidates = installed_models() if model is None and budget is not None else None
-            cfg = advise_for_training(data, cfg, progress=progress, budget=budget, models=candidates)
+            cache = TrainingCache()  # the measuring pass's features: the head's feature cache reuses them
+            cfg = advise_for_training(data, cfg, progress=progress, budget=budget, models=candidates,
+                                      reuse=cache.clean)
         if kind == "classifier" and cfg.strategy == "partial" and cfg.freeze == "auto":
             from .advice.sweep import freeze_search
 
             return freeze_search(data, dataclasses.replace(cfg), out=out, progress=progress, budget=budget)
-    trainer = Trainer(create_task(kind, data, cfg), data, cfg, out=out, resume=resume, progress=progress, callbacks=callbacks,
+    trainer = Trainer(create_task(kind, data, cfg, cache), data, cfg, out=out, resume=resume, progress=progress, callbacks=callbacks,
                       budget=budget)
     try:
         return trainer.fit()

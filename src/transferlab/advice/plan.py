@@ -92,12 +92,14 @@ def plan_auto(advice: Advice, cfg, budget=None) -> AutoPlan:
     return AutoPlan(advice.model, TWO_STAGE, head + finetune, head, freeze, trial, size, views, lr, reasons)
 
 
-def advise_for_training(data, cfg, progress: bool = True, budget=None, models: list[str] | None = None):
+def advise_for_training(data, cfg, progress: bool = True, budget=None, models: list[str] | None = None,
+                        reuse=None):
     """`train --strategy auto`: a copy of cfg with the adaptive plan (AutoPlan) and cfg.advice recorded.
-    With several candidate `models` the one with the best LogME is trained."""
+    With several candidate `models` the one with the best LogME is trained. reuse: a CleanFeatures that
+    keeps the measuring pass's features for the training's feature cache."""
     # measured at the training input size: those are the features the head will see, and smaller is cheaper
     advice = advise(data, cfg.model, models=models, weights=cfg.weights, image_size=cfg.image_size,
-                    val_split=cfg.val_split, seed=cfg.seed, progress=progress, budget=budget)
+                    val_split=cfg.val_split, seed=cfg.seed, progress=progress, budget=budget, reuse=reuse)
     if progress:
         print(format_advice(advice), file=sys.stderr)
     plan = plan_auto(advice, cfg, budget)

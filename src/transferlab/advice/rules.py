@@ -206,8 +206,9 @@ def thresholds() -> dict:
 
 def advise(data, model: str = "efficientnet_lite0", models: list[str] | None = None, weights: str = "default",
            image_size: int | None = None, val_split: float = 0.2, seed: int = 0,
-           progress: bool = False, budget=None) -> Advice:
-    """Measure `data` with `model` (or with each of `models`, ranked by LogME) and advise a strategy.
+           progress: bool = False, budget=None, reuse=None) -> Advice:
+    """Measure `data` with `model` (or with each of `models`, ranked by LogME) and advise a strategy;
+    `reuse` (training.features.CleanFeatures) keeps the measured features for training.
 
     With several candidates the advice is for the best-ranked one. Under a `budget` (training.budget.Budget)
     candidates are measured only while that has used less than MEASURE_SHARE of it, and one whose
@@ -221,7 +222,7 @@ def advise(data, model: str = "efficientnet_lite0", models: list[str] | None = N
             print(f"{name}:", file=sys.stderr)
         # small batches under a budget: the time limit is checked between batches
         measured[name] = measure(data, name, weights, image_size, val_split, seed, progress=progress,
-                                 batch_size=32 if limit is None else 8, max_seconds=limit)
+                                 batch_size=32 if limit is None else 8, max_seconds=limit, reuse=reuse)
     if budget is not None:  # a backbone whose feature pass cannot fit even at its smallest is passed over
         cheapest = min(measured, key=lambda n: measured[n].seconds_per_image)
         measured = {n: m for n, m in measured.items()

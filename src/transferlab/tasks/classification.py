@@ -94,13 +94,13 @@ class ClassificationTask(Task):
         if not self.batches.features_fit(self.model, prefix):
             return PhaseData(0, lambda epoch, g, side: self.batches.image_loader("train", True, g, epoch, side),
                              self.batches.image_loader("val", train=False))
-        t0 = time.perf_counter()
+        t0, computed = time.perf_counter(), self.batches.features_computed
         views, val_features = self.batches.cached_features(self.model, prefix)
-        elapsed = time.perf_counter() - t0
+        elapsed, computed = time.perf_counter() - t0, self.batches.features_computed - computed
         if pacer and pacer.seconds_per_image is None and prefix == len(self.model.block_names) - 1 and elapsed > 0.5:
             # the frozen prefix is nearly the whole forward pass: its cost per image prices a
-            # validation pass (a cache hit costs nothing and says nothing)
-            pacer.seconds_per_image = elapsed / (sum(len(v) for v in views) + len(val_features))
+            # validation pass (a cache hit, or rows reused from the advisor, cost nothing and say nothing)
+            pacer.seconds_per_image = elapsed / max(1, computed)
         self._check_near_duplicates(prefix, views[0], val_features)
         val = self.batches.feature_batches(val_features, shuffle=False, batch_size=self.cfg.batch_size * 4,
                                            split="val")

@@ -15,17 +15,19 @@ from tqdm.auto import tqdm
 from ..core.device import default_workers
 from ..core.distributed import gather_shards
 from ..data.folders import DecodedImages, ImageSamples, class_weights, drop_failed
-from .features import FeatureStore, TensorBatches, cache_fits, feature_cache_key, prefix_features
+from .features import CleanFeatures, FeatureStore, TensorBatches, cache_fits, feature_cache_key, prefix_features
 
 DECODE_BUDGET_PIXELS = 400_000_000  # ~1.2 GB of RGB: above this, images are decoded per epoch
 
 
 @dataclass
 class TrainingCache:
-    """Decoded images (per split) and prefix features (per freeze point), shared by runs on one dataset."""
+    """Decoded images (per split) and prefix features (per freeze point), shared by runs on one dataset;
+    clean: features the advisor computed before training (CleanFeatures)."""
 
     decoded: dict | None = None
     features: dict = field(default_factory=dict)
+    clean: CleanFeatures = field(default_factory=CleanFeatures)
 
     def keep_only(self, freeze_points) -> None:
         """Free the features of freeze points no longer needed."""
@@ -41,6 +43,7 @@ class BatchSource:
         self.scan, self.pre, self.cfg, self.device, self.dist = scan, preprocessing, cfg, device, dist
         self.log, self.progress = log, progress
         self.cache = cache if cache is not None else TrainingCache()
+        self.features_computed = 0  # images run through a frozen prefix (not reused), for the pacer
         if self.cache.decoded is None:
             self.cache.decoded = self._decode_once()
         else:
@@ -150,29 +153,44 @@ class BatchSource:
                              rank=self.dist.rank, world=self.dist.world_size, pad=train)
 
     def _cached_prefix(self, model, split: str, n: int, view: str, view_index: int) -> torch.Tensor:
-        """Prefix features of a split for one view, from the on-disk store when --cache-dir has them."""
+        """Prefix features of a split for one view, from the on-disk store when --cache-dir has them; the
+        clean view reuses what the advisor already computed (TrainingCache.clean) and computes the rest."""
         store = FeatureStore(self.cfg.cache_dir) if self.cfg.cache_dir else None
+        paths = [s.path for s in self.scan.splits[split]]
         key = None
         if store is not None:
-            paths = [s.path for s in self.scan.splits[split]]
             decoded = self.decoded.get(split)
             key = feature_cache_key(model, n, self.pre, paths, view, self.cfg.seed,
                                     decoded.max_side if decoded is not None else None)
             hit = store.get(key)
             if hit is not None and len(hit) == len(paths):
                 return hit
+        known = self.cache.clean.rows(model, n, self.pre, paths) if view == "eval" else {}
+        missing = [i for i in range(len(paths)) if i not in known]
         torch.manual_seed(self.cfg.seed * 7919 + view_index)  # each view reproducible on its own
-        features = self._prefix_features_sharded(model, split, n, augmented=view != "eval")
-        if store is not None and self.dist.is_main:
-            store.put(key, features)
+        computed = self._prefix_features_sharded(model, split, n, view != "eval", missing) if missing else None
+        if not known:
+            if store is not None and self.dist.is_main:
+                store.put(key, computed)
+            return computed
+        # not stored: the advisor's rows were decoded from the files, the store's key says otherwise
+        self.log(f"{split}: reused the advisor's features of {len(known)} of {len(paths)} images")
+        first = next(iter(known.values()))
+        features = torch.empty((len(paths), *first.shape), dtype=first.dtype)
+        features[list(known)] = torch.stack(list(known.values()))
+        if computed is not None:
+            features[missing] = computed
         return features
 
-    def _prefix_features_sharded(self, model, split: str, n: int, augmented: bool) -> torch.Tensor:
-        """Each process computes the rows i = rank (mod world); all processes get every row."""
+    def _prefix_features_sharded(self, model, split: str, n: int, augmented: bool, indices: list[int]) -> torch.Tensor:
+        """blocks[:n] over the split's samples at `indices`: each process computes the rows i = rank (mod
+        world); all processes get every row."""
         samples = self.scan.splits[split]
         transform = self.pre.train_transform(self.cfg.augment, self.cfg.augment_policy) if augmented else self.pre.eval_transform()
-        rows = list(range(self.dist.rank, len(samples), self.dist.world_size))
+        rows = indices[self.dist.rank::self.dist.world_size]
         dataset = Subset(ImageSamples(samples, transform, self.decoded.get(split)), rows)
         loader = DataLoader(dataset, batch_size=self.cfg.batch_size, num_workers=self.workers(len(rows)),
                             pin_memory=self.device.type == "cuda")
-        return gather_shards(prefix_features(model, n, loader, self.device), rows, len(samples), self.dist)
+        self.features_computed += len(indices)
+        return gather_shards(prefix_features(model, n, loader, self.device),
+                             list(range(self.dist.rank, len(indices), self.dist.world_size)), len(indices), self.dist)

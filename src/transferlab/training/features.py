@@ -52,6 +52,14 @@ def cache_fits(model: BlockNet, n: int, input_size: int, items: int, views: int,
     return feature_bytes_per_item(model, n, input_size, device) * items * max(views, 1) <= budget
 
 
+def _hash_prefix(h, model: BlockNet, n: int) -> None:
+    """Feed the weights of blocks[:n] into the digest `h`."""
+    for name in model.block_names[:n]:
+        for key, tensor in model.blocks[name].state_dict().items():
+            h.update(key.encode())
+            h.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+
+
 def feature_cache_key(model: BlockNet, n: int, preprocessing, paths, view: str, seed: int,
                       decode_side: int | None = None) -> str:
     """A digest of everything the cached activations depend on, so a stale cache is never used:
@@ -63,14 +71,39 @@ def feature_cache_key(model: BlockNet, n: int, preprocessing, paths, view: str, 
     h.update(json.dumps({"format": CACHE_FORMAT, "arch": getattr(model, "arch", type(model).__name__), "freeze": n,
                          "preprocessing": preprocessing.to_dict(), "view": view,
                          "seed": None if view == "eval" else seed, "decode_side": decode_side}).encode())
-    for name in model.block_names[:n]:
-        for key, tensor in model.blocks[name].state_dict().items():
-            h.update(key.encode())
-            h.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    _hash_prefix(h, model, n)
     for path in paths:
         with open(path, "rb") as f:
             h.update(hashlib.file_digest(f, "sha256").digest())
     return h.hexdigest()[:32]
+
+
+class CleanFeatures:
+    """Prefix features of un-augmented images already computed in this process, by image file: the
+    advisor's measuring pass runs the same pretrained blocks with the same eval transform as the head's
+    feature cache, which then computes only the images it lacks (`train --strategy auto`)."""
+
+    def __init__(self):
+        self._by_model: dict[str, dict[str, torch.Tensor]] = {}
+
+    @staticmethod
+    def _fingerprint(model: BlockNet, n: int, preprocessing) -> str:
+        h = hashlib.sha256(json.dumps({"arch": getattr(model, "arch", type(model).__name__), "freeze": n,
+                                       "preprocessing": preprocessing.to_dict()}).encode())
+        _hash_prefix(h, model, n)
+        return h.hexdigest()
+
+    def add(self, model: BlockNet, n: int, preprocessing, paths, features: torch.Tensor) -> None:
+        """Keep the outputs of blocks[:n] (one row per path) for a later lookup."""
+        rows = self._by_model.setdefault(self._fingerprint(model, n, preprocessing), {})
+        rows.update({str(p): f for p, f in zip(paths, features.float().cpu())})
+
+    def rows(self, model: BlockNet, n: int, preprocessing, paths) -> dict[int, torch.Tensor]:
+        """index in `paths` -> its kept features, for the paths this model's blocks[:n] have seen."""
+        if not self._by_model:
+            return {}
+        rows = self._by_model.get(self._fingerprint(model, n, preprocessing), {})
+        return {i: rows[str(p)] for i, p in enumerate(paths) if str(p) in rows}
 
 
 class FeatureStore:

@@ -75,6 +75,12 @@ class Trainer:
             self.model = task.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
         self.model.to(self.device)
         self.pacer = Pacer(budget, task.val_images, config.batch_size) if budget else None
+        measured = (config.advice or {}).get("measurements")
+        if self.pacer and measured and self.device.type == "cpu":
+            # auto: the advisor's measuring pass (this backbone on this CPU, its statistics hooks included, so
+            # a high price) prices a forward pass until training measures one (its rows may be reused)
+            scale = (task.input_size / measured["input_size"]) ** 2
+            self.pacer.seconds_per_image = measured["seconds_per_image"] * scale
         task.bind_device(self.device, self.dist, self.progress)
         self.loop = Loop(self.model, config, self.device, self.dist, self.progress, task.input_size, task)
         self.mixer = task.batch_mixer()
