@@ -149,11 +149,12 @@ def main() -> None:
     add_dataset_options(ap, "aquarium,clothing")
     ap.add_argument("--image-size", type=int, default=160, help="training and probe input size")
     ap.add_argument("--epochs", type=int, default=10)
-    ap.add_argument("--strategies", default="two-stage,auto")
+    ap.add_argument("--strategies", default="two-stage,auto", help='comma-separated; "" for the probe alone')
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--keep", type=Path, help="keep the tables and runs here")
     args = ap.parse_args()
     names = [d.strip() for d in args.datasets.split(",") if d.strip()]
+    strategies = [s for s in args.strategies.split(",") if s]
     for name in names:
         require_folder(args.datasets_dir / name, f"the {name} set", "--datasets-dir")
     rows = []
@@ -169,7 +170,7 @@ def main() -> None:
                    "val": len(scan.splits["val"]), "labels": len(classes),
                    "probe": mean_average_precision(probe, targets), "probe_s": time.perf_counter() - t0}
             print(f"{name}: probe mAP {row['probe']:.3f} ({row['probe_s']:.0f}s)", flush=True)
-            for strategy in args.strategies.split(","):
+            for strategy in strategies:
                 t0 = time.perf_counter()
                 run = train(train_csv, val_data=val_csv, strategy=strategy, epochs=args.epochs,
                             image_size=args.image_size, seed=args.seed, out=work / "runs" / f"{name}-{strategy}",
@@ -184,15 +185,14 @@ def main() -> None:
                     row[f"{strategy}_f1_cross"] = cross_fitted_f1(scores, targets, classes)
                 print(f"{name} {strategy}: mAP {row[strategy]:.3f} ({row[f'{strategy}_s']:.0f}s)", flush=True)
             rows.append(row)
-    strategies = args.strategies.split(",")
     print(f"\nval mAP, efficientnet_lite0 at {args.image_size}px, {args.epochs} epochs, seed {args.seed}")
-    print("| dataset | images train/val | labels | probe (frozen + OvR logistic) | "
-          + " | ".join(f"transferlab {s}" for s in strategies) + " |")
+    print("| dataset | images train/val | labels | probe (frozen + OvR logistic) |"
+          + "".join(f" transferlab {s} |" for s in strategies))
     print("|---|---|---|---|" + "---|" * len(strategies))
     for r in rows:
-        cells = " | ".join(f"{r[s]:.3f} ({100 * (r[s] - r['probe']):+.1f}, {r[f'{s}_s']:.0f}s)" for s in strategies)
+        cells = "".join(f" {r[s]:.3f} ({100 * (r[s] - r['probe']):+.1f}, {r[f'{s}_s']:.0f}s) |" for s in strategies)
         print(f"| {r['dataset']}{' (multi-label)' if r['multilabel'] else ' (one label, as a table)'} | "
-              f"{r['train']}/{r['val']} | {r['labels']} | {r['probe']:.3f} | {cells} |")
+              f"{r['train']}/{r['val']} | {r['labels']} | {r['probe']:.3f} |{cells}")
     multi = [r for r in rows if r["multilabel"]]
     if multi:
         print("\nmacro F1 on val: the run's tuned thresholds vs 0.5 (in-sample: tuned on these val scores; "
