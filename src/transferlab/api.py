@@ -156,8 +156,8 @@ def train(data, model: str | None = None, strategy: str | None = None, out=None,
             from .advice.sweep import freeze_search
 
             return freeze_search(data, dataclasses.replace(cfg), out=out, progress=progress, budget=budget)
-    trainer = Trainer(create_task(kind, data, cfg, cache), data, cfg, out=out, resume=resume, progress=progress, callbacks=callbacks,
-                      budget=budget)
+    trainer = Trainer(create_task(kind, data, cfg, cache), data, cfg, out=out, resume=resume, progress=progress,
+                      callbacks=callbacks, budget=budget)
     try:
         return trainer.fit()
     finally:

@@ -237,8 +237,8 @@ class _BNStatistics:
 @torch.inference_mode()
 def _forward_sample(model: BlockNet, samples: list[Sample], batch_size: int, progress: bool,
                     max_seconds: float | None = None, min_images: int = 0):
-    """Penultimate features (as the head takes them) and original-head logits of the sample (or of its first images, once
-    `max_seconds` have passed and `min_images` are done), collecting BN statistics on the way."""
+    """Penultimate features (as the head takes them) and original-head logits of the sample (or of its
+    first images, once `max_seconds` have passed and `min_images` are done), collecting BN statistics."""
     loader = DataLoader(ImageSamples(samples, model.preprocessing.eval_transform()), batch_size=batch_size)
     stats = _BNStatistics(model)
     last = len(model.block_names) - 1  # the forward's sequence: everything before the head

@@ -192,5 +192,5 @@ class BatchSource:
         loader = DataLoader(dataset, batch_size=self.cfg.batch_size, num_workers=self.workers(len(rows)),
                             pin_memory=self.device.type == "cuda")
         self.features_computed += len(indices)
-        return gather_shards(prefix_features(model, n, loader, self.device),
-                             list(range(self.dist.rank, len(indices), self.dist.world_size)), len(indices), self.dist)
+        positions = list(range(self.dist.rank, len(indices), self.dist.world_size))  # this rank's rows, in `indices`
+        return gather_shards(prefix_features(model, n, loader, self.device), positions, len(indices), self.dist)
