@@ -147,7 +147,9 @@ def cross_fitted_f1(scores: np.ndarray, targets: np.ndarray, classes) -> tuple[f
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_dataset_options(ap, "aquarium,clothing")
-    ap.add_argument("--image-size", type=int, default=160, help="training and probe input size")
+    ap.add_argument("--image-size", type=int, help="training input size (default: transferlab's choice)")
+    ap.add_argument("--probe-size", type=int, help="the probe's input size (default: --image-size, else the "
+                    "backbone's own)")
     ap.add_argument("--epochs", type=int, default=10)
     ap.add_argument("--strategies", default="two-stage,auto", help='comma-separated; "" for the probe alone')
     ap.add_argument("--seed", type=int, default=0)
@@ -165,7 +167,7 @@ def main() -> None:
             (work / name).mkdir(parents=True, exist_ok=True)
             train_csv, val_csv = dataset_tables(root, work / name, args.per_class, args.seed, args.limit)
             t0 = time.perf_counter()
-            probe, targets, classes, scan = probe_scores(train_csv, val_csv, args.image_size)
+            probe, targets, classes, scan = probe_scores(train_csv, val_csv, args.probe_size or args.image_size)
             row = {"dataset": name, "multilabel": scan.multilabel, "train": len(scan.splits["train"]),
                    "val": len(scan.splits["val"]), "labels": len(classes),
                    "probe": mean_average_precision(probe, targets), "probe_s": time.perf_counter() - t0}
@@ -185,7 +187,8 @@ def main() -> None:
                     row[f"{strategy}_f1_cross"] = cross_fitted_f1(scores, targets, classes)
                 print(f"{name} {strategy}: mAP {row[strategy]:.3f} ({row[f'{strategy}_s']:.0f}s)", flush=True)
             rows.append(row)
-    print(f"\nval mAP, efficientnet_lite0 at {args.image_size}px, {args.epochs} epochs, seed {args.seed}")
+    print(f"\nval mAP, efficientnet_lite0, training at {args.image_size or 'the chosen'} px, probe at "
+          f"{args.probe_size or args.image_size or 'the backbone input'} px, {args.epochs} epochs, seed {args.seed}")
     print("| dataset | images train/val | labels | probe (frozen + OvR logistic) |"
           + "".join(f" transferlab {s} |" for s in strategies))
     print("|---|---|---|---|" + "---|" * len(strategies))
