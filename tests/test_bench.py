@@ -110,6 +110,9 @@ def test_multilabel_bench_smoke(tmp_path):
     out = bench("multilabel.py", "--datasets", "aquarium,clothing", "--limit", 40, "--per-class", 6, "--epochs", 2,
                 "--image-size", 48, "--strategies", "two-stage", "--keep", tmp_path)
     assert "| aquarium" in out and "| clothing (one label, as a table)" in out and "probe" in out
+    out = bench("thresholds.py", tmp_path / "runs" / "aquarium-two-stage", "--train", tmp_path / "aquarium" / "train.csv",
+                "--val", tmp_path / "aquarium" / "val.csv", "--splits", 2)
+    assert "/runs/aquarium-two-stage | 0." in out and "runs where the rule beats 0.5: argmax" in out
 
 
 def test_soak_bench_smoke(tmp_path):

@@ -89,14 +89,25 @@ def test_report_matches_scikit_learn_f1_and_exact_match():
     assert report["map"] == pytest.approx(mean_average_precision(scores, targets))
 
 
-def test_tuned_thresholds_beat_one_half_on_the_scores_they_were_tuned_on():
+def test_thresholds_are_half_the_best_f1_and_beat_one_half_on_unseen_calibrated_scores():
+    from sklearn.metrics import precision_recall_curve
+
     rng = np.random.default_rng(2)
-    targets = rng.random((200, 6)) < 0.3
-    scores = np.clip(targets * 0.25 + rng.random((200, 6)) * 0.6, 0, 1)  # positives rarely reach 0.5
+
+    def calibrated(n):  # each label's probability drawn per image, the label drawn from it: scores = probabilities
+        p = rng.beta([0.6, 0.4, 0.8, 0.5, 0.3, 1.0], 1.5, size=(n, 6))
+        return p, rng.random(p.shape) < p
+
+    scores, targets = calibrated(150)  # a validation set's size
     tuned = tune_thresholds(scores, targets)
-    at_half = multilabel_report(scores, targets, list("abcdef"), [0.5] * 6)["macro_f1"]
-    assert multilabel_report(scores, targets, list("abcdef"), tuned)["macro_f1"] > at_half
-    assert all(0 < t < 1 for t in tuned)
+    for j, t in enumerate(tuned):
+        precision, recall, _ = precision_recall_curve(targets[:, j], scores[:, j])
+        best = np.max(2 * precision * recall / np.maximum(precision + recall, 1e-12))
+        assert t == pytest.approx(best / 2)
+    unseen, truth = calibrated(20000)
+    at_half = multilabel_report(unseen, truth, list("abcdef"), [0.5] * 6)["macro_f1"]
+    assert multilabel_report(unseen, truth, list("abcdef"), tuned)["macro_f1"] > at_half + 0.02
+    assert tune_thresholds(scores, np.zeros_like(targets)) == [0.5] * 6  # no positive image: the default
 
 
 # --- a run ------------------------------------------------------------------------------------------------

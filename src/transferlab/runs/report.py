@@ -178,8 +178,8 @@ def render_report(meta: dict, history: list[dict], evaluations: dict) -> str:
         f"of {m['epochs_run']}",
     ]
     if multilabel:
-        lines.insert(3, "- multi-label: sigmoid outputs, binary cross-entropy; per-label thresholds chosen on "
-                        "validation for F1: " + ", ".join(f"{c} {t:.2f}" for c, t in zip(meta["classes"], meta["thresholds"])))
+        lines.insert(3, "- multi-label: sigmoid outputs, binary cross-entropy; per-label thresholds (half "
+                        "the best validation F1): " + ", ".join(f"{c} {t:.2f}" for c, t in zip(meta["classes"], meta["thresholds"])))
     leak = meta.get("leakage")
     if leak:
         near = "not checked" if leak.get("near") is None else leak["near"]

@@ -1,6 +1,6 @@
 """Multi-label classification on the engine: images carrying several labels (a table with a label
 delimiter or one 0/1 column per label), a sigmoid per label and binary cross-entropy, the best epoch by
-validation mAP; per-label decision thresholds tuned on validation for F1 and stored in the run. Every
+validation mAP; per-label decision thresholds from validation F1 (inference.multilabel.tune_thresholds) stored in the run. Every
 strategy of the playbook works as for one label, the frozen-feature cache included."""
 from __future__ import annotations
 
@@ -73,8 +73,8 @@ class MultiLabelTask(ClassificationTask):
                 f"F1@0.5 {row['val_f1']:.3f}")
 
     def decision_thresholds(self) -> list[float]:
-        """Per label, the threshold with the best validation F1 for the kept weights (or the user's
-        --threshold for every label)."""
+        """Per label, the decision threshold from the kept weights' validation F1 (tune_thresholds), or the
+        user's --threshold for every label."""
         if self.cfg.threshold is not None:
             return [float(self.cfg.threshold)] * len(self.scan.classes)
         self.model.freeze(0, self.bn_policy)

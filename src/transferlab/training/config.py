@@ -81,7 +81,7 @@ class TrainConfig:
     label_col: str | None = None
     label_delim: str | None = None  # default a space; "none": one label per cell
     advice: dict | None = None  # set by --strategy auto: the advisor's numbers and reasons
-    # multi-label: one decision threshold for every label instead of those tuned on validation for F1
+    # multi-label: one decision threshold for every label instead of those from validation F1
     threshold: float | None = None
     # --- detectors (a box dataset) ---
     data_format: str = "auto"  # annotation format: see core.options.ANNOTATION_FORMATS
