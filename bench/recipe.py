@@ -3,12 +3,15 @@ same split and seeds, accuracy (mAP for multi-label sets) and time side by side.
 
     python bench/recipe.py [--datasets flowers,eurosat,clothing] [--per-class 40] [--image-size 128]
                            [--epochs 6] [--seeds 0,1] [--variants default,ema,mixup,...] [--tta]
+                           [--reuse-defaults EARLIER.json]
 
 Every variant is `transferlab train` (two-stage, efficientnet_lite0) with one change; the class-per-folder
 sets are written as tables with a seeded 25% validation split per class (bench/multilabel.py), a table
 set (aquarium) uses its train.csv/val.csv. With --tta each run is also scored with test-time augmentation
 (Classifier.tta: the image and its mirror, averaged). Prints one table: per dataset and variant the mean
 over seeds, its change from the defaults in points, and the training time as a ratio of the defaults'.
+--reuse-defaults takes the default variant's rows from an earlier run's --json (same datasets, split and
+seeds: the split is seeded) instead of training them again, to measure a changed variant against them.
 """
 from __future__ import annotations
 
@@ -74,6 +77,8 @@ def main() -> None:
     ap.add_argument("--variants", default="default,ema,mixup,randaugment,trivialaugment")
     ap.add_argument("--tta", action="store_true", help="also score every run with test-time augmentation")
     ap.add_argument("--json", type=Path, help="write the rows here")
+    ap.add_argument("--reuse-defaults", type=Path, nargs="+", default=[],
+                    help="earlier runs' --json files: their default rows are used instead of training again")
     ap.add_argument("--keep", type=Path, help="keep the tables and runs here (default: a temporary folder)")
     args = ap.parse_args()
     names = [d.strip() for d in args.datasets.split(",") if d.strip()]
@@ -85,6 +90,8 @@ def main() -> None:
     for name in names:
         require_folder(args.datasets_dir / name, f"the {name} set", "--datasets-dir")
     seeds = [int(s) for s in args.seeds.split(",")]
+    reused = {(r["dataset"], r["seed"]): r for path in args.reuse_defaults for r in json.loads(path.read_text())
+              if r["variant"] == "default"}
     print(f"load {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores; lite0, two-stage, {args.epochs} epochs at "
           f"{args.image_size}px (presets: their own); seeds {seeds}", flush=True)
     rows = []
@@ -98,6 +105,10 @@ def main() -> None:
                 train_csv, val_csv = dataset_tables(root, folder, args.per_class, seed, args.limit)
                 scan = scan_dataset(Table(train_csv, val=val_csv), multilabel=True)
                 for variant in variants:
+                    if variant == "default" and (name, seed) in reused:
+                        rows.append({**reused[name, seed], "reused": True})
+                        print(json.dumps(rows[-1]), flush=True)
+                        continue
                     t0, cpu0 = time.perf_counter(), time.process_time()
                     run = train(train_csv, val_data=val_csv, seed=seed, out=folder / variant, progress=False,
                                 **variant_options(variant, args))
