@@ -200,7 +200,7 @@ def test_progressive_is_refused_for_a_detector_in_one_line(tmp_path):
 # --- --quality presets ------------------------------------------------------------------------------------
 def test_best_takes_the_largest_installed_backbone_and_leaves_given_options_alone():
     settings, reasons = quality_settings("best", ["efficientnet_lite0", "efficientnet_lite2"], given={"epochs"})
-    assert settings == {"model": "efficientnet_lite2", "strategy": "auto"} and set(reasons) == {"model", "strategy"}
+    assert settings == {"model": "efficientnet_lite2"} and set(reasons) == {"model"}
     assert quality_settings("best", ["resnet18"], given=set())[0]["model"] == "efficientnet_lite0"
     assert quality_settings("best", [], given={"model"})[0].get("model") is None
     with pytest.raises(TransferlabError, match="--quality must be one of fast, default, best"):
@@ -215,15 +215,6 @@ def test_a_preset_fills_what_the_user_left_and_the_run_says_why(digits_folder, t
     assert cfg["epochs"] == PRESETS["fast"]["epochs"][0] and set(cfg["quality_reasons"]) == {"epochs"}  # left: the preset's
     report = (run.path / "report.md").read_text()
     assert "Quality preset `fast`" in report and PRESETS["fast"]["epochs"][1] in report
-
-
-def test_best_trains_with_auto_and_the_run_says_why(digits_folder, tmp_path):
-    run = train(digits_folder, model="efficientnet_lite0", quality="best", epochs=2, out=tmp_path / "run",
-                progress=False, **TRAIN)
-    cfg = json.loads((run.path / "model.json").read_text())["config"]
-    assert cfg["advice"]["plan"]["strategy"] == cfg["strategy"]  # the advisor measured and planned the run
-    assert set(cfg["quality_reasons"]) == {"strategy"}  # model and epochs were given
-    assert PRESETS["best"]["strategy"][1] in (run.path / "report.md").read_text()
 
 
 def test_quality_is_refused_for_a_detector_in_one_line(tmp_path):

@@ -17,9 +17,9 @@ PRESETS = {
     "default": {},
     # EMA and TTA are not in it: on the recipe bench (docs/benchmarks.md) EMA changed nothing (flowers,
     # eurosat) and mirror TTA cost 1-2 points; each stays an option (--ema, --tta on)
-    "best": {"epochs": (15, "15 epochs: fine-tuning goes on gaining past the default's 10"),
-             "strategy": ("auto", "strategy auto: on bench/advise.py's 13 variants within the seed spread of the "
-                                  "best strategy on every one, 1.4 points above two-stage on the mean")},
+    # two-stage, not auto: with auto `best` scored 0.4 points over the defaults on the recipe bench's mean
+    # against 1.5 with two-stage (docs/benchmarks.md), though at a third to a half of the CPU on two sets
+    "best": {"epochs": (15, "15 epochs: fine-tuning goes on gaining past the default's 10")},
 }
 
 
