@@ -22,7 +22,7 @@ import numpy as np
 from multilabel import cross_fitted_f1, run_scores, targets_of
 from transferlab.data.folders import scan_dataset
 from transferlab.data.tables import Table
-from transferlab.inference.multilabel import _f1, mean_average_precision, tune_thresholds
+from transferlab.inference.multilabel import f1_curve, mean_average_precision, tune_thresholds
 
 
 def argmax_thresholds(scores: np.ndarray, targets: np.ndarray) -> list[float]:
@@ -33,12 +33,9 @@ def argmax_thresholds(scores: np.ndarray, targets: np.ndarray) -> list[float]:
         if not t.any():
             out.append(0.5)
             continue
-        order = np.argsort(-s, kind="stable")
-        s, t = s[order], t[order]
-        ends = np.r_[np.flatnonzero(s[1:] != s[:-1]), len(s) - 1]
-        tp = np.cumsum(t)[ends]
-        k = int(np.argmax(_f1(tp, (ends + 1) - tp, t.sum() - tp)))
-        out.append(float((s[ends[k]] + (s[ends[k] + 1] if ends[k] + 1 < len(s) else 0.0)) / 2))
+        distinct, f1 = f1_curve(s, t)
+        k = int(np.argmax(f1))
+        out.append(float((distinct[k] + (distinct[k + 1] if k + 1 < len(distinct) else 0.0)) / 2))
     return out
 
 

@@ -62,11 +62,16 @@ def tune_thresholds(scores, targets) -> list[float]:
 
 def best_f1(scores: np.ndarray, positives: np.ndarray) -> float:
     """The highest F1 any threshold reaches on one label's scores."""
+    return float(f1_curve(scores, positives)[1].max())
+
+
+def f1_curve(scores: np.ndarray, positives: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """One label's distinct scores, highest first, and the F1 of predicting positive down to each."""
     order = np.argsort(-scores, kind="stable")
     s, t = scores[order], positives[order]
-    ends = np.r_[np.flatnonzero(s[1:] != s[:-1]), len(s) - 1]  # predicting positive down to each score
+    ends = np.r_[np.flatnonzero(s[1:] != s[:-1]), len(s) - 1]  # the last image of each run of equal scores
     tp = np.cumsum(t)[ends]
-    return float(_f1(tp, (ends + 1) - tp, t.sum() - tp).max())
+    return s[ends], _f1(tp, (ends + 1) - tp, t.sum() - tp)
 
 
 def multilabel_report(scores, targets, classes: list[str], thresholds) -> dict:

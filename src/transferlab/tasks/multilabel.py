@@ -1,7 +1,7 @@
 """Multi-label classification on the engine: images carrying several labels (a table with a label
 delimiter or one 0/1 column per label), a sigmoid per label and binary cross-entropy, the best epoch by
-validation mAP; per-label decision thresholds from validation F1 (inference.multilabel.tune_thresholds) stored in the run. Every
-strategy of the playbook works as for one label, the frozen-feature cache included."""
+validation mAP; per-label decision thresholds from validation F1 (inference.multilabel.tune_thresholds)
+stored in the run. Every strategy of the playbook works as for one label, the frozen-feature cache included."""
 from __future__ import annotations
 
 import torch
