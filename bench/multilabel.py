@@ -183,6 +183,7 @@ def main() -> None:
                             image_size=args.image_size, seed=args.seed, out=work / "runs" / f"{name}-{strategy}",
                             progress=False)
                 scores = run_scores(run.path, scan)
+                row[f"{strategy}_px"] = load(str(run.path)).preprocessing.input_size
                 row[strategy] = mean_average_precision(scores, targets)
                 row[f"{strategy}_s"] = time.perf_counter() - t0
                 if scan.multilabel:
@@ -190,7 +191,8 @@ def main() -> None:
                     row[f"{strategy}_f1_tuned"] = multilabel_report(scores, targets, classes, th)["macro_f1"]
                     row[f"{strategy}_f1_half"] = multilabel_report(scores, targets, classes, [0.5] * len(classes))["macro_f1"]
                     row[f"{strategy}_f1_cross"] = cross_fitted_f1(scores, targets, classes)
-                print(f"{name} {strategy}: mAP {row[strategy]:.3f} ({row[f'{strategy}_s']:.0f}s)", flush=True)
+                print(f"{name} {strategy}: mAP {row[strategy]:.3f} at {row[f'{strategy}_px']} px "
+                      f"({row[f'{strategy}_s']:.0f}s)", flush=True)
             rows.append(row)
     print(f"\nval mAP, efficientnet_lite0, training at {args.image_size or 'the chosen'} px, probe at "
           f"{args.probe_size or args.image_size or 'the backbone input'} px, {args.epochs} epochs, seed {args.seed}")
@@ -198,7 +200,8 @@ def main() -> None:
           + "".join(f" transferlab {s} |" for s in strategies))
     print("|---|---|---|---|" + "---|" * len(strategies))
     for r in rows:
-        cells = "".join(f" {r[s]:.3f} ({100 * (r[s] - r['probe']):+.1f}, {r[f'{s}_s']:.0f}s) |" for s in strategies)
+        cells = "".join(f" {r[s]:.3f} ({100 * (r[s] - r['probe']):+.1f}, {r[f'{s}_px']} px, {r[f'{s}_s']:.0f}s) |"
+                        for s in strategies)
         print(f"| {r['dataset']}{' (multi-label)' if r['multilabel'] else ' (one label, as a table)'} | "
               f"{r['train']}/{r['val']} | {r['labels']} | {r['probe']:.3f} |{cells}")
     multi = [r for r in rows if r["multilabel"]]

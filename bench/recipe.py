@@ -1,7 +1,7 @@
 """The training recipe, ingredient by ingredient (issue 29): each alone against today's defaults, on the
 same split and seeds, accuracy (mAP for multi-label sets) and time side by side.
 
-    python bench/recipe.py [--datasets flowers,eurosat,clothing] [--per-class 40] [--image-size 128]
+    python bench/recipe.py [--datasets flowers,eurosat,clothing] [--per-class 40] [--image-size 224]
                            [--epochs 6] [--seeds 0,1] [--variants default,ema,mixup,...] [--tta]
                            [--reuse-defaults EARLIER.json]
 
@@ -64,14 +64,16 @@ def variant_options(name: str, args) -> dict:
         options["epochs"] = round(options["epochs"] * args.epochs)
     if "quality" not in options:
         options.setdefault("epochs", args.epochs)
-        options["image_size"] = args.image_size
+        if args.image_size:
+            options["image_size"] = args.image_size
     return options
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_dataset_options(ap, "flowers,eurosat,clothing")
-    ap.add_argument("--image-size", type=int, default=128, help="input size of every variant but the presets")
+    ap.add_argument("--image-size", type=int, help="input size of every variant but the presets (default: "
+                                                   "transferlab's choice, from the images' pixels)")
     ap.add_argument("--epochs", type=int, default=6)
     ap.add_argument("--seeds", default="0")
     ap.add_argument("--variants", default="default,ema,mixup,randaugment,trivialaugment")
@@ -93,7 +95,7 @@ def main() -> None:
     reused = {(r["dataset"], r["seed"]): r for path in args.reuse_defaults for r in json.loads(path.read_text())
               if r["variant"] == "default"}
     print(f"load {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores; lite0, two-stage, {args.epochs} epochs at "
-          f"{args.image_size}px (presets: their own); seeds {seeds}", flush=True)
+          f"{args.image_size or 'the chosen '}px (presets: their own); seeds {seeds}", flush=True)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         work = args.keep or Path(tmp)
@@ -114,7 +116,8 @@ def main() -> None:
                                 **variant_options(variant, args))
                     row = {"dataset": name, "seed": seed, "variant": variant, "wall_s": time.perf_counter() - t0,
                            "cpu_s": time.process_time() - cpu0, "load": os.getloadavg()[0],
-                           "score": score(run_scores(run.path, scan), scan), "multilabel": scan.multilabel}
+                           "score": score(run_scores(run.path, scan), scan), "multilabel": scan.multilabel,
+                           "px": run.predictor.preprocessing.input_size, "model": run.predictor.name}
                     if args.tta:
                         row["score_tta"] = score(run_scores(run.path, scan, tta=True), scan)
                     rows.append(row)

@@ -101,6 +101,15 @@ def test_tensor_batches_shard_evenly_across_processes():
     assert set(seen) == set(range(10))
 
 
+def test_tensor_batches_make_several_passes_each_a_fresh_order():
+    features, labels = torch.arange(10).float().unsqueeze(1), torch.arange(10)
+    batches = TensorBatches(features, labels, 4, shuffle=True, generator=torch.Generator().manual_seed(0), passes=3)
+    seen = [int(v) for _, y in batches for v in y]
+    assert len(batches) == 9 and len(list(batches)) == 9  # 3 batches a pass
+    passes = [seen[i:i + 10] for i in range(0, 30, 10)]
+    assert all(sorted(p) == list(range(10)) for p in passes) and passes[0] != passes[1]
+
+
 def test_auto_reuses_the_advisors_features_each_at_its_images_row(digits_folder, tmp_path, monkeypatch):
     """train --strategy auto: the measuring pass's features stand in the clean view's rows of the images it
     measured, so the feature pass runs only over the others; the assembled view equals computing it all."""

@@ -165,6 +165,23 @@ def test_every_strategy_trains_multilabel(patch_tables, tmp_path, strategy):
     assert {r["phase"] for r in run.history} == ({"head", "finetune"} if strategy == "two-stage" else {"partial"})
 
 
+def test_the_multilabel_head_makes_many_passes_over_the_cache_in_few_epochs(patch_tables, tmp_path, monkeypatch,
+                                                                            capsys):
+    """One epoch of the head on cached features is MIN_HEAD_PASSES passes: it ends far closer to converged
+    than a single pass (the sigmoid head's slow start that MIN_HEAD_PASSES answers)."""
+    from transferlab.tasks import multilabel
+
+    train_csv, val_csv = patch_tables
+    one = dict(val_data=val_csv, strategy="feature-extract", epochs=1, **{**FAST, "progress": True})
+    many = train(train_csv, out=tmp_path / "many", **one)
+    assert f"{multilabel.MIN_HEAD_PASSES} passes over the cached features per epoch" in capsys.readouterr().err
+    monkeypatch.setattr(multilabel, "MIN_HEAD_PASSES", 1)
+    single = train(train_csv, out=tmp_path / "single", **one)
+    assert "passes over the cached features" not in capsys.readouterr().err
+    assert many.history[-1]["train_loss"] < 0.8 * single.history[-1]["train_loss"]
+    assert many.metrics["val_loss"] < single.metrics["val_loss"]
+
+
 def test_balance_sampler_is_refused_for_multilabel_in_one_line(patch_tables, tmp_path):
     train_csv, val_csv = patch_tables
     with pytest.raises(TransferlabError, match="--balance weights") as info:

@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from safetensors.torch import load_file
 from torch import nn
 from torchvision.transforms import v2 as T
@@ -18,7 +19,8 @@ from transferlab.data.transforms import Preprocessing
 from transferlab.training import trainer as trainer_module
 from transferlab.training.config import TrainConfig
 from transferlab.training.loop import TrainForward
-from transferlab.training.presets import PRESETS, quality_settings
+from transferlab.models import get_spec
+from transferlab.training.presets import PRESETS, best_under_budget, input_size_for_pixels, quality_settings
 from transferlab.training.recipe import BatchMixer, WeightAverage, progressive_side
 
 TRAIN = dict(image_size=48, batch_size=16, workers=0)
@@ -205,6 +207,81 @@ def test_best_takes_the_largest_installed_backbone_and_leaves_given_options_alon
     assert quality_settings("best", [], given={"model"})[0].get("model") is None
     with pytest.raises(TransferlabError, match="--quality must be one of fast, default, best"):
         quality_settings("max", [], set())
+
+
+def test_the_input_size_follows_the_pixels_the_images_hold():
+    lite0, lite2 = get_spec("efficientnet_lite0").preprocessing, get_spec("efficientnet_lite2").preprocessing
+    assert input_size_for_pixels(256, lite0) is None  # resized to 256 for 224: the backbone's own size
+    assert input_size_for_pixels(64, lite0) is None  # small tiles are not upsampled further
+    assert input_size_for_pixels(300, lite0)[0] == 256  # 300 px hold 262 px of crop: the next step of 32
+    size, why = input_size_for_pixels(384, lite0)
+    assert size == 288 and "384 px" in why and "--image-size 224" in why
+    assert input_size_for_pixels(4000, lite0)[0] == 288  # at most 1.3x the backbone's own
+    assert input_size_for_pixels(384, lite2)[0] == 320
+    # each level: default and best take it (best at its own backbone's), fast keeps its own, a given size stays
+    assert quality_settings("default", [], set(), short_side=384)[0] == {"image_size": 288}
+    assert quality_settings("default", [], set(), short_side=240) == ({}, {})
+    assert quality_settings("best", ["efficientnet_lite2"], {"epochs"}, short_side=384)[0]["image_size"] == 320
+    assert quality_settings("best", ["efficientnet_lite2"], {"model"}, "resnet18", 384)[0]["image_size"] == 288
+    assert quality_settings("fast", [], set(), short_side=384)[0]["image_size"] == PRESETS["fast"]["image_size"][0]
+    assert "image_size" not in quality_settings("default", [], {"image_size"}, short_side=384)[0]
+
+
+def test_large_images_train_at_the_size_their_pixels_hold_and_the_run_says_why(tmp_path):
+    rng = np.random.default_rng(0)
+    for cls, colour in (("red", (200, 40, 40)), ("blue", (40, 40, 200))):
+        (tmp_path / "data" / cls).mkdir(parents=True)
+        for i in range(4):
+            pixels = np.clip(rng.normal(colour, 30, (340, 400, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(pixels).save(tmp_path / "data" / cls / f"{i}.png")
+    options = dict(strategy="feature-extract", epochs=1, batch_size=8, workers=0, augment="none", val_split=0.5,
+                   weights="none", progress=False)
+    run = train(tmp_path / "data", out=tmp_path / "run", **options)
+    cfg = json.loads((run.path / "model.json").read_text())["config"]
+    assert cfg["image_size"] == 288 and run.predictor.preprocessing.input_size == 288
+    assert "340 px" in cfg["quality_reasons"]["image_size"] and "340 px" in (run.path / "report.md").read_text()
+    given = train(tmp_path / "data", out=tmp_path / "given", image_size=64, **options)
+    assert given.predictor.preprocessing.input_size == 64
+    assert json.loads((given.path / "model.json").read_text())["config"]["quality_reasons"] is None
+
+
+def test_best_under_a_budget_takes_the_largest_schedule_that_fits():
+    cost = {"efficientnet_lite2": 100, "efficientnet_lite1": 60, "efficientnet_lite0": 40}  # seconds an epoch
+    sizes = []
+
+    def price(backbone, size, epochs):
+        sizes.append(size)
+        return cost[backbone] * epochs
+
+    installed = list(cost)
+    assert best_under_budget(installed, {}, None, 2000, price)[0] == {
+        "model": "efficientnet_lite2", "epochs": 15, "image_size": 260}
+    settings, reasons = best_under_budget(installed, {}, 384, 1000, price)  # lite2 x 10 = 1000 fits
+    assert settings == {"model": "efficientnet_lite2", "epochs": 10, "image_size": 320}
+    assert "efficientnet_lite2 at 320 px for 15 epochs ~1500s" in reasons["budget"]
+    assert best_under_budget(installed, {}, None, 700, price)[0]["model"] == "efficientnet_lite1"
+    assert best_under_budget(installed, {"epochs": 15}, None, 700, price)[0] == {
+        "model": "efficientnet_lite0", "image_size": 224}
+    assert best_under_budget(installed, {"model": "efficientnet_lite0", "image_size": 96}, None, 500, price)[0] == {
+        "epochs": 10}
+    settings, reasons = best_under_budget(installed, {}, None, 100, price)
+    assert settings == {} and "no schedule of best fits" in reasons["budget"]
+
+
+def test_best_with_a_budget_times_the_backbones_and_trains_what_fits(tmp_path):
+    rng = np.random.default_rng(0)
+    for cls, colour in (("red", (200, 40, 40)), ("blue", (40, 40, 200))):
+        (tmp_path / "data" / cls).mkdir(parents=True)
+        for i in range(5):
+            pixels = np.clip(rng.normal(colour, 30, (40, 40, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(pixels).save(tmp_path / "data" / cls / f"{i}.png")
+    run = train(tmp_path / "data", quality="best", budget=15, batch_size=8, workers=0, val_split=0.2,
+                out=tmp_path / "run", progress=False)
+    meta = json.loads((run.path / "model.json").read_text())
+    why = meta["config"]["quality_reasons"]["budget"]
+    assert why.startswith("budget 1") and "no schedule" not in why, why
+    assert f"{meta['config']['model']} at {meta['config']['image_size']} px for {meta['config']['epochs']} epochs" in why
+    assert meta["budget"]["used_s"] <= 15
 
 
 def test_a_preset_fills_what_the_user_left_and_the_run_says_why(digits_folder, tmp_path):

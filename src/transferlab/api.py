@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 from dataclasses import fields
 from pathlib import Path
 
@@ -129,7 +130,7 @@ def train(data, model: str | None = None, strategy: str | None = None, out=None,
     if options.get("budget") is not None:
         options["budget"] = parse_duration(options["budget"])
     budget = Budget(options["budget"]) if options.get("budget") else None  # the clock starts now
-    cache = None
+    cache = scan = None
     if resume:
         saved = read_config(out)
         saved.update(options)
@@ -139,10 +140,16 @@ def train(data, model: str | None = None, strategy: str | None = None, out=None,
         data = as_table(data, cfg) if kind == "classifier" else data  # a table, read as it was first time
     else:
         kind = model_kind(model) if model else "classifier"
+        options = {k: v for k, v in options.items() if v is not None}  # None: the default, or the preset's
         explicit = {k: v for k, v in (("model", model), ("strategy", strategy)) if v is not None}
-        preset = quality_preset(kind, options.get("quality", "default"), set(explicit) | set(options))
+        cfg = TrainConfig(**{**task_class(kind).defaults, **options, **explicit})
+        if kind == "classifier":
+            from .data.folders import scan_dataset
+
+            data = as_table(data, cfg)  # a table, with its columns and --val
+            scan = scan_dataset(data, cfg.val_split, cfg.seed, exclude=cfg.exclude, multilabel=True)
+        preset = quality_preset(kind, cfg.quality, {**options, **explicit}, cfg, scan, budget)
         cfg = TrainConfig(**{**task_class(kind).defaults, **preset, **options, **explicit})
-        data = as_table(data, cfg) if kind == "classifier" else data  # a table, with its columns and --val
         if kind == "classifier" and cfg.strategy == "auto":
             from .advice.plan import advise_for_training
             from .models import installed_models
@@ -156,7 +163,7 @@ def train(data, model: str | None = None, strategy: str | None = None, out=None,
             from .advice.sweep import freeze_search
 
             return freeze_search(data, dataclasses.replace(cfg), out=out, progress=progress, budget=budget)
-    trainer = Trainer(create_task(kind, data, cfg, cache), data, cfg, out=out, resume=resume, progress=progress,
+    trainer = Trainer(create_task(kind, data, cfg, cache, scan), data, cfg, out=out, resume=resume, progress=progress,
                       callbacks=callbacks, budget=budget)
     try:
         return trainer.fit()
@@ -164,17 +171,34 @@ def train(data, model: str | None = None, strategy: str | None = None, out=None,
         shutdown(trainer.dist)
 
 
-def quality_preset(kind: str, quality: str, given: set[str]) -> dict:
-    """The fields a --quality preset sets (those not `given`), with quality_reasons: why each."""
+def quality_preset(kind: str, quality: str, given: dict, cfg, scan=None, budget=None) -> dict:
+    """The fields a --quality preset sets (those not `given`), with quality_reasons: why each. A
+    classifier's `scan` (its dataset, read) lets the images' pixels set the input size; under a `budget`,
+    `best` picks the schedule that fits (training.presets.best_under_budget) from forward passes timed here."""
+    from .data.images import median_short_side
     from .models import installed_models
-    from .training.presets import quality_settings
+    from .training.budget import MARGIN, forward_seconds_per_image, two_stage_seconds
+    from .training.presets import best_under_budget, quality_settings
 
-    if quality == "default":
-        return {}
     if kind != "classifier":
-        raise TransferlabError(f"--quality is for classifiers; train a {kind} with its own options (drop --quality)")
-    settings, reasons = quality_settings(quality, installed_models(), given)
-    return {**settings, "quality_reasons": reasons}
+        if quality != "default":
+            raise TransferlabError(f"--quality is for classifiers; train a {kind} with its own options (drop --quality)")
+        return {}
+    short_side = median_short_side(s.path for s in scan.splits["train"]) if "image_size" not in given else None
+    if quality == "best" and budget is not None:
+        train_images, val_images = len(scan.splits["train"]), len(scan.splits["val"])
+        views = cfg.cache_views if cfg.augment != "none" else 1
+
+        timed = functools.cache(forward_seconds_per_image)
+
+        def price(backbone: str, size: int, epochs: int) -> float:
+            return two_stage_seconds(timed(backbone, size, cfg.device), epochs, train_images, val_images, views)
+
+        settings, reasons = best_under_budget(installed_models(), given, short_side, (1 - MARGIN) * budget.left(),
+                                              price)
+    else:
+        settings, reasons = quality_settings(quality, installed_models(), set(given), cfg.model, short_side)
+    return {**settings, "quality_reasons": reasons} if reasons else {}
 
 
 def audit(data, model: str = "efficientnet_lite0", out=None, progress: bool = True, **options):

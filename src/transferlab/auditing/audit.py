@@ -20,6 +20,7 @@ import numpy as np
 
 from ..core.errors import TransferlabError
 from ..data.folders import DatasetScan, file_digests, scan_dataset
+from ..data.images import image_sizes
 from .near_duplicates import NEAR_DUPLICATE_COPY_MARGIN, NEAR_DUPLICATE_COSINE, near_duplicate_pairs, normalized_rows
 
 # Near duplicates: see NEAR_DUPLICATE_COPY_MARGIN in training/features.py for the rule and the
@@ -341,20 +342,6 @@ def outlier_issues(files: list[dict], features: np.ndarray, max_flagged: int | N
     return [{"kind": "outlier", "path": files[i]["path"], "split": files[i]["split"], "given": files[i]["class"],
              "score": round(float(scores[i]), 4), "robust_z": round(float(z[i]), 2)}
             for i in flagged]
-
-
-def image_sizes(paths) -> list[tuple[int, int] | None]:
-    """(width, height) from each file's header, or None when it cannot be read."""
-    from PIL import Image
-
-    out = []
-    for p in paths:
-        try:
-            with Image.open(p) as img:
-                out.append(img.size)
-        except Exception:  # unreadable files are reported by the scan already
-            out.append(None)
-    return out
 
 
 # --- the audit ----------------------------------------------------------------------------------

@@ -205,7 +205,7 @@ def add_train(sub, default_model: str | None = None,
     p.add_argument("--resume", metavar="RUN", help="continue RUN from its last checkpoint")
     p.add_argument("--quality", choices=QUALITIES,
                    help="presets of backbone, input size, epochs and recipe (default: default); options given "
-                        "explicitly win over the preset's")
+                        "explicitly win over the preset's; best under --budget trains the largest schedule that fits")
     p.add_argument("--epochs", type=int, help=f"default {d.epochs}")
     p.add_argument("--head-epochs", type=int, help="two-stage: epochs of the head-only phase (default: a third)")
     p.add_argument("--freeze", help="partial: number of leading blocks frozen, or the first trainable block's name")
@@ -238,7 +238,8 @@ def add_train(sub, default_model: str | None = None,
     p.add_argument("--amp", default=d.amp, choices=SWITCHES)
     p.add_argument("--workers", type=int)
     p.add_argument("--weights", default=d.weights, help="'default' (pretrained), 'none', or a weights file")
-    p.add_argument("--image-size", type=int, help="train at another input size (e.g. 128 for small images)")
+    p.add_argument("--image-size", type=int, help="the input size (default: the backbone's own, larger when the "
+                                                  "images hold more pixels, up to 1.3x; e.g. 128 for speed)")
     p.add_argument("--cache-features", default=d.cache_features, choices=SWITCHES)
     p.add_argument("--cache-views", type=int, default=d.cache_views,
                    help="views cached per image with augmentation (the first is the clean image)")

@@ -104,6 +104,27 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img
 
 
+def image_sizes(paths) -> list[tuple[int, int] | None]:
+    """(width, height) from each file's header, or None when it cannot be read."""
+    out = []
+    for p in paths:
+        try:
+            with Image.open(p) as img:
+                out.append(img.size)
+        except Exception:  # unreadable files are reported where they are read
+            out.append(None)
+    return out
+
+
+def median_short_side(paths, sample: int = 200) -> int | None:
+    """The median shorter side of the images, from the headers of at most `sample` of them spread evenly
+    over the list (None when none can be read)."""
+    paths = list(paths)
+    step = max(1, len(paths) // sample)
+    sides = [min(s) for s in image_sizes(paths[::step][:sample]) if s is not None]
+    return int(np.median(sides)) if sides else None
+
+
 def is_image_file(path: Path) -> bool:
     """True when the file name has an image extension."""
     return path.suffix.lower() in IMAGE_EXTENSIONS

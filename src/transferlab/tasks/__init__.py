@@ -16,17 +16,18 @@ def task_class(kind: str) -> type[Task]:
     return getattr(importlib.import_module(f"{__name__}.{module}"), cls)
 
 
-def create_task(kind: str, data, cfg, cache=None) -> Task:
-    """The task for a run of `kind` on `data`: a classifier's data is read here, since its labels decide
-    between one label per image and several (MultiLabelTask); `cache`: a classifier's TrainingCache
-    (what the advisor already computed)."""
+def create_task(kind: str, data, cfg, cache=None, scan=None) -> Task:
+    """The task for a run of `kind` on `data`: a classifier's data is read here (unless the caller's `scan`
+    holds it read with cfg's split), since its labels decide between one label per image and several
+    (MultiLabelTask); `cache`: a classifier's TrainingCache (what the advisor already computed)."""
     if kind != "classifier":
         return task_class(kind)()
     from ..data.folders import scan_dataset
     from .classification import ClassificationTask
     from .multilabel import MultiLabelTask
 
-    scan = scan_dataset(data, cfg.val_split, cfg.seed, exclude=cfg.exclude, multilabel=True)
+    if scan is None:
+        scan = scan_dataset(data, cfg.val_split, cfg.seed, exclude=cfg.exclude, multilabel=True)
     return (MultiLabelTask if scan.multilabel else ClassificationTask)(cache=cache, scan=scan)
 
 

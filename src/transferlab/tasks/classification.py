@@ -51,6 +51,8 @@ class ClassificationTask(Task):
         if cfg.image_size:
             self.model.preprocessing = self.model.preprocessing.resized(cfg.image_size)
         self.input_size = self.model.preprocessing.input_size
+        for why in (cfg.quality_reasons or {}).values():  # what the --quality level (or the data's pixels) chose
+            self.log(f"quality {cfg.quality}: {why}")
 
     def bind_device(self, device, dist, progress) -> None:
         """Called once the model is on its device: the batch source decodes the images for it."""
@@ -86,9 +88,13 @@ class ClassificationTask(Task):
             self.model.reset_classifier(len(self.scan.classes))
             self.model.to(self.device)
         self.model.freeze(phase.freeze, self.bn_policy)
-        return self._phase_batches()
+        return self._phase_batches(phase)
 
-    def _phase_batches(self) -> PhaseData:
+    def head_passes(self, phase) -> int:
+        """Passes over the cached features per epoch of a phase that trains the head alone from them."""
+        return 1
+
+    def _phase_batches(self, phase) -> PhaseData:
         """From cached prefix features when the frozen prefix fits in memory, else from the images."""
         prefix, pacer = self.model.frozen_blocks, self.trainer.pacer
         if not self.batches.features_fit(self.model, prefix):
@@ -104,8 +110,12 @@ class ClassificationTask(Task):
         self._check_near_duplicates(prefix, views[0], val_features)
         val = self.batches.feature_batches(val_features, shuffle=False, batch_size=self.cfg.batch_size * 4,
                                            split="val")
+        passes = self.head_passes(phase) if prefix == len(self.model.block_names) - 1 else 1
+        if passes > 1:
+            self.log(f"{phase.name}: {passes} passes over the cached features per epoch")
         return PhaseData(prefix,
-                         lambda epoch, g, _: self.batches.feature_batches(views[(epoch - 1) % len(views)], True, g),
+                         lambda epoch, g, _: self.batches.feature_batches(views[(epoch - 1) % len(views)], True, g,
+                                                                          passes=passes),
                          val, views[0])
 
     def _check_near_duplicates(self, prefix: int, train_features, val_features) -> None:

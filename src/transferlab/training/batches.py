@@ -145,12 +145,12 @@ class BatchSource:
         return self.cache.features[prefix]
 
     def feature_batches(self, features: torch.Tensor, shuffle: bool, generator=None, batch_size=None,
-                        split: str = "train") -> TensorBatches:
-        """Batches over cached features of a split, sharded across processes."""
+                        split: str = "train", passes: int = 1) -> TensorBatches:
+        """Batches over cached features of a split, sharded across processes, `passes` times per epoch."""
         train = split == "train"
         return TensorBatches(features, self.labels(split), batch_size or self.cfg.batch_size, shuffle=shuffle,
                              sample_weights=self.sample_weights() if train else None, generator=generator,
-                             rank=self.dist.rank, world=self.dist.world_size, pad=train)
+                             rank=self.dist.rank, world=self.dist.world_size, pad=train, passes=passes)
 
     def _cached_prefix(self, model, split: str, n: int, view: str, view_index: int) -> torch.Tensor:
         """Prefix features of a split for one view, from the on-disk store when --cache-dir has them; the

@@ -54,6 +54,43 @@ class Budget:
         return {"seconds": self.seconds, "used_s": round(self.elapsed(), 2)}
 
 
+def forward_seconds_per_image(model: str, size: int, device: str = "auto", batch: int = 8) -> float:
+    """Seconds per image of a forward pass of `model` (random init: the cost is the architecture's) at
+    input `size` on the training device, the best of two timed batches after a warm-up one."""
+    import torch
+
+    from ..core.device import channels_last_on_cpu, pick_device
+    from ..models import create_model
+
+    dev = pick_device(device)
+    net = create_model(model, weights="none").eval().to(dev)
+    x = torch.randn(batch, 3, size, size, device=dev)
+    times = []
+    with torch.inference_mode(), channels_last_on_cpu(net, dev):
+        for _ in range(3):
+            t0 = time.perf_counter()
+            net(x)
+            if dev.type == "cuda":
+                torch.cuda.synchronize()
+            times.append(time.perf_counter() - t0)
+    return min(times[1:]) / batch
+
+
+def two_stage_seconds(seconds_per_image: float, epochs: int, train_images: int, val_images: int,
+                      views: int) -> float:
+    """Seconds a two-stage run is expected to take: the feature pass (`views` per training image, and
+    validation), the head's epochs on cached features (next to nothing), fine-tuning's epochs (a
+    training step costs about three forward passes) and writing the run."""
+    finetune = epochs - max(1, epochs // 3)
+    forwards = views * train_images + val_images + finetune * image_epoch_forwards(train_images, val_images)
+    return seconds_per_image * forwards + FINISH_SECONDS
+
+
+def image_epoch_forwards(train_images: int, val_images: int) -> int:
+    """Forward passes an epoch training every layer from images costs: a training step about three."""
+    return 3 * train_images + val_images
+
+
 class Pacer:
     """The trainer's questions to a budget: does another epoch fit, should this epoch stop now?
 
@@ -77,10 +114,10 @@ class Pacer:
 
     def epochs_that_fit(self, train_images: int, wanted: int) -> int:
         """How many of `wanted` epochs training every layer from images fit before the deadline, from
-        the forward speed measured so far (a training step costs about three forward passes)."""
+        the forward speed measured so far."""
         if self.seconds_per_image is None:
             return wanted
-        epoch = self.seconds_per_image * (3 * train_images + self.val_images)
+        epoch = self.seconds_per_image * image_epoch_forwards(train_images, self.val_images)
         return max(0, min(wanted, int((self.budget.left() - self.finish_seconds()) // epoch)))
 
     def batch_deadline(self, from_images: bool):

@@ -134,7 +134,8 @@ class FeatureStore:
 
 
 class TensorBatches:
-    """Mini-batches from in-memory tensors: shuffled with a seeded generator, or drawn by class weight.
+    """Mini-batches from in-memory tensors: shuffled with a seeded generator, or drawn by class weight;
+    `passes` times over them (each in a fresh order) per iteration.
 
     With several processes each takes every world-th item of the same permutation, padded (like
     DistributedSampler) so that all processes run the same number of steps.
@@ -142,8 +143,8 @@ class TensorBatches:
 
     def __init__(self, features: torch.Tensor, labels: torch.Tensor, batch_size: int, shuffle: bool,
                  sample_weights: torch.Tensor | None = None, generator: torch.Generator | None = None,
-                 rank: int = 0, world: int = 1, pad: bool = True):
-        self.features, self.labels = features, labels
+                 rank: int = 0, world: int = 1, pad: bool = True, passes: int = 1):
+        self.features, self.labels, self.passes = features, labels, passes
         self.batch_size, self.shuffle = batch_size, shuffle
         self.sample_weights = sample_weights
         self.generator = generator if generator is not None else torch.Generator()
@@ -154,9 +155,13 @@ class TensorBatches:
         return math.ceil(n / self.world) if self.pad else len(range(self.rank, n, self.world))
 
     def __len__(self):
-        return math.ceil(self._shard_size() / self.batch_size)
+        return self.passes * math.ceil(self._shard_size() / self.batch_size)
 
     def __iter__(self):
+        for _ in range(self.passes):
+            yield from self._one_pass()
+
+    def _one_pass(self):
         n = len(self.labels)
         if self.sample_weights is not None:
             order = torch.multinomial(self.sample_weights, n, replacement=True, generator=self.generator)

@@ -3,8 +3,21 @@ bench/recipe.py's measurements (docs/benchmarks.md, "Training recipe"). A preset
 user left unset, and the run records which preset chose what, and why (model.json "quality")."""
 from __future__ import annotations
 
+import math
+
 from ..core.errors import TransferlabError
 from ..core.options import QUALITIES
+
+# The input size follows the pixels the images hold (default and best; fast sets its own): the largest
+# multiple of INPUT_STEP (the backbones' stride) whose evaluation resize does not upsample the median image,
+# at least the backbone's own size and at most PIXEL_SIZE_CAP times it. On aquarium (median shorter side
+# 384 px) the frozen probe scored 0.953, 0.972 and 0.970 mAP at 224, 288 and 352 px, and training at 288 px
+# gained 0.7 points over 224 (two-stage and auto alike) for 1.5x the time (docs/benchmarks.md, "Tables and
+# multi-label"); past 1.3x the probe gained nothing while the time grows with the pixels. Images no larger
+# than the backbone's input keep it: upsampling adds no detail (the advisor's probe at 288 px moved
+# flowers, EuroSAT and clothing, all at most 256 px, by -1.9 to +0.4).
+INPUT_STEP = 32
+PIXEL_SIZE_CAP = 1.3
 
 
 # the EfficientNet-Lite backbones from the largest: `best` takes the largest one installed
@@ -23,14 +36,68 @@ PRESETS = {
 }
 
 
-def quality_settings(quality: str, installed: list[str], given: set[str]) -> tuple[dict, dict]:
+def input_size_for_pixels(short_side: int, preprocessing) -> tuple[int, str] | None:
+    """The input size the images' median shorter side supports above the backbone's own (see
+    PIXEL_SIZE_CAP), and why; None when the backbone's own size is as large as they allow."""
+    own = preprocessing.input_size
+    supported = short_side * own / preprocessing.resize  # evaluation resizes the shorter side to `resize`
+    size = min(math.floor(supported / INPUT_STEP), math.floor(PIXEL_SIZE_CAP * own / INPUT_STEP)) * INPUT_STEP
+    if size <= own:
+        return None
+    return size, (f"input {size} px: the images' median shorter side is {short_side} px, more detail than the "
+                  f"backbone's own {own} px keeps (at most {PIXEL_SIZE_CAP}x it; --image-size {own} trains faster)")
+
+
+def quality_settings(quality: str, installed: list[str], given: set[str], model: str = "efficientnet_lite0",
+                     short_side: int | None = None) -> tuple[dict, dict]:
     """The TrainConfig fields a quality level sets, leaving those the user `given` alone, and why
-    each (field -> reason); `best` takes the largest installed backbone at its own input size."""
+    each (field -> reason); `best` takes the largest installed backbone. `model`: the backbone the run
+    trains unless the level picks one; `short_side`: the training images' median shorter side, which
+    sets the input size (input_size_for_pixels) where the level leaves it to the data."""
+    from ..models import get_spec
+
     if quality not in QUALITIES:
         raise TransferlabError(f"--quality must be one of {', '.join(QUALITIES)}")
     chosen = dict(PRESETS[quality])
     if quality == "best":
-        model = next(m for m in LARGER_BACKBONES if m in installed or m == LARGER_BACKBONES[-1])
-        chosen["model"] = (model, f"backbone {model}: the largest EfficientNet-Lite installed, at its own input size")
+        larger = next(m for m in LARGER_BACKBONES if m in installed or m == LARGER_BACKBONES[-1])
+        chosen["model"] = (larger, f"backbone {larger}: the largest EfficientNet-Lite installed")
+    if "image_size" not in chosen and short_side:
+        backbone = chosen["model"][0] if "model" in chosen and "model" not in given else model
+        by_pixels = input_size_for_pixels(short_side, get_spec(backbone).preprocessing)
+        if by_pixels is not None:
+            chosen["image_size"] = by_pixels
     chosen = {k: v for k, v in chosen.items() if k not in given}
     return {k: value for k, (value, _) in chosen.items()}, {k: why for k, (_, why) in chosen.items()}
+
+
+def best_under_budget(installed: list[str], given: dict, short_side: int | None, seconds: float,
+                      price) -> tuple[dict, dict]:
+    """`--quality best` with a budget of `seconds`: the first schedule whose estimate `price(backbone,
+    input size, epochs)` fits, trying the installed EfficientNet-Lites from the largest, each with best's
+    epochs and then the default's (what the user `given` stays fixed), at the input size its pixels
+    support; when none fits, the defaults, which the budget trims as they train. Returns the fields
+    and why each, as quality_settings does."""
+    from ..models import get_spec
+    from .config import TrainConfig
+
+    if "model" in given:
+        backbones = [given["model"]]
+    else:
+        backbones = [m for m in LARGER_BACKBONES if m in installed or m == LARGER_BACKBONES[-1]]
+    epochs = [given["epochs"]] if "epochs" in given else [PRESETS["best"]["epochs"][0], TrainConfig.epochs]
+    tried = []
+    for backbone in backbones:
+        own = get_spec(backbone).preprocessing
+        by_pixels = input_size_for_pixels(short_side, own) if short_side else None
+        size = given.get("image_size") or (by_pixels[0] if by_pixels else own.input_size)
+        for n in epochs:
+            need = price(backbone, size, n)
+            tried.append(f"{backbone} at {size} px for {n} epochs ~{need:.0f}s")
+            if need <= seconds:
+                over = f" (over it: {'; '.join(tried[:-1])})" if len(tried) > 1 else ""
+                chosen = {"model": backbone, "epochs": n, "image_size": size}
+                return ({k: v for k, v in chosen.items() if k not in given},
+                        {"budget": f"budget {seconds:.0f}s: {tried[-1]} fits{over}"})
+    return {}, {"budget": f"budget {seconds:.0f}s: no schedule of best fits ({'; '.join(tried)}); the defaults "
+                          "train, trimmed by the budget as they go"}
