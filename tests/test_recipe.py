@@ -209,6 +209,16 @@ def test_best_takes_the_largest_installed_backbone_and_leaves_given_options_alon
         quality_settings("max", [], set())
 
 
+def write_colour_folder(root, per_class: int, shape: tuple[int, int]) -> None:
+    """Two classes (red and blue noise) of `per_class` PNG images of `shape` (height, width)."""
+    rng = np.random.default_rng(0)
+    for cls, colour in (("red", (200, 40, 40)), ("blue", (40, 40, 200))):
+        (root / cls).mkdir(parents=True)
+        for i in range(per_class):
+            pixels = np.clip(rng.normal(colour, 30, (*shape, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(pixels).save(root / cls / f"{i}.png")
+
+
 def test_the_input_size_follows_the_pixels_the_images_hold():
     lite0, lite2 = get_spec("efficientnet_lite0").preprocessing, get_spec("efficientnet_lite2").preprocessing
     assert input_size_for_pixels(256, lite0) is None  # resized to 256 for 224: the backbone's own size
@@ -228,12 +238,7 @@ def test_the_input_size_follows_the_pixels_the_images_hold():
 
 
 def test_large_images_train_at_the_size_their_pixels_hold_and_the_run_says_why(tmp_path):
-    rng = np.random.default_rng(0)
-    for cls, colour in (("red", (200, 40, 40)), ("blue", (40, 40, 200))):
-        (tmp_path / "data" / cls).mkdir(parents=True)
-        for i in range(4):
-            pixels = np.clip(rng.normal(colour, 30, (340, 400, 3)), 0, 255).astype(np.uint8)
-            Image.fromarray(pixels).save(tmp_path / "data" / cls / f"{i}.png")
+    write_colour_folder(tmp_path / "data", 4, (340, 400))
     options = dict(strategy="feature-extract", epochs=1, batch_size=8, workers=0, augment="none", val_split=0.5,
                    weights="none", progress=False)
     run = train(tmp_path / "data", out=tmp_path / "run", **options)
@@ -247,10 +252,8 @@ def test_large_images_train_at_the_size_their_pixels_hold_and_the_run_says_why(t
 
 def test_best_under_a_budget_takes_the_largest_schedule_that_fits():
     cost = {"efficientnet_lite2": 100, "efficientnet_lite1": 60, "efficientnet_lite0": 40}  # seconds an epoch
-    sizes = []
 
     def price(backbone, size, epochs):
-        sizes.append(size)
         return cost[backbone] * epochs
 
     installed = list(cost)
@@ -269,12 +272,7 @@ def test_best_under_a_budget_takes_the_largest_schedule_that_fits():
 
 
 def test_best_with_a_budget_times_the_backbones_and_trains_what_fits(tmp_path):
-    rng = np.random.default_rng(0)
-    for cls, colour in (("red", (200, 40, 40)), ("blue", (40, 40, 200))):
-        (tmp_path / "data" / cls).mkdir(parents=True)
-        for i in range(5):
-            pixels = np.clip(rng.normal(colour, 30, (40, 40, 3)), 0, 255).astype(np.uint8)
-            Image.fromarray(pixels).save(tmp_path / "data" / cls / f"{i}.png")
+    write_colour_folder(tmp_path / "data", 5, (40, 40))
     run = train(tmp_path / "data", quality="best", budget=15, batch_size=8, workers=0, val_split=0.2,
                 out=tmp_path / "run", progress=False)
     meta = json.loads((run.path / "model.json").read_text())
