@@ -117,7 +117,8 @@ def main() -> None:
                     row = {"dataset": name, "seed": seed, "variant": variant, "wall_s": time.perf_counter() - t0,
                            "cpu_s": time.process_time() - cpu0, "load": os.getloadavg()[0],
                            "score": score(run_scores(run.path, scan), scan), "multilabel": scan.multilabel,
-                           "px": run.predictor.preprocessing.input_size, "model": run.predictor.name}
+                           "px": run.predictor.preprocessing.input_size,
+                           "model": json.loads((run.path / "model.json").read_text())["config"]["model"]}
                     if args.tta:
                         row["score_tta"] = score(run_scores(run.path, scan, tta=True), scan)
                     rows.append(row)
