@@ -195,7 +195,7 @@ def test_auto_records_its_plan_and_decisions(digits_folder, tmp_path):
 
 # --- the budget ------------------------------------------------------------------------------------------
 def test_budget_stops_in_time_and_keeps_the_best_model(digits_folder, tmp_path):
-    budget = 25.0
+    budget = 15.0
     t0 = time.monotonic()
     run = train(digits_folder, strategy="finetune", epochs=200, budget=f"{budget:g}s", out=tmp_path / "run",
                 progress=False, **TRAIN)
@@ -208,7 +208,7 @@ def test_budget_stops_in_time_and_keeps_the_best_model(digits_folder, tmp_path):
 
 
 def test_a_resumed_run_spends_what_is_left_of_its_budget(digits_folder, tmp_path):
-    budget = 24.0
+    budget = 16.0
 
     def crash_after_epoch_2(trainer, row):
         if row["epoch"] == 2:
