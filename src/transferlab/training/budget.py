@@ -81,7 +81,9 @@ def two_stage_seconds(seconds_per_image: float, epochs: int, train_images: int, 
     """Seconds a two-stage run is expected to take: the feature pass (`views` per training image, and
     validation), the head's epochs on cached features (next to nothing), fine-tuning's epochs (a
     training step costs about three forward passes) and writing the run."""
-    finetune = epochs - max(1, epochs // 3)
+    from .strategies import default_head_epochs
+
+    finetune = epochs - default_head_epochs(epochs)
     forwards = views * train_images + val_images + finetune * image_epoch_forwards(train_images, val_images)
     return seconds_per_image * forwards + FINISH_SECONDS
 

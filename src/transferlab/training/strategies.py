@@ -66,7 +66,7 @@ def plan_phases(
     if strategy == "two-stage":
         if epochs < 2:
             raise TransferlabError("--strategy two-stage needs --epochs >= 2 (head first, then fine-tuning)")
-        h = head_epochs if head_epochs is not None else max(1, epochs // 3)
+        h = head_epochs if head_epochs is not None else default_head_epochs(epochs)
         if not 1 <= h < epochs:
             raise TransferlabError(f"--head-epochs must be between 1 and epochs-1 ({epochs - 1}), got {h}")
         n = _freeze_point(model, freeze) if freeze is not None else 0
@@ -83,6 +83,11 @@ def plan_phases(
         # rest restarting it ended 1.7 points below two-stage on MNIST at 120 per class (bench/advise.py)
         return [head, replace(finetune, trial=min(trial, finetune.epochs))]
     raise TransferlabError(f"unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
+
+
+def default_head_epochs(epochs: int) -> int:
+    """Two-stage's head phase unless --head-epochs says otherwise: a third of the epochs, at least one."""
+    return max(1, epochs // 3)
 
 
 def judge_trial(phase: Phase, rows: list[dict], before: dict, metric: str = "val_acc",
