@@ -123,9 +123,10 @@ def test_the_schema_documents_every_answer(server):
 
 
 # --- hand-written hostile requests ---------------------------------------------------------------
-def raw(server, request: bytes, timeout: float = 30) -> tuple[int | None, bytes]:
+def raw(server, request: bytes, timeout: float = 3) -> tuple[int | None, bytes]:
     """Send bytes as they are (what httpx would refuse to build); the status and body, or None when
-    the server closed the connection without an answer."""
+    the server closed the connection without an answer (or left it waiting `timeout` seconds: a body
+    shorter than its Content-Length leaves uvicorn waiting for the rest, as it should)."""
     with socket.create_connection(("127.0.0.1", server.port), timeout=timeout) as s:
         s.sendall(request)
         chunks = []
