@@ -12,6 +12,7 @@ from safetensors.torch import load_file
 from torch import nn
 from torchvision.transforms import v2 as T
 
+from transferlab.advice.rules import advise, format_advice
 from transferlab.api import train
 from transferlab.cli.main import main
 from transferlab.core.errors import TransferlabError
@@ -245,6 +246,8 @@ def test_large_images_train_at_the_size_their_pixels_hold_and_the_run_says_why(t
     cfg = json.loads((run.path / "model.json").read_text())["config"]
     assert cfg["image_size"] == 288 and run.predictor.preprocessing.input_size == 288
     assert "340 px" in cfg["quality_reasons"]["image_size"] and "340 px" in (run.path / "report.md").read_text()
+    advice = advise(tmp_path / "data", weights="none", val_split=0.5)  # measures what train will see
+    assert advice.measurements.input_size == 288 and "at 288 px" in format_advice(advice)
     given = train(tmp_path / "data", out=tmp_path / "given", image_size=64, **options)
     assert given.predictor.preprocessing.input_size == 64
     assert json.loads((given.path / "model.json").read_text())["config"]["quality_reasons"] is None

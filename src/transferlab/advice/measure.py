@@ -29,7 +29,9 @@ from torch.utils.data import DataLoader
 
 from ..core.device import channels_last_on_cpu, forward_in_passes
 from ..data.folders import ImageSamples, Sample, scan_dataset
+from ..data.images import median_short_side
 from ..models import BlockNet, create_model
+from ..training.presets import input_size_for_pixels
 
 # Under a budget, measuring (every candidate backbone together) may take this share of it, and the
 # feature pass that caches the frozen features at most half of what is left after measuring; the
@@ -266,17 +268,27 @@ def _forward_sample(model: BlockNet, samples: list[Sample], batch_size: int, pro
     return torch.cat(features), torch.cat(logits), stats.shifts()
 
 
+def size_train_would_pick(samples, preprocessing) -> int | None:
+    """The input size `train` gives these images when none is given (training.presets.input_size_for_pixels),
+    so that advice measures what training will see; None for the backbone's own."""
+    short_side = median_short_side(s.path for s in samples)
+    by_pixels = input_size_for_pixels(short_side, preprocessing) if short_side else None
+    return by_pixels[0] if by_pixels else None
+
+
 def measure(data, model: str = "efficientnet_lite0", weights: str = "default", image_size: int | None = None,
             val_split: float = 0.2, seed: int = 0, batch_size: int = 32, progress: bool = False,
             max_seconds: float | None = None, reuse=None) -> Measurements:
     """Measure a dataset folder with a pretrained model: one forward pass over a balanced sample
     (cut short, but with at least MIN_MEASURED_PER_CLASS images per class, when it would take more
-    than `max_seconds`). A table of images with several labels is measured in its multi-label form.
+    than `max_seconds`), at `image_size`, else at the size train would pick for these images. A table of
+    images with several labels is measured in its multi-label form.
     reuse (training.features.CleanFeatures): keeps the sample's penultimate features for training."""
     scan = scan_dataset(data, val_split, seed, multilabel=True)
     train = scan.splits["train"]
     counts = [n for n in scan.counts("train").values()]
     net = create_model(model, weights=weights)  # the original 1000-class head is kept: it is measured too
+    image_size = image_size or size_train_would_pick(train, net.preprocessing)
     if image_size:
         net.preprocessing = net.preprocessing.resized(image_size)
     rarest = None

@@ -244,7 +244,8 @@ def jsonable(d: dict) -> dict:
 def format_advice(a: Advice) -> str:
     """The advice as the terminal table with its reasons."""
     m, d = a.measurements, a.decision
-    lines = [f"model {a.model}: measured {m.sampled} of {m.num_images} training images in {a.seconds:.1f}s"]
+    lines = [f"model {a.model} at {m.input_size} px: measured {m.sampled} of {m.num_images} training images in "
+             f"{a.seconds:.1f}s"]
     if a.ranking:
         lines.append("candidate backbones, by LogME (higher transfers better):")
         lines += [f"  {i}. {r['model']:<24} LogME {r['logme']:8.3f}  separability {r['separability']:.2f}"
