@@ -79,7 +79,8 @@ def _add_advise(sub) -> None:
     p.add_argument("--models", help="comma-separated candidates, ranked by LogME (overrides --model)")
     p.add_argument("--weights", default="default", help="'default' (pretrained) or a weights file")
     p.add_argument("--image-size", type=int,
-                   help="measure at this input size (default: the model's own, which the thresholds assume)")
+                   help="measure at this input size (default: the one train would pick: the model's own, larger when "
+                        "the images hold more pixels)")
     p.add_argument("--val-split", type=float, default=0.2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true", help="print the numbers and the decision as JSON")
