@@ -1,6 +1,6 @@
 """transferlab benchmarks, one entry point.
 
-    python bench/run.py [all|predict|train|memory] [--quick] [--keep DIR]
+    python bench/run.py [all | predict train memory (any of them)] [--quick] [--keep DIR]
 
   predict  transferlab.predict over a folder of real-size JPEGs vs a one-image-at-a-time script and vs
            the raw model forward at the same batch (bench/predict.py, in its own process)
@@ -126,7 +126,8 @@ def main(argv=None) -> int:
         print(json.dumps(memory_case(Path(argv[1]), 32)))
         return 0
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("what", nargs="?", default="all", choices=("all", "predict", "train", "memory"))
+    ap.add_argument("what", nargs="*", default="all", choices=("all", "predict", "train", "memory"),
+                    help="the sections to run, in one process (default: all)")
     ap.add_argument("--quick", action="store_true", help="smaller data (a smoke run; ratios are noisier)")
     ap.add_argument("--predict-images", type=int, default=None)
     ap.add_argument("--memory-images", type=int, default=None)
@@ -140,13 +141,14 @@ def main(argv=None) -> int:
     ap.add_argument("--reuse", action="store_true", help="with --keep: reuse the saved results of finished cases")
     a = ap.parse_args(argv)
     quick = a.quick
+    wanted = {"predict", "train", "memory"} if "all" in a.what else set(a.what)  # "all" is a string, else a list
     sections = []
     t0 = time.perf_counter()
-    if a.what in ("all", "predict"):
+    if "predict" in wanted:
         log("predict ...")
         sections.append(("predict (efficientnet_lite0, real-size JPEGs)",
                          run_predict(a.predict_images or (64 if quick else 200), a.keep, a.predict_repeats, quick)))
-    if a.what in ("all", "train"):
+    if "train" in wanted:
         import train as bt
 
         log("train ...")
@@ -157,7 +159,7 @@ def main(argv=None) -> int:
         head = (f"MNIST digits as 400 px JPEGs, 10 classes, {n_train} train images; efficientnet_lite0 at 224, "
                 f"batch {bt.BATCH}, seed 0; baseline = plain PyTorch loop")
         sections.append(("train", head + "\n" + "\n".join(bt.table(results, a.epochs))))
-    if a.what in ("all", "memory"):
+    if "memory" in wanted:
         log("memory ...")
         sections.append(("memory (predict, streamed)", run_memory(a.memory_images or (300 if quick else 1000), a.keep)))
     print(f"transferlab bench: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at the end, "

@@ -30,8 +30,8 @@ def test_run_all_cases_quick(tmp_path):
 
 
 def test_run_predict_and_memory_quick(tmp_path):
-    out = bench("run.py", "predict", "--quick", "--predict-images", 6, "--predict-repeats", 1, "--keep", tmp_path)
-    out += bench("run.py", "memory", "--memory-images", 6, "--keep", tmp_path)
+    out = bench("run.py", "predict", "memory", "--quick", "--predict-images", 6, "--predict-repeats", 1,
+                "--memory-images", 6, "--keep", tmp_path)
     assert "## predict" in out and "## memory" in out and "images/s" in out
 
 
