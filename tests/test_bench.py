@@ -29,6 +29,7 @@ def test_run_all_cases_quick(tmp_path):
     assert "images/s" in out
 
 
+@pytest.mark.slow  # ~30 s: trains and int8-exports a run; the backends it times are tested in test_predict*.py
 def test_run_predict_and_memory_quick(tmp_path):
     out = bench("run.py", "predict", "memory", "--quick", "--predict-images", 6, "--predict-repeats", 1,
                 "--memory-images", 6, "--keep", tmp_path)
@@ -78,6 +79,7 @@ def test_detect_bench(tmp_path):
     assert "images/s" in out
 
 
+@pytest.mark.slow  # ~25 s: trains and exports a run; the exports it measures are tested in test_quantize.py
 def test_quantize_bench_smoke(tmp_path):
     out = bench("quantize.py", "--smoke", "--keep", tmp_path)
     assert "int8 forward vs float" in out and "| fp16 |" in out
