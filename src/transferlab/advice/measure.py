@@ -31,7 +31,7 @@ from ..core.device import channels_last_on_cpu, forward_in_passes
 from ..data.folders import ImageSamples, Sample, scan_dataset
 from ..data.images import median_short_side
 from ..models import BlockNet, create_model
-from ..training.presets import input_size_for_pixels
+from ..training.presets import quality_settings
 
 # Under a budget, measuring (every candidate backbone together) may take this share of it, and the
 # feature pass that caches the frozen features at most half of what is left after measuring; the
@@ -268,12 +268,12 @@ def _forward_sample(model: BlockNet, samples: list[Sample], batch_size: int, pro
     return torch.cat(features), torch.cat(logits), stats.shifts()
 
 
-def size_train_would_pick(samples, preprocessing) -> int | None:
-    """The input size `train` gives these images when none is given (training.presets.input_size_for_pixels),
-    so that advice measures what training will see; None for the backbone's own."""
+def size_train_would_pick(samples, model: str) -> int | None:
+    """The input size `train` gives these images with `model` when none is given (the default preset's,
+    training.presets.quality_settings), so that advice measures what training will see; None for the
+    backbone's own."""
     short_side = median_short_side(s.path for s in samples)
-    by_pixels = input_size_for_pixels(short_side, preprocessing) if short_side else None
-    return by_pixels[0] if by_pixels else None
+    return quality_settings("default", [], set(), model, short_side)[0].get("image_size")
 
 
 def measure(data, model: str = "efficientnet_lite0", weights: str = "default", image_size: int | None = None,
@@ -288,7 +288,7 @@ def measure(data, model: str = "efficientnet_lite0", weights: str = "default", i
     train = scan.splits["train"]
     counts = [n for n in scan.counts("train").values()]
     net = create_model(model, weights=weights)  # the original 1000-class head is kept: it is measured too
-    image_size = image_size or size_train_would_pick(train, net.preprocessing)
+    image_size = image_size or size_train_would_pick(train, model)
     if image_size:
         net.preprocessing = net.preprocessing.resized(image_size)
     rarest = None
