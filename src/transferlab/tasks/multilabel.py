@@ -42,13 +42,13 @@ class MultiLabelTask(ClassificationTask):
 
     def loss_fn(self) -> nn.Module:
         """Binary cross-entropy per label; under --balance weights a label's positives weigh its
-        negatives-to-positives ratio in the training split."""
+        negatives-to-positives ratio in the training split; --label-smoothing pulls the targets toward 1/2."""
         pos_weight = None
         if self.cfg.balance == "weights":
             targets = self.batches.labels("train")
             positives = targets.sum(0)
             pos_weight = ((len(targets) - positives) / positives.clamp(min=1)).clamp(max=100).to(self.device)
-        return nn.BCEWithLogitsLoss(pos_weight=pos_weight)
+        return SmoothedBCEWithLogits(self.cfg.label_smoothing, pos_weight=pos_weight)
 
     def batch_correct(self, outputs, targets) -> None:
         return None  # a training "accuracy" means little with several labels; mAP is measured on validation
@@ -94,3 +94,15 @@ class MultiLabelTask(ClassificationTask):
         batches = self.batches.image_loader("val", train=False)
         self.validate(batches, 0, None)  # scores of the kept model, from the images
         return tune_thresholds(self.val_scores, self.scan.targets("val"))
+
+
+class SmoothedBCEWithLogits(nn.BCEWithLogitsLoss):
+    """Binary cross-entropy against targets smoothed toward 1/2: a 0/1 target becomes smoothing/2 or
+    1 - smoothing/2 (timm's BinaryCrossEntropy); smoothing 0 is plain binary cross-entropy."""
+
+    def __init__(self, smoothing: float = 0.0, pos_weight: torch.Tensor | None = None):
+        super().__init__(pos_weight=pos_weight)
+        self.smoothing = smoothing
+
+    def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return super().forward(logits, targets * (1 - self.smoothing) + self.smoothing / 2)
