@@ -195,9 +195,16 @@ def test_a_bad_progressive_scale_is_one_line_on_the_command_line(digits_folder, 
     assert capsys.readouterr().err == "transferlab: error: --progressive must be between 0 (off) and 1, e.g. 0.6\n"
 
 
-def test_progressive_is_refused_for_a_detector_in_one_line(tmp_path):
-    with pytest.raises(TransferlabError, match="--progressive is for classifiers"):
-        train(tmp_path, model="blazeface_front", progressive=0.6, out=tmp_path / "run", progress=False)
+@pytest.mark.parametrize("options, named", [
+    ({"progressive": 0.6}, "--progressive is"),
+    ({"label_smoothing": 0.1, "tta": True}, "--label-smoothing, --tta are"),
+    ({"augment_policy": "randaugment", "balance": "weights", "threshold": 0.3}, "--augment-policy, --balance, --threshold are"),
+])
+def test_classifier_options_are_refused_for_a_detector_in_one_line(tmp_path, options, named):
+    """A detector would ignore them: the run stops before reading any data, naming each one given."""
+    with pytest.raises(TransferlabError, match=f"^{named} for classifiers; a detector") as info:
+        train(tmp_path, model="blazeface_front", out=tmp_path / "run", progress=False, **options)
+    assert "\n" not in str(info.value) and not [f for f in (tmp_path / "run").rglob("*") if f.is_file()]
 
 
 # --- --quality presets ------------------------------------------------------------------------------------

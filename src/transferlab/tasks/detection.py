@@ -41,6 +41,18 @@ from .base import PhaseData, Run, Task
 DETECTION_STRATEGIES = (FINETUNE, PARTIAL, FEATURE_EXTRACT)
 
 
+def refuse_classifier_options(cfg) -> None:
+    """A detector would silently ignore the classifier-only options: one line naming those given. (--progressive
+    too: its anchors are laid out for one input size; --mixup/--cutmix: Task.batch_mixer.)"""
+    given = [flag for flag, on in (("--progressive", cfg.progressive), ("--label-smoothing", cfg.label_smoothing),
+                                   ("--augment-policy", cfg.augment_policy != "auto"), ("--balance", cfg.balance != "none"),
+                                   ("--tta", cfg.tta), ("--threshold", cfg.threshold is not None)) if on]
+    if given:
+        raise TransferlabError(f"{', '.join(given)} {'is' if len(given) == 1 else 'are'} for classifiers; a detector "
+                               "trains on its boxes at its anchors' input size (--score-threshold and --iou-threshold "
+                               "set its decisions): drop " + ("it" if len(given) == 1 else "them"))
+
+
 class DetectionTask(Task):
     """A pretrained BlazeFace fine-tuned on face boxes (see the module's docstring)."""
 
@@ -61,9 +73,7 @@ class DetectionTask(Task):
         if cfg.strategy not in DETECTION_STRATEGIES:
             raise TransferlabError(f"a detector trains with --strategy {', '.join(DETECTION_STRATEGIES)} "
                                    f"(got {cfg.strategy}); --freeze N keeps the first N backbone blocks")
-        if cfg.progressive:  # its anchors are laid out for one input size
-            raise TransferlabError("--progressive is for classifiers; a detector trains at its anchors' input size: "
-                                   "drop it")
+        refuse_classifier_options(cfg)
         self.dataset = load_faces(data, cfg.data_format)
         if cfg.val_data:
             self.train_samples, self.val_samples = self.dataset.samples, load_faces(cfg.val_data, cfg.data_format).samples
