@@ -199,12 +199,23 @@ def test_a_bad_progressive_scale_is_one_line_on_the_command_line(digits_folder, 
     ({"progressive": 0.6}, "--progressive is"),
     ({"label_smoothing": 0.1, "tta": True}, "--label-smoothing, --tta are"),
     ({"augment_policy": "randaugment", "balance": "weights", "threshold": 0.3}, "--augment-policy, --balance, --threshold are"),
+    ({"label_col": "tags", "label_delim": ","}, "--label-col, --label-delim are"),
 ])
 def test_classifier_options_are_refused_for_a_detector_in_one_line(tmp_path, options, named):
     """A detector would ignore them: the run stops before reading any data, naming each one given."""
     with pytest.raises(TransferlabError, match=f"^{named} for classifiers; a detector") as info:
         train(tmp_path, model="blazeface_front", out=tmp_path / "run", progress=False, **options)
     assert "\n" not in str(info.value) and not [f for f in (tmp_path / "run").rglob("*") if f.is_file()]
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"data_format": "wider", "lr_scaling": "relative"}, "--format, --lr-scaling are for face detectors"),
+    ({"threshold": 0.3}, "--threshold is for multi-label data"),
+])
+def test_options_a_single_label_classifier_would_ignore_are_refused(digits_folder, tmp_path, options, message):
+    with pytest.raises(TransferlabError, match=f"^{message}.*: drop (it|them)$"):
+        train(digits_folder, out=tmp_path / "run", progress=False, **options)
+
 
 
 # --- --quality presets ------------------------------------------------------------------------------------

@@ -17,6 +17,15 @@ from torch import nn
 from ..core.errors import TransferlabError
 
 
+def refuse_options(given: dict[str, bool], whose: str) -> None:
+    """One line naming each option set (flag -> whether it was given) that the task would otherwise ignore;
+    `whose` says whom they are for and what the task does instead."""
+    named = [flag for flag, on in given.items() if on]
+    if named:
+        one = len(named) == 1
+        raise TransferlabError(f"{', '.join(named)} {'is' if one else 'are'} {whose}: drop {'it' if one else 'them'}")
+
+
 @dataclass
 class Run:
     """What training returns, for every task: where the run lives, its metrics, its epochs, and the

@@ -16,7 +16,7 @@ from ..training.batches import BatchSource, TrainingCache
 from ..training.loop import TrainForward, build_loss, check_divergence
 from ..training.recipe import create_mixer
 from ..training.strategies import effective_bn_policy, param_groups, plan_phases
-from .base import PhaseData, Run, Task
+from .base import PhaseData, Run, Task, refuse_options
 
 
 class ClassificationTask(Task):
@@ -31,6 +31,9 @@ class ClassificationTask(Task):
     def setup(self, trainer, data) -> None:
         cfg = self.cfg = trainer.cfg
         self.trainer, self.log = trainer, trainer.log
+        refuse_options({"--format": cfg.data_format != "auto", "--lr-scaling": cfg.lr_scaling != "none"},
+                       "for face detectors; a classifier reads a folder of class folders or a table")
+        self.refuse_threshold(cfg)
         if trainer.dist.enabled and cfg.balance == "sampler":
             raise TransferlabError("--balance sampler is not supported with several processes; use --balance weights")
         if self.scan is None:
@@ -53,6 +56,11 @@ class ClassificationTask(Task):
         self.input_size = self.model.preprocessing.input_size
         for why in (cfg.quality_reasons or {}).values():  # what the --quality level (or the data's pixels) chose
             self.log(f"quality {cfg.quality}: {why}")
+
+    def refuse_threshold(self, cfg) -> None:
+        """One label per image is the top class: a decision threshold would go unused."""
+        refuse_options({"--threshold": cfg.threshold is not None},
+                       "for multi-label data (several labels per image); a single-label classifier predicts the top class")
 
     def bind_device(self, device, dist, progress) -> None:
         """Called once the model is on its device: the batch source decodes the images for it."""

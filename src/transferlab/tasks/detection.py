@@ -35,22 +35,10 @@ from ..runs.metrics import write_metrics
 from ..runs.report import plot_metric, plot_pr_curves
 from ..runs.view import write_evaluations
 from ..training.strategies import Phase
-from .base import PhaseData, Run, Task
+from .base import PhaseData, Run, Task, refuse_options
 
 # the strategies a detector trains with: which backbone blocks stay at their pretrained values
 DETECTION_STRATEGIES = (FINETUNE, PARTIAL, FEATURE_EXTRACT)
-
-
-def refuse_classifier_options(cfg) -> None:
-    """A detector would silently ignore the classifier-only options: one line naming those given. (--progressive
-    too: its anchors are laid out for one input size; --mixup/--cutmix: Task.batch_mixer.)"""
-    given = [flag for flag, on in (("--progressive", cfg.progressive), ("--label-smoothing", cfg.label_smoothing),
-                                   ("--augment-policy", cfg.augment_policy != "auto"), ("--balance", cfg.balance != "none"),
-                                   ("--tta", cfg.tta), ("--threshold", cfg.threshold is not None)) if on]
-    if given:
-        raise TransferlabError(f"{', '.join(given)} {'is' if len(given) == 1 else 'are'} for classifiers; a detector "
-                               "trains on its boxes at its anchors' input size (--score-threshold and --iou-threshold "
-                               "set its decisions): drop " + ("it" if len(given) == 1 else "them"))
 
 
 class DetectionTask(Task):
@@ -73,7 +61,13 @@ class DetectionTask(Task):
         if cfg.strategy not in DETECTION_STRATEGIES:
             raise TransferlabError(f"a detector trains with --strategy {', '.join(DETECTION_STRATEGIES)} "
                                    f"(got {cfg.strategy}); --freeze N keeps the first N backbone blocks")
-        refuse_classifier_options(cfg)
+        # the classifier-only options a detector would ignore (--mixup/--cutmix: Task.batch_mixer); --progressive
+        # too, as its anchors are laid out for one input size
+        refuse_options({"--progressive": cfg.progressive, "--label-smoothing": cfg.label_smoothing,
+                        "--augment-policy": cfg.augment_policy != "auto", "--balance": cfg.balance != "none",
+                        "--tta": cfg.tta, "--threshold": cfg.threshold is not None, "--image-col": cfg.image_col,
+                        "--label-col": cfg.label_col, "--label-delim": cfg.label_delim},
+                       "for classifiers; a detector trains on its boxes at its anchors' input size")
         self.dataset = load_faces(data, cfg.data_format)
         if cfg.val_data:
             self.train_samples, self.val_samples = self.dataset.samples, load_faces(cfg.val_data, cfg.data_format).samples
