@@ -43,7 +43,7 @@ def test_two_processes_match_one_process_with_the_same_effective_batch(digits_fo
 
 def test_two_process_run_resumes_on_one_process(digits_folder, tmp_path):
     out = tmp_path / "ddp"
-    proc = torchrun(2, ["train", str(digits_folder), "--strategy", "finetune", "--epochs", "8", "--batch-size", "8",
+    proc = torchrun(2, ["train", str(digits_folder), "--strategy", "finetune", "--epochs", "4", "--batch-size", "8",
                         "--out", str(out), *TRAIN_ARGS])
     last = out / "checkpoints" / "last.pt"
     deadline = time.time() + 400
@@ -57,8 +57,8 @@ def test_two_process_run_resumes_on_one_process(digits_folder, tmp_path):
                              "--quiet"], capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
     meta = json.loads((out / "model.json").read_text())
-    assert meta["metrics"]["epochs_run"] == 8
-    assert [int(r.split(",")[0]) for r in (out / "metrics.csv").read_text().splitlines()[1:]] == list(range(1, 9))
+    assert meta["metrics"]["epochs_run"] == 4
+    assert [int(r.split(",")[0]) for r in (out / "metrics.csv").read_text().splitlines()[1:]] == list(range(1, 5))
 
 
 @pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA GPU (nccl)")
