@@ -122,7 +122,9 @@ def test_augmentation_policies_are_torchvisions():
 @pytest.mark.parametrize("option,message", [(dict(ema=1.0), "--ema"), (dict(mixup=-1), "--mixup"),
                                             (dict(augment_policy="cutout"), "--augment-policy"),
                                             (dict(progressive=1.0), "--progressive"),
-                                            (dict(progressive=-0.5), "--progressive")])
+                                            (dict(progressive=-0.5), "--progressive"),
+                                            (dict(label_smoothing=-0.1), "--label-smoothing"),
+                                            (dict(label_smoothing=1.0), "--label-smoothing")])
 def test_bad_recipe_options_get_one_line(option, message):
     with pytest.raises(TransferlabError, match=message):
         TrainConfig(**option).validate()

@@ -109,6 +109,7 @@ class TrainConfig:
             (self.mixup >= 0 and self.cutmix >= 0, "--mixup and --cutmix take an alpha >= 0 (0: off)"),
             (0 <= self.ema < 1, "--ema takes a decay in [0, 1), such as 0.999 (0: off)"),
             (0 <= self.progressive < 1, "--progressive must be between 0 (off) and 1, e.g. 0.6"),
+            (0 <= self.label_smoothing < 1, "--label-smoothing takes a value in [0, 1), such as 0.1 (0: off)"),
             (self.cache_features in SWITCHES, "--cache-features must be auto, on or off"),
             (self.amp in SWITCHES, "--amp must be auto, on or off"),
             (self.batch_size >= 1, "--batch-size must be at least 1"),
