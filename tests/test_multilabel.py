@@ -183,17 +183,20 @@ def test_the_multilabel_head_makes_many_passes_over_the_cache_in_few_epochs(patc
 
 
 def test_label_smoothing_pulls_multilabel_targets_toward_one_half(patch_run, patch_tables, tmp_path):
-    """--label-smoothing 0.2 makes each 0/1 target 0.1/0.9: the training loss cannot fall below the
-    entropy of 0.1 (0.325 nats), which the unsmoothed run's does, and its confident scores stay further from 1."""
+    """--label-smoothing 0.2 makes each 0/1 target 0.1/0.9: the training loss cannot fall below the entropy
+    of 0.1 (0.325 nats), which the unsmoothed run's does, and its confident scores stay further from 1. A
+    multi-label run smooths by 0.1 unless told (the run records it), a single-label one not at all."""
     train_csv, val_csv = patch_tables
     floor = -(0.1 * np.log(0.1) + 0.9 * np.log(0.9))
-    smoothed = train(train_csv, val_data=val_csv, strategy="feature-extract", epochs=6, label_smoothing=0.2,
-                     out=tmp_path / "smoothed", **FAST)
-    assert all(r["train_loss"] >= floor - 1e-3 for r in smoothed.history)
-    assert patch_run.history[-1]["train_loss"] < floor
+    runs = {s: train(train_csv, val_data=val_csv, strategy="feature-extract", epochs=6, label_smoothing=s,
+                     out=tmp_path / str(s), **FAST) for s in (0.0, 0.2)}
+    assert all(r["train_loss"] >= floor - 1e-3 for r in runs[0.2].history)
+    assert runs[0.0].history[-1]["train_loss"] < floor
     share_near_one = lambda run: np.mean([t["prob"] > 0.95 for r in predict(str(val_csv.parent), model=str(run.path),
                                                                            progress=False) for t in r["top"]])
-    assert share_near_one(smoothed) < 0.5 * share_near_one(patch_run)
+    assert share_near_one(runs[0.2]) < 0.5 * share_near_one(runs[0.0])
+    smoothing = lambda run: json.loads((run.path / "model.json").read_text())["config"]["label_smoothing"]
+    assert smoothing(patch_run) == 0.1 and smoothing(runs[0.0]) == 0.0
 
 
 def test_balance_sampler_is_refused_for_multilabel_in_one_line(patch_tables, tmp_path):

@@ -89,7 +89,8 @@ def test_ema_weights_are_the_ones_validated_and_kept(digits_folder, tmp_path, mo
     averaged = ema.state_dict()
     assert ema.steps == 8  # 128 training images in batches of 16
     assert all(torch.equal(saved[k], averaged[k].contiguous()) for k in saved)
-    assert json.loads((run.path / "model.json").read_text())["config"]["ema"] == 0.9
+    config = json.loads((run.path / "model.json").read_text())["config"]
+    assert config["ema"] == 0.9 and config["label_smoothing"] == 0.0  # one label per image: not smoothed unless told
 
 
 def test_mixup_trains_the_image_phases_only(digits_folder, tmp_path, capsys, monkeypatch):

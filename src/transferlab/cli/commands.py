@@ -215,7 +215,8 @@ def add_train(sub, default_model: str | None = None,
     p.add_argument("--batch-size", type=int, default=d.batch_size)
     p.add_argument("--schedule", default=d.schedule, choices=SCHEDULES)
     p.add_argument("--warmup-epochs", type=float, help=f"default {d.warmup_epochs} for a classifier")
-    p.add_argument("--label-smoothing", type=float, help=f"default {d.label_smoothing}")
+    p.add_argument("--label-smoothing", type=float,
+                   help="default 0 for one label per image, 0.1 for several (multi-label)")
     p.add_argument("--patience", type=int, default=d.patience, help="early stopping on val loss; 0 disables")
     p.add_argument("--augment", choices=AUGMENT_LEVELS, help=f"default {d.augment}")
     p.add_argument("--augment-policy", choices=AUGMENT_POLICIES,

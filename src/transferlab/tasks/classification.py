@@ -24,6 +24,9 @@ class ClassificationTask(Task):
 
     name = "classifier"
     metric = "val_acc"
+    # one label per image: at the defaults, 0.1 changed clothing's accuracy by 0 and lost 1-2 points on flowers
+    # and EuroSAT (docs/benchmarks.md, "Training recipe")
+    default_label_smoothing = 0.0
 
     def __init__(self, cache: TrainingCache | None = None, scan=None):
         self.cache, self.scan = cache, scan  # a scan read by the caller (tasks.create_task) is not read again
@@ -34,6 +37,8 @@ class ClassificationTask(Task):
         refuse_options({"--format": cfg.data_format != "auto", "--lr-scaling": cfg.lr_scaling != "none"},
                        "for face detectors; a classifier reads a folder of class folders or a table")
         self.refuse_threshold(cfg)
+        if cfg.label_smoothing is None:  # the run records the value it trained with
+            cfg.label_smoothing = self.default_label_smoothing
         if trainer.dist.enabled and cfg.balance == "sampler":
             raise TransferlabError("--balance sampler is not supported with several processes; use --balance weights")
         if self.scan is None:

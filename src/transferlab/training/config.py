@@ -30,7 +30,7 @@ class TrainConfig:
     batch_size: int = 32
     schedule: str = "cosine"
     warmup_epochs: float = 0.5
-    label_smoothing: float = 0.0
+    label_smoothing: float | None = None  # None: the task's default (ClassificationTask.default_label_smoothing)
     # the recipe (training/recipe.py, data/transforms.py): mixup/cutmix alpha (0: off), for phases that
     # train from the images; an EMA of the weights (its decay cap; 0: off) that validates and is kept;
     # the augmentation policy on top of --augment's crops and flips (auto: the level's own)
@@ -109,7 +109,8 @@ class TrainConfig:
             (self.mixup >= 0 and self.cutmix >= 0, "--mixup and --cutmix take an alpha >= 0 (0: off)"),
             (0 <= self.ema < 1, "--ema takes a decay in [0, 1), such as 0.999 (0: off)"),
             (0 <= self.progressive < 1, "--progressive must be between 0 (off) and 1, e.g. 0.6"),
-            (0 <= self.label_smoothing < 1, "--label-smoothing takes a value in [0, 1), such as 0.1 (0: off)"),
+            (self.label_smoothing is None or 0 <= self.label_smoothing < 1,
+             "--label-smoothing takes a value in [0, 1), such as 0.1 (0: off)"),
             (self.cache_features in SWITCHES, "--cache-features must be auto, on or off"),
             (self.amp in SWITCHES, "--amp must be auto, on or off"),
             (self.batch_size >= 1, "--batch-size must be at least 1"),
