@@ -29,9 +29,9 @@ class MultiLabelTask(ClassificationTask):
     """Several labels per image (see the module's docstring)."""
 
     metric = "val_map"
-    # aquarium at the defaults, paired with the same runs unsmoothed (seeds 0, 1): the head phase ended 0.5-0.7 mAP
-    # higher in all four (two-stage and auto), the run +0.16 and -0.02 (two-stage), +0.13 and +0.33 (auto), and the
-    # tuned thresholds still beat 0.5 cross-fitted (docs/benchmarks.md, "Tables and multi-label")
+    # aquarium at the defaults, paired with the same runs unsmoothed: the head phase ended 0.4-0.7 mAP higher in all
+    # five (two-stage seeds 0-2, auto seeds 0-1), the run +0.16, -0.02, +0.06 (two-stage), +0.13, +0.33 (auto), and
+    # the tuned thresholds still beat 0.5 cross-fitted (docs/benchmarks.md, "Tables and multi-label")
     default_label_smoothing = 0.1
 
     def setup(self, trainer, data) -> None:
