@@ -19,7 +19,7 @@ def bench(script: str, *args, timeout: int = 600) -> str:
     return proc.stdout
 
 
-@pytest.mark.slow  # ~2 minutes: every train case in its own process; the two tests below cover each part
+@pytest.mark.slow  # ~2 minutes: every train case in its own process; the tests below cover each part
 def test_run_all_cases_quick(tmp_path):
     out = bench("run.py", "all", "--quick", "--predict-images", 6, "--memory-images", 6, "--train-per-class", 2,
                 "--val-per-class", 1, "--epochs", 1, "--ft-epochs", 1, "--ft-per-class", 1, "--predict-repeats", 1,
@@ -36,7 +36,8 @@ def test_run_predict_and_memory_quick(tmp_path):
     assert "## predict" in out and "## memory" in out and "images/s" in out
 
 
-@pytest.mark.parametrize("case", ["fx-ours", "ft-minimal"])  # transferlab's side and a baseline loop
+# transferlab's side and a baseline loop (slow: ~13 s, a plain PyTorch loop that transferlab's code does not touch)
+@pytest.mark.parametrize("case", ["fx-ours", pytest.param("ft-minimal", marks=pytest.mark.slow)])
 def test_train_bench_case(tmp_path, case):
     sys.path.insert(0, str(BENCH))
     from train import write_digits
@@ -63,6 +64,7 @@ def test_strategies_bench(tmp_path):
     assert "feature-extract" in out and "two-stage" in out
 
 
+@pytest.mark.slow  # ~23 s: six runs per seed; auto's plan and verdicts are tested in test_auto.py and test_advise.py
 def test_advise_bench(tmp_path):
     results = tmp_path / "advise.jsonl"
     args = ("--datasets", "digits", "--sizes", "small", "--per-class", 3, "--epochs", 2, "--val-per-class", 3,
@@ -129,6 +131,7 @@ def test_recipe_bench_smoke_on_registry_digits(tmp_path):
     assert "| mnist (acc) | " in out and "| mean over sets | " in out
 
 
+@pytest.mark.slow  # ~14 s: the served answers to bad requests are tested in test_serve.py and test_fuzz_http.py
 def test_soak_bench_smoke(tmp_path):
     """bench/soak.py at a tiny size: every bad request gets its 4xx, no 5xx, and the figures add up."""
     out = tmp_path / "soak.json"
