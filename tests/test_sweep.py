@@ -79,6 +79,9 @@ def test_sweep_keeps_the_best_run_and_reuses_cached_features(digits_folder, tmp_
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]  # trial runs are not left behind
 
 
+# ~22 s: freeze="auto" is also searched in test_sweep_keeps_the_best_run_and_reuses_cached_features and
+# test_tracking.py, the sweep CLI in test_sweep_stays_within_its_budget
+@pytest.mark.slow
 def test_train_partial_freeze_auto_and_the_cli(digits_folder, tmp_path, capsys):
     from sklearn.datasets import load_digits
 
