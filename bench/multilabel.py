@@ -221,8 +221,8 @@ def main() -> None:
             for strategy in strategies:
                 t0 = time.perf_counter()
                 run = train(train_csv, val_data=val_csv, strategy=strategy, epochs=args.epochs,
-                            image_size=args.image_size, seed=args.seed, label_smoothing=args.label_smoothing, out=work / "runs" / f"{name}-{strategy}",
-                            progress=False)
+                            image_size=args.image_size, seed=args.seed, label_smoothing=args.label_smoothing,
+                            out=work / "runs" / f"{name}-{strategy}", progress=False)
                 scores = run_scores(run.path, scan)
                 row[f"{strategy}_px"] = load(str(run.path)).preprocessing.input_size
                 row[strategy] = mean_average_precision(scores, targets)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import importlib
 
-from ..core.options import ANNOTATION_FORMATS, BACKENDS, EXPLAIN_METHODS
+from ..core.options import (ANNOTATION_FORMATS, BACKENDS, EXPLAIN_METHODS, LABEL_SMOOTHING_MULTILABEL,
+                            LABEL_SMOOTHING_ONE_LABEL)
 
 
 def lazy_handler(module: str, name: str):
@@ -216,7 +217,8 @@ def add_train(sub, default_model: str | None = None,
     p.add_argument("--schedule", default=d.schedule, choices=SCHEDULES)
     p.add_argument("--warmup-epochs", type=float, help=f"default {d.warmup_epochs} for a classifier")
     p.add_argument("--label-smoothing", type=float,
-                   help="default 0 for one label per image, 0.1 for several (multi-label)")
+                   help=f"default {LABEL_SMOOTHING_ONE_LABEL:g} for one label per image, "
+                        f"{LABEL_SMOOTHING_MULTILABEL:g} for several (multi-label)")
     p.add_argument("--patience", type=int, default=d.patience, help="early stopping on val loss; 0 disables")
     p.add_argument("--augment", choices=AUGMENT_LEVELS, help=f"default {d.augment}")
     p.add_argument("--augment-policy", choices=AUGMENT_POLICIES,

@@ -12,6 +12,7 @@ from torch import nn
 from ..core.device import forward_in_passes
 from ..core.distributed import gather_shards
 from ..core.errors import TransferlabError
+from ..core.options import LABEL_SMOOTHING_MULTILABEL
 from ..inference.multilabel import DEFAULT_THRESHOLD, mean_average_precision, multilabel_report, tune_thresholds
 from ..training.loop import TrainForward, check_divergence
 from .classification import ClassificationTask
@@ -29,10 +30,7 @@ class MultiLabelTask(ClassificationTask):
     """Several labels per image (see the module's docstring)."""
 
     metric = "val_map"
-    # aquarium at the defaults, paired with the same runs unsmoothed: the head phase ended 0.4-0.7 mAP higher in all
-    # five (two-stage seeds 0-2, auto seeds 0-1), the run +0.16, -0.02, +0.06 (two-stage), +0.13, +0.33 (auto), and
-    # the tuned thresholds still beat 0.5 cross-fitted (docs/benchmarks.md, "Tables and multi-label")
-    default_label_smoothing = 0.1
+    default_label_smoothing = LABEL_SMOOTHING_MULTILABEL
 
     def setup(self, trainer, data) -> None:
         if trainer.cfg.balance == "sampler":

@@ -30,7 +30,7 @@ class TrainConfig:
     batch_size: int = 32
     schedule: str = "cosine"
     warmup_epochs: float = 0.5
-    label_smoothing: float | None = None  # None: the task's default (ClassificationTask.default_label_smoothing)
+    label_smoothing: float | None = None  # None: the task's default (core/options.py, LABEL_SMOOTHING_*)
     # the recipe (training/recipe.py, data/transforms.py): mixup/cutmix alpha (0: off), for phases that
     # train from the images; an EMA of the weights (its decay cap; 0: off) that validates and is kept;
     # the augmentation policy on top of --augment's crops and flips (auto: the level's own)
